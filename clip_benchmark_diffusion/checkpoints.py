@@ -1,0 +1,153 @@
+"""`--pretrained` names -> diffusers checkpoints, with one clear error when weights are missing.
+
+A name is a short alias (table below), a local diffusers folder, or a Hugging Face hub id.
+Everything is checked *before* a dataset is touched, so a missing checkpoint fails in
+seconds rather than at the end of a long run.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .backends import BACKENDS, DiffusionBackend, backend_for_pipeline
+
+
+@dataclass(frozen=True)
+class CheckpointAlias:
+    hub_id: str
+    note: str
+
+
+#: short names for public checkpoints (resolution and parameterisation are read from the
+#: checkpoint's own configs, never from this table)
+ALIASES: dict[str, CheckpointAlias] = {
+    "sd1.4": CheckpointAlias("CompVis/stable-diffusion-v1-4", "SD 1.4, 512 px, epsilon (Clark & Jaini)"),
+    "sd1.5": CheckpointAlias("stable-diffusion-v1-5/stable-diffusion-v1-5", "SD 1.5, 512 px, epsilon"),
+    "sd2-base": CheckpointAlias("stabilityai/stable-diffusion-2-base", "SD 2.0-base, 512 px, epsilon (Li et al.)"),
+    "sd2.1-base": CheckpointAlias("stabilityai/stable-diffusion-2-1-base", "SD 2.1-base, 512 px, epsilon"),
+    "sd2": CheckpointAlias("stabilityai/stable-diffusion-2", "SD 2.0, 768 px, v-prediction"),
+    "sd2.1": CheckpointAlias("stabilityai/stable-diffusion-2-1", "SD 2.1, 768 px, v-prediction"),
+}
+ALIASES["sd2.0-base"] = ALIASES["sd2-base"]
+ALIASES["sd2.0"] = ALIASES["sd2"]
+
+#: what `--pretrained` means when the user leaves clip_benchmark's own default in place
+CLIP_BENCHMARK_DEFAULT_PRETRAINED = "laion400m_e32"
+DEFAULT_CHECKPOINT = "sd2-base"
+
+#: checkpoints shipped inside this package (filled in by `reference`)
+PACKAGED: dict[str, str] = {}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be found or is not a supported pipeline; the message says
+    what was looked for and how to provide it."""
+
+
+def _packaged_checkpoints() -> dict[str, str]:
+    found = dict(PACKAGED)
+    try:
+        from .reference import REFERENCE_SD_DIR
+    except ImportError:
+        return found
+    if os.path.isfile(os.path.join(REFERENCE_SD_DIR, "model_index.json")):
+        found.setdefault("ref-world", REFERENCE_SD_DIR)
+        found.setdefault("ref-world-sd", REFERENCE_SD_DIR)
+    return found
+
+
+def resolve(pretrained: str) -> str:
+    """Alias / folder / hub id -> what `from_pretrained` should be given."""
+    name = (pretrained or "").strip()
+    if name in ("", CLIP_BENCHMARK_DEFAULT_PRETRAINED):
+        name = DEFAULT_CHECKPOINT
+    packaged = _packaged_checkpoints()
+    if name in packaged:
+        return packaged[name]
+    if name in ALIASES:
+        return ALIASES[name].hub_id
+    return os.path.expanduser(name)
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _describe(pretrained: str, source: str) -> str:
+    return f"'{pretrained}'" if pretrained == source else f"'{pretrained}' (-> {source})"
+
+
+def locate(pretrained: str, cache_dir: Optional[str] = None) -> tuple[str, dict]:
+    """Find the checkpoint folder and read its `model_index.json`, or raise CheckpointError."""
+    source = resolve(pretrained)
+    what = _describe(pretrained, source)
+    how = ("pass --pretrained with a local diffusers folder (one containing model_index.json), "
+           f"a hub id, or one of the aliases {sorted(set(ALIASES) | set(_packaged_checkpoints()))}")
+    if os.path.isdir(source):
+        folder = source
+    elif _looks_like_hub_id(source):
+        folder = _download_or_cached(source, what, cache_dir)
+    else:
+        raise CheckpointError(f"diffusion checkpoint {what}: no such folder, and not an alias or a hub id "
+                              f"(owner/name); {how}")
+    index_file = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_file):
+        raise CheckpointError(f"diffusion checkpoint {what}: {folder} has no model_index.json, so it is not a "
+                              f"diffusers pipeline folder (save one with pipeline.save_pretrained); {how}")
+    with open(index_file) as handle:
+        index = json.load(handle)
+    class_name = index.get("_class_name", "?")
+    try:
+        _, parts = backend_for_pipeline(class_name)
+    except KeyError:
+        raise CheckpointError(f"diffusion checkpoint {what}: pipeline type {class_name} is not supported "
+                              f"(supported: {sorted(BACKENDS)})") from None
+    missing = [part for part in parts if not os.path.isdir(os.path.join(folder, part))]
+    if missing:
+        raise CheckpointError(f"diffusion checkpoint {what}: {folder} lacks the parts {missing} "
+                              f"that a {class_name} needs")
+    return folder, index
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    pieces = name.split("/")
+    return len(pieces) == 2 and all(pieces) and not name.startswith(("/", ".", "~"))
+
+
+def _download_or_cached(hub_id: str, what: str, cache_dir: Optional[str]) -> str:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*", "vae/*", "unet/*"]
+    try:
+        return snapshot_download(hub_id, allow_patterns=patterns, cache_dir=cache_dir,
+                                 local_files_only=_hub_offline())
+    except Exception as error:  # huggingface_hub raises many types; all mean "not available"
+        reason = "the hub is switched off (HF_HUB_OFFLINE=1) and it is not in the local cache" if _hub_offline() \
+            else f"it could not be downloaded ({type(error).__name__})"
+        raise CheckpointError(
+            f"diffusion checkpoint {what}: no local folder of that name, and as a hub id {reason}; download it on a connected machine with "
+            f"`huggingface-cli download {hub_id}` (same HF_HOME), or pass --pretrained /path/to/diffusers/folder"
+        ) from None
+
+
+def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
+    """"auto" = float16 on CUDA (with PyTorch SDPA attention), float32 on CPU."""
+    device = torch.device(device)
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    resolved = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    if device.type == "cpu" and resolved == torch.float16:
+        raise CheckpointError("dtype float16 is not supported on CPU; use float32 or bfloat16")
+    return resolved
+
+
+def load_backend(pretrained: str, device: torch.device | str = "cpu", dtype: str = "auto",
+                 cache_dir: Optional[str] = None) -> DiffusionBackend:
+    """Load the model family that the checkpoint's `model_index.json` names."""
+    folder, index = locate(pretrained, cache_dir=cache_dir)
+    backend_class, _ = backend_for_pipeline(index["_class_name"])
+    return backend_class(folder, device=device, dtype=resolve_dtype(dtype, device), local_files_only=True)

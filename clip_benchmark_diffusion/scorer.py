@@ -1,0 +1,192 @@
+"""Monte-Carlo denoising-error scores of candidate prompts: the classifier itself.
+
+Model-agnostic: it talks to a `DiffusionBackend` and knows nothing of clip_benchmark.
+For each image it draws (t, noise) pairs from a seed derived from (seed, image key), so the
+same image gets the same draws whatever the batch size, worker count or class order, and
+every candidate is scored on those same draws (paired differences). UNet rows from all
+images and candidates of a call are packed into batches of `batch_size`.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .backends.base import DiffusionBackend
+from .objectives import denoising_error, draw_noise, draw_timesteps, mix_seed
+from .settings import ScorerSettings
+from .strategies import ImageState, make_strategy
+
+
+@dataclass
+class ImageScores:
+    """Everything the scorer knows about one image's decision."""
+
+    image_key: int
+    errors: torch.Tensor  # (candidates,) mean weighted error over the draws each received
+    per_draw: torch.Tensor  # (candidates, draws) NaN where a candidate was not evaluated
+    timesteps: torch.Tensor  # (draws,)
+    draws: torch.Tensor  # (candidates,) number of draws each candidate received
+    calls: int  # network evaluations spent on this image
+    dropped_round: list  # round at which each candidate was eliminated (None = survived)
+    survivors_per_round: list
+
+    @property
+    def ranking(self) -> list[int]:
+        """Best first. Survivors by error; eliminated candidates after them, later
+        eliminations first, each round's by its estimate when it was dropped."""
+        def key(c: int) -> tuple:
+            dropped = self.dropped_round[c]
+            return (0 if dropped is None else 1, -(dropped or 0), float(self.errors[c]), c)
+
+        return sorted(range(len(self.errors)), key=key)
+
+    @property
+    def prediction(self) -> int:
+        return self.ranking[0]
+
+
+def image_key_from_pixels(pixels: torch.Tensor) -> int:
+    """A stable 63-bit key from an image's content, for seeding its draws."""
+    data = pixels.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") & 0x7FFFFFFFFFFFFFFF
+
+
+class DiffusionScorer:
+    """Scores candidates (each a list of prompts, e.g. one class's templates) for images."""
+
+    def __init__(self, backend: DiffusionBackend, settings: Optional[ScorerSettings] = None) -> None:
+        self.backend = backend
+        self.settings = settings or ScorerSettings()
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._mean_cache: dict[tuple, torch.Tensor] = {}
+
+    # ---------------------------------------------------------------- conditionings
+    def encode_prompts(self, prompts: Sequence[str]) -> None:
+        """Text-encode prompts not yet cached (each prompt is encoded once per scorer)."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
+        step = max(self.settings.batch_size, 1)
+        for start in range(0, len(missing), step):
+            chunk = missing[start:start + step]
+            for prompt, embedding in zip(chunk, self.backend.encode_prompts(chunk)):
+                self._prompt_cache[prompt] = embedding
+
+    def _conditionings(self, candidates: Sequence[Sequence[str]]) -> tuple[torch.Tensor, list[list[int]]]:
+        """The distinct conditionings needed and, per candidate, which of them it averages."""
+        if any(len(c) == 0 for c in candidates):
+            raise ValueError("every candidate needs at least one prompt")
+        self.encode_prompts([p for c in candidates for p in c])
+        if self.settings.templates == "average_embeddings":
+            tensors = []
+            for prompts in candidates:
+                key = tuple(prompts)
+                if key not in self._mean_cache:
+                    self._mean_cache[key] = torch.stack([self._prompt_cache[p] for p in prompts]).mean(dim=0)
+                tensors.append(self._mean_cache[key])
+            return torch.stack(tensors), [[i] for i in range(len(candidates))]
+        index: dict[str, int] = {}
+        groups = [[index.setdefault(p, len(index)) for p in prompts] for prompts in candidates]
+        return torch.stack([self._prompt_cache[p] for p in index]), groups
+
+    # ---------------------------------------------------------------- scoring
+    def image_seed(self, image_key: int) -> int:
+        return mix_seed(self.settings.seed, image_key)
+
+    @torch.no_grad()
+    def score(self, pixels: torch.Tensor, candidates: Sequence[Sequence[str]],
+              image_keys: Optional[Sequence[int]] = None,
+              on_calls: Optional[Callable[[int], None]] = None) -> list[ImageScores]:
+        """Score every candidate for each image of a pixel batch (from the backend's transform).
+
+        `image_keys` seed each image's draws (default: a hash of the pixels). `on_calls`
+        is told about network evaluations as they happen (for progress bars).
+        """
+        if len(candidates) == 0:
+            raise ValueError("no candidates to score")
+        if image_keys is None:
+            image_keys = [image_key_from_pixels(p) for p in pixels]
+        if len(image_keys) != len(pixels):
+            raise ValueError("one image key per image is needed")
+        with torch.autocast(device_type=self.backend.device.type, enabled=False):
+            x0 = self.backend.encode_images(pixels)
+            conditionings, groups = self._conditionings(candidates)
+            strategy = make_strategy(self.settings)
+            states = [ImageState(len(candidates), strategy.max_draws()) for _ in image_keys]
+            seeds = [self.image_seed(k) for k in image_keys]
+            all_timesteps = [draw_timesteps(self.settings, self.backend.num_train_timesteps,
+                                            torch.arange(strategy.max_draws()), s) for s in seeds]
+            calls = [0] * len(states)
+            while True:
+                plans = [(i, strategy.next_round(state)) for i, state in enumerate(states)]
+                plans = [(i, target) for i, target in plans if target is not None]
+                if not plans:
+                    break
+                jobs = []  # (image, draw, conditioning) rows of this round
+                for i, target in plans:
+                    state = states[i]
+                    needed = sorted({g for c in torch.nonzero(state.active).flatten().tolist() for g in groups[c]})
+                    jobs.extend((i, j, g) for j in range(state.draws_done, target) for g in needed)
+                errors = _group_by_image(jobs, self._evaluate(jobs, x0, conditionings, seeds, all_timesteps, on_calls))
+                for i, target in plans:
+                    per_job = errors.get(i, [])
+                    self._record_round(states[i], groups, per_job, target)
+                    calls[i] += len(per_job) * self.backend.calls_per_prediction
+                    strategy.after_round(states[i])
+                    states[i].survivors_per_round.append(int(states[i].active.sum()))
+        return [self._result(key, state, timesteps, n_calls)
+                for key, state, timesteps, n_calls in zip(image_keys, states, all_timesteps, calls)]
+
+    def _evaluate(self, jobs: list, x0: torch.Tensor, conditionings: torch.Tensor, seeds: list,
+                  all_timesteps: list, on_calls: Optional[Callable[[int], None]]) -> torch.Tensor:
+        """Errors of (image, draw, conditioning) rows, `batch_size` rows per network call.
+        Noise is regenerated per batch from its seed, so memory is bounded by the batch."""
+        backend = self.backend
+        errors = torch.empty(len(jobs), dtype=torch.float64)
+        sample_shape = tuple(x0.shape[1:])
+        for start in range(0, len(jobs), self.settings.batch_size):
+            chunk = jobs[start:start + self.settings.batch_size]
+            noises: dict[tuple, torch.Tensor] = {}
+            for i, j, _ in chunk:
+                if (i, j) not in noises:
+                    noises[(i, j)] = draw_noise(seeds[i], j, sample_shape)
+            images = torch.tensor([i for i, _, _ in chunk])
+            timesteps = torch.stack([all_timesteps[i][j] for i, j, _ in chunk])
+            clean = x0[images.to(x0.device)]
+            noise = torch.stack([noises[(i, j)] for i, j, _ in chunk]).to(clean.device)
+            x_t = backend.add_noise(clean, noise, timesteps)
+            conditioning = conditionings[torch.tensor([g for _, _, g in chunk])]
+            output = backend.predict(x_t, timesteps, conditioning)
+            errors[start:start + len(chunk)] = denoising_error(
+                self.settings, output, clean, noise, x_t, timesteps, backend.alphas_cumprod,
+                backend.prediction_type, backend.num_train_timesteps).to("cpu", torch.float64)
+            if on_calls is not None:
+                on_calls(len(chunk) * backend.calls_per_prediction)
+        return errors
+
+    @staticmethod
+    def _record_round(state: ImageState, groups: list, per_job: list, target: int) -> None:
+        by_conditioning: dict[tuple, float] = {(j, g): e for j, g, e in per_job}
+        for c in torch.nonzero(state.active).flatten().tolist():
+            for j in range(state.draws_done, target):
+                state.per_draw[c, j] = sum(by_conditioning[(j, g)] for g in groups[c]) / len(groups[c])
+        state.draws_done = target
+        state.round += 1
+
+    @staticmethod
+    def _result(key: int, state: ImageState, timesteps: torch.Tensor, calls: int) -> ImageScores:
+        n = state.draws_done
+        per_draw = state.per_draw[:, :n]
+        return ImageScores(
+            image_key=int(key), errors=torch.nanmean(per_draw, dim=1), per_draw=per_draw,
+            timesteps=timesteps[:n], draws=(~torch.isnan(per_draw)).sum(dim=1), calls=calls,
+            dropped_round=list(state.dropped_round), survivors_per_round=list(state.survivors_per_round))
+
+
+def _group_by_image(jobs: list, errors: torch.Tensor) -> dict[int, list]:
+    """(draw, conditioning, error) triples of each image."""
+    grouped: dict[int, list] = {}
+    for (i, j, g), e in zip(jobs, errors.tolist()):
+        grouped.setdefault(i, []).append((j, g, e))
+    return grouped

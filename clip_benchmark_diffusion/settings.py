@@ -1,0 +1,109 @@
+"""Every knob of the scorer in one frozen, serialisable record.
+
+The same object is built from Python, from the `clip_benchmark eval --diffusion_*` flags and
+from a run's record header, so a run can be reproduced from what it wrote.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+OBJECTIVES = ("epsilon", "x0_snr", "x0_heuristic", "x0_buckets")
+LOSSES = ("l2", "l1", "huber")
+TIMESTEP_SAMPLERS = ("stratified", "uniform")
+TEMPLATE_MODES = ("average_errors", "average_embeddings")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+STRATEGIES = ("fixed", "ttest", "schedule")
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    """How candidate prompts are scored.
+
+    draws: (t, noise) draws per candidate with the fixed strategy; the maximum with "ttest".
+    timesteps: "stratified" (a low-discrepancy sequence: any power-of-two prefix is evenly
+        spaced, as in Li et al.) or "uniform" (i.i.d., as in Clark & Jaini).
+    t_min/t_max: restrict timesteps to [t_min, t_max] (t_max None = last training step).
+    objective: error space and weighting: "epsilon" (unweighted epsilon error, Li et al.),
+        "x0_snr" (x0 error weighted by SNR(t)), "x0_heuristic" (x0 error weighted by
+        exp(-heuristic_rate * t/T), Clark & Jaini), "x0_buckets" (x0 error with one
+        user weight per equal-width timestep bucket).
+    loss: per-element loss averaged over the latent: "l2", "l1" or "huber".
+    templates: "average_errors" scores each template of a class and averages the errors
+        (cost x templates); "average_embeddings" conditions once on the mean text embedding.
+    strategy: "fixed" (every candidate gets `draws` draws), "ttest" (paired t-test
+        successive elimination) or "schedule" (fixed multi-stage keep-lists).
+    """
+
+    draws: int = 64
+    timesteps: str = "stratified"
+    t_min: int = 0
+    t_max: Optional[int] = None
+    objective: str = "epsilon"
+    bucket_weights: tuple = ()
+    heuristic_rate: float = 7.0
+    loss: str = "l2"
+    templates: str = "average_errors"
+    batch_size: int = 64
+    dtype: str = "auto"
+    seed: int = 0
+    strategy: str = "fixed"
+    # t-test elimination (Clark & Jaini, Algorithm 1)
+    ttest_p: float = 2e-3
+    min_draws: int = 20
+    round_draws: int = 4
+    # multi-stage schedule (Li et al.): keep the best keep[i] after cumulative stage_draws[i]
+    schedule_keep: tuple = ()
+    schedule_draws: tuple = ()
+    max_candidates: int = 4096
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"invalid scorer setting: {message}")
+
+        check(self.draws >= 1, f"draws must be >= 1, got {self.draws}")
+        check(self.timesteps in TIMESTEP_SAMPLERS, f"timesteps must be one of {TIMESTEP_SAMPLERS}, got {self.timesteps!r}")
+        check(self.t_min >= 0, f"t_min must be >= 0, got {self.t_min}")
+        check(self.t_max is None or self.t_max >= self.t_min, f"t_max ({self.t_max}) must be >= t_min ({self.t_min})")
+        check(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        check(self.objective != "x0_buckets" or len(self.bucket_weights) > 0,
+              "objective 'x0_buckets' needs bucket_weights (one weight per equal-width timestep bucket)")
+        check(all(w >= 0 for w in self.bucket_weights), "bucket weights must be >= 0")
+        check(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
+        check(self.templates in TEMPLATE_MODES, f"templates must be one of {TEMPLATE_MODES}, got {self.templates!r}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check(self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        check(0 < self.ttest_p < 1, f"ttest_p must be in (0, 1), got {self.ttest_p}")
+        check(self.min_draws >= 2, f"min_draws must be >= 2 (a t-test needs two draws), got {self.min_draws}")
+        check(self.round_draws >= 1, f"round_draws must be >= 1, got {self.round_draws}")
+        if self.strategy == "schedule":
+            check(len(self.schedule_keep) == len(self.schedule_draws) > 0,
+                  "strategy 'schedule' needs schedule_keep and schedule_draws of equal, non-zero length")
+            check(list(self.schedule_draws) == sorted(set(self.schedule_draws)),
+                  f"schedule_draws must be strictly increasing cumulative draws, got {self.schedule_draws}")
+            check(list(self.schedule_keep) == sorted(self.schedule_keep, reverse=True) and self.schedule_keep[-1] >= 1,
+                  f"schedule_keep must be non-increasing and >= 1, got {self.schedule_keep}")
+        check(self.max_candidates >= 1, "max_candidates must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ScorerSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown scorer settings: {sorted(unknown)}")
+        values = dict(values)
+        for name in ("bucket_weights", "schedule_keep", "schedule_draws"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "ScorerSettings":
+        return dataclasses.replace(self, **changes)

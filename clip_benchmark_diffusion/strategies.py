@@ -1,0 +1,138 @@
+"""Where UNet calls go: which candidates get how many more shared draws, round by round.
+
+A strategy sees one image's state (per-draw errors of every candidate so far) and answers
+"these candidates, up to this many draws" or "done". All candidates evaluated in a round
+share the same draw indices, so every comparison between survivors is paired.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from scipy import stats
+
+from .settings import ScorerSettings
+
+
+@dataclass
+class ImageState:
+    """Per-image bookkeeping shared by the scorer and the strategies."""
+
+    num_candidates: int
+    max_draws: int
+    per_draw: torch.Tensor = field(init=False)  # (candidates, max_draws) float64, NaN = not evaluated
+    draws_done: int = 0
+    active: torch.Tensor = field(init=False)  # bool (candidates,)
+    dropped_round: list = field(init=False)  # round index at which each candidate was dropped (None = kept)
+    dropped_estimate: list = field(init=False)  # its mean error then
+    survivors_per_round: list = field(default_factory=list)
+    round: int = 0
+
+    def __post_init__(self) -> None:
+        self.per_draw = torch.full((self.num_candidates, self.max_draws), float("nan"), dtype=torch.float64)
+        self.active = torch.ones(self.num_candidates, dtype=torch.bool)
+        self.dropped_round = [None] * self.num_candidates
+        self.dropped_estimate = [None] * self.num_candidates
+
+    def means(self) -> torch.Tensor:
+        """Mean error of each candidate over the draws it received."""
+        return torch.nanmean(self.per_draw[:, : max(self.draws_done, 1)], dim=1)
+
+    def drop(self, candidates: torch.Tensor) -> None:
+        means = self.means()
+        for c in candidates.tolist():
+            if self.active[c]:
+                self.active[c] = False
+                self.dropped_round[c] = self.round
+                self.dropped_estimate[c] = float(means[c])
+
+
+def _best_active(state: ImageState) -> tuple[int, torch.Tensor]:
+    active = torch.nonzero(state.active).flatten()
+    means = state.means()[active]
+    return int(active[torch.argmin(means)]), active
+
+
+class Strategy:
+    """Base class: `next_round` returns the number of draws every active candidate should
+    have after this round, or None when the decision is made. `after_round` may drop."""
+
+    def __init__(self, settings: ScorerSettings) -> None:
+        self.settings = settings
+
+    def max_draws(self) -> int:
+        return self.settings.draws
+
+    def next_round(self, state: ImageState) -> Optional[int]:
+        raise NotImplementedError
+
+    def after_round(self, state: ImageState) -> None:
+        pass
+
+
+class FixedBudget(Strategy):
+    """Every candidate gets `draws` draws in one round (the baseline of both papers)."""
+
+    def next_round(self, state: ImageState) -> Optional[int]:
+        return self.settings.draws if state.draws_done < self.settings.draws else None
+
+
+class TTestElimination(Strategy):
+    """Clark & Jaini's Algorithm 1: after `min_draws`, add `round_draws` shared draws per
+    round and drop every candidate whose one-sided paired t-test against the current best
+    has p < `ttest_p`; stop at one survivor or at `draws` draws."""
+
+    def next_round(self, state: ImageState) -> Optional[int]:
+        if int(state.active.sum()) <= 1 or state.draws_done >= self.settings.draws:
+            return None
+        if state.draws_done == 0:
+            return min(self.settings.min_draws, self.settings.draws)
+        return min(state.draws_done + self.settings.round_draws, self.settings.draws)
+
+    def after_round(self, state: ImageState) -> None:
+        best, active = _best_active(state)
+        n = state.draws_done
+        if n < 2:
+            return
+        others = active[active != best]
+        if len(others) == 0:
+            return
+        differences = state.per_draw[others, :n] - state.per_draw[best, :n]  # > 0: worse than best
+        mean = differences.mean(dim=1)
+        std = differences.std(dim=1, unbiased=True)
+        with torch.no_grad():
+            t_stat = mean / (std / n ** 0.5)
+        p_values = torch.from_numpy(stats.t.sf(t_stat.numpy(), df=n - 1))
+        # identical candidates (std 0, mean 0) give NaN: never drop on them
+        drop = others[(p_values < self.settings.ttest_p) & torch.isfinite(p_values)]
+        state.drop(drop)
+
+
+class MultiStageSchedule(Strategy):
+    """Li et al.'s adaptive evaluation: stage i brings the kept candidates up to
+    `schedule_draws[i]` cumulative draws, then keeps the best `schedule_keep[i]`.
+    Later stages extend the same draw sequence, so earlier errors are reused."""
+
+    def max_draws(self) -> int:
+        return self.settings.schedule_draws[-1]
+
+    def next_round(self, state: ImageState) -> Optional[int]:
+        if state.round >= len(self.settings.schedule_draws):
+            return None
+        return self.settings.schedule_draws[state.round]
+
+    def after_round(self, state: ImageState) -> None:
+        keep = self.settings.schedule_keep[state.round - 1]
+        active = torch.nonzero(state.active).flatten()
+        if len(active) <= keep:
+            return
+        order = torch.argsort(state.means()[active], stable=True)
+        state.drop(active[order[keep:]])
+
+
+STRATEGIES = {"fixed": FixedBudget, "ttest": TTestElimination, "schedule": MultiStageSchedule}
+
+
+def make_strategy(settings: ScorerSettings) -> Strategy:
+    return STRATEGIES[settings.strategy](settings)

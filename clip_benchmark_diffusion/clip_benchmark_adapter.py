@@ -64,7 +64,10 @@ class DiffusionZeroShotModel(torch.nn.Module):
 
     # ------------------------------------------------------------ clip_benchmark interface
     def encode_text(self, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Register one candidate (a class's prompts) and return its one-hot embedding."""
+        """Register one candidate (a class's prompts) and return its one-hot embedding.
+        Text encoded after images were scored starts a new candidate set."""
+        if self.images_seen:
+            self._start_new_candidate_set()
         prompts = self.tokenizer.decode(token_ids)
         self.candidates.append(prompts)
         self.scorer.encode_prompts(prompts)
@@ -77,6 +80,12 @@ class DiffusionZeroShotModel(torch.nn.Module):
         rankings = self.rank(images)
         autocast_dtype = rank_codec.active_autocast_dtype(images.device.type)
         return rank_codec.encode_rankings(rankings, self.capacity, autocast_dtype).to(images.device)
+
+    def _start_new_candidate_set(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+        self.recorder = None
+        self.candidates, self.images_seen = [], 0
 
     # ------------------------------------------------------------ scoring with records
     def rank(self, images: torch.Tensor) -> list[list[int]]:

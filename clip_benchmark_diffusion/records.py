@@ -81,7 +81,11 @@ class RunRecorder:
 
     def finish(self, summary: dict[str, Any]) -> None:
         self._write({"type": "summary", **summary})
-        self._handle.close()
+        self.close()
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
 
 
 def _comparable(header: dict[str, Any]) -> str:

@@ -30,7 +30,8 @@ def build_tiny_pipeline(folder: str, prediction_type: str = "epsilon", seed: int
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
                                 attention_head_dim=4, norm_num_groups=8)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear", prediction_type=prediction_type, clip_sample=False)
+                              beta_schedule="scaled_linear", prediction_type=prediction_type, clip_sample=False,
+                              steps_offset=1)
     pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                        scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)

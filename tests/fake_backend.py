@@ -1,0 +1,53 @@
+"""A deterministic stand-in backend whose candidate errors are nearly tied.
+
+It implements the whole `DiffusionBackend` interface with arithmetic instead of networks,
+so scorer/adapter behaviour with thousands of candidates can be checked in milliseconds.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Callable, Sequence
+
+import torch
+from torchvision import transforms
+
+from clip_benchmark_diffusion.backends.base import DiffusionBackend
+
+
+def _prompt_value(prompt: str) -> float:
+    digest = hashlib.blake2b(prompt.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
+
+
+class FakeBackend(DiffusionBackend):
+    """Predicts `spread * value(prompt)` everywhere: candidates differ by tiny amounts."""
+
+    def __init__(self, spread: float = 1e-4, resolution: int = 8) -> None:
+        self.resolution = resolution
+        self.prediction_type = "epsilon"
+        self.num_train_timesteps = 1000
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.spread = spread
+        self.description = {"backend": "fake"}
+        self.predict_rows = 0
+
+    def image_transform(self) -> Callable:
+        return transforms.Compose([transforms.Resize(self.resolution), transforms.CenterCrop(self.resolution),
+                                   transforms.ToTensor()])
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels[:, :1].to(torch.float32)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        return torch.tensor([[self.spread * _prompt_value(p)] for p in prompts], dtype=torch.float32)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        a = self.alphas_cumprod[timesteps].to(torch.float32).view(-1, 1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+        self.predict_rows += len(x_t)
+        return x_t * 0 + conditioning.view(-1, 1, 1, 1)

@@ -1,0 +1,112 @@
+"""The batched, shared-draw scorer against a plain loop, and its reproducibility."""
+import pytest
+import torch
+
+from clip_benchmark_diffusion.checkpoints import load_backend
+from clip_benchmark_diffusion.objectives import denoising_error, draw_noise
+from clip_benchmark_diffusion.scorer import DiffusionScorer
+from clip_benchmark_diffusion.settings import ScorerSettings
+from fake_backend import FakeBackend
+
+CANDIDATES = [["a photo of a cat.", "a cat."], ["a photo of a dog.", "a dog."], ["a photo of a bird.", "a bird."]]
+
+
+def pixels(n: int, seed: int = 0, size: int = 16) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def plain_loop_errors(backend, settings, image, key, candidates, timesteps):
+    """Reference: one UNet call per (prompt, draw), no batching, no caches."""
+    scorer = DiffusionScorer(backend, settings)
+    x0 = backend.encode_images(image[None])
+    errors = torch.zeros(len(candidates), len(timesteps), dtype=torch.float64)
+    for c, prompts in enumerate(candidates):
+        for j, t in enumerate(timesteps):
+            per_prompt = []
+            for prompt in prompts:
+                noise = draw_noise(scorer.image_seed(key), j, tuple(x0.shape[1:]))[None]
+                t_batch = t.view(1)
+                x_t = backend.add_noise(x0, noise, t_batch)
+                output = backend.predict(x_t, t_batch, backend.encode_prompts([prompt]))
+                per_prompt.append(float(denoising_error(settings, output, x0, noise, x_t, t_batch,
+                                                        backend.alphas_cumprod, backend.prediction_type,
+                                                        backend.num_train_timesteps)))
+            errors[c, j] = sum(per_prompt) / len(per_prompt)
+    return errors
+
+
+@pytest.fixture(scope="module")
+def epsilon_backend(tiny_epsilon_pipeline):
+    return load_backend(tiny_epsilon_pipeline)
+
+
+@pytest.fixture(scope="module")
+def v_backend(tiny_v_pipeline):
+    return load_backend(tiny_v_pipeline)
+
+
+@pytest.mark.parametrize("objective", ["epsilon", "x0_heuristic"])
+def test_batched_scorer_equals_plain_loop(epsilon_backend, objective):
+    settings = ScorerSettings(draws=6, batch_size=5, objective=objective, t_min=50, t_max=900)
+    images = pixels(2)
+    results = DiffusionScorer(epsilon_backend, settings).score(images, CANDIDATES, image_keys=[11, 12])
+    for image, key, result in zip(images, [11, 12], results):
+        expected = plain_loop_errors(epsilon_backend, settings, image, key, CANDIDATES, result.timesteps)
+        assert torch.allclose(result.per_draw, expected, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(result.errors, expected.mean(dim=1), rtol=1e-4)
+        assert result.calls == 6 * 6  # 3 candidates x 2 templates x 6 draws
+        assert result.draws.tolist() == [6, 6, 6]
+
+
+def test_v_prediction_checkpoint_is_scored_in_epsilon_space(v_backend):
+    assert v_backend.prediction_type == "v_prediction"
+    settings = ScorerSettings(draws=4, batch_size=7)
+    result = DiffusionScorer(v_backend, settings).score(pixels(1), CANDIDATES[:2], image_keys=[3])[0]
+    expected = plain_loop_errors(v_backend, settings, pixels(1)[0], 3, CANDIDATES[:2], result.timesteps)
+    assert torch.allclose(result.per_draw, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_same_seed_same_scores_for_any_batch_size_and_class_order(epsilon_backend):
+    images = pixels(3, seed=4)
+    base = DiffusionScorer(epsilon_backend, ScorerSettings(draws=4, batch_size=64, seed=9)).score(images, CANDIDATES)
+    small = DiffusionScorer(epsilon_backend, ScorerSettings(draws=4, batch_size=3, seed=9))
+    one_by_one = [small.score(images[i:i + 1], CANDIDATES)[0] for i in range(3)]
+    order = [2, 0, 1]
+    shuffled = DiffusionScorer(epsilon_backend, ScorerSettings(draws=4, batch_size=5, seed=9)).score(
+        images, [CANDIDATES[i] for i in order])
+    for a, b, c in zip(base, one_by_one, shuffled):
+        assert torch.equal(a.timesteps, b.timesteps) and torch.equal(a.timesteps, c.timesteps)
+        assert torch.allclose(a.per_draw, b.per_draw, rtol=1e-5, atol=1e-7)
+        assert torch.allclose(a.per_draw[order], c.per_draw, rtol=1e-5, atol=1e-7)
+        assert a.prediction == b.prediction == order[c.prediction]
+    other_seed = DiffusionScorer(epsilon_backend, ScorerSettings(draws=4, seed=10)).score(images, CANDIDATES)
+    assert not torch.equal(other_seed[0].timesteps, base[0].timesteps)
+
+
+def test_prompts_are_encoded_once_and_template_modes_cost_what_they_say():
+    backend = FakeBackend(spread=0.5)
+    calls = []
+    encode = backend.encode_prompts
+    backend.encode_prompts = lambda prompts: calls.append(list(prompts)) or encode(prompts)
+    scorer = DiffusionScorer(backend, ScorerSettings(draws=4))
+    first = scorer.score(pixels(2, size=8), CANDIDATES)
+    scorer.score(pixels(2, seed=1, size=8), CANDIDATES)
+    assert sum(len(c) for c in calls) == 6  # six distinct prompts, encoded once in total
+    assert first[0].calls == 3 * 2 * 4
+    cheap = DiffusionScorer(backend, ScorerSettings(draws=4, templates="average_embeddings")).score(
+        pixels(2, size=8), CANDIDATES)
+    assert cheap[0].calls == 3 * 4
+    # the cheap mode really conditions on the mean embedding
+    mean_cond = (encode(["a photo of a cat."]) + encode(["a cat."])) / 2
+    single = FakeBackend(spread=0.5)
+    single.encode_prompts = lambda prompts: mean_cond.expand(len(prompts), -1)
+    reference = DiffusionScorer(single, ScorerSettings(draws=4)).score(pixels(2, size=8), [["x"]])
+    assert torch.allclose(cheap[0].per_draw[0], reference[0].per_draw[0])
+
+
+def test_empty_candidates_are_rejected():
+    scorer = DiffusionScorer(FakeBackend(), ScorerSettings(draws=2))
+    with pytest.raises(ValueError, match="no candidates"):
+        scorer.score(pixels(1, size=8), [])
+    with pytest.raises(ValueError, match="at least one prompt"):
+        scorer.score(pixels(1, size=8), [["a"], []])

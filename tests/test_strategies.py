@@ -1,0 +1,78 @@
+"""Adaptive strategies: where UNet calls go, and that pruning keeps the right answer."""
+import pytest
+import torch
+
+from clip_benchmark_diffusion.scorer import DiffusionScorer
+from clip_benchmark_diffusion.settings import ScorerSettings
+from fake_backend import FakeBackend
+
+
+class SeparatedBackend(FakeBackend):
+    """Candidate k predicts the constant k * gap: expected epsilon error 1 + (k * gap)^2, so 0 is best."""
+
+    def __init__(self, gap: float = 0.05) -> None:
+        super().__init__()
+        self.gap = gap
+
+    def encode_prompts(self, prompts):
+        return torch.tensor([[float(p.split()[-1]) * self.gap] for p in prompts])
+
+
+def candidates(n: int) -> list[list[str]]:
+    return [[f"class {k}"] for k in range(n)]
+
+
+def images(n: int) -> torch.Tensor:
+    return torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+
+
+def test_ttest_elimination_keeps_the_best_and_spends_far_fewer_calls():
+    backend = SeparatedBackend(gap=0.3)
+    fixed = DiffusionScorer(backend, ScorerSettings(draws=200)).score(images(8), candidates(10))
+    pruned = DiffusionScorer(backend, ScorerSettings(strategy="ttest", draws=200, min_draws=20, round_draws=4)
+                             ).score(images(8), candidates(10))
+    for a, b in zip(fixed, pruned):
+        assert a.prediction == b.prediction == 0
+        assert b.dropped_round[0] is None  # the best is never eliminated
+        assert b.calls < a.calls / 5
+        assert b.survivors_per_round[-1] == 1 and b.survivors_per_round == sorted(b.survivors_per_round, reverse=True)
+        # dropped candidates rank after survivors, later eliminations first
+        rounds = [b.dropped_round[c] or 10**9 for c in b.ranking]
+        assert rounds == sorted(rounds, reverse=True)
+        # survivors share every draw, so their comparisons are paired
+        assert int(b.draws[0]) == b.per_draw.shape[1]
+
+
+def test_ttest_with_identical_candidates_never_drops_and_stops_at_max_draws():
+    backend = SeparatedBackend(gap=0.0)
+    result = DiffusionScorer(backend, ScorerSettings(strategy="ttest", draws=32, min_draws=20, round_draws=4)
+                             ).score(images(1), candidates(3))[0]
+    assert result.dropped_round == [None, None, None] and result.draws.tolist() == [32, 32, 32]
+
+
+def test_schedule_keeps_the_top_k_and_reuses_earlier_draws():
+    backend = SeparatedBackend(gap=0.2)
+    settings = ScorerSettings(strategy="schedule", schedule_keep=(3, 1), schedule_draws=(8, 24))
+    result = DiffusionScorer(backend, settings).score(images(2), candidates(6))
+    fixed8 = DiffusionScorer(backend, ScorerSettings(draws=8)).score(images(2), candidates(6))
+    for r, f in zip(result, fixed8):
+        assert r.survivors_per_round == [3, 1]
+        assert sorted(r.draws.tolist()) == [8, 8, 8, 24, 24, 24]
+        assert r.calls == 6 * 8 + 3 * 16
+        assert torch.allclose(r.per_draw[:, :8], f.per_draw)  # stage 2 extends stage 1's draws
+        assert r.prediction == 0
+
+
+def test_same_seed_same_decisions_for_adaptive_strategies():
+    backend = SeparatedBackend(gap=0.02)
+    settings = ScorerSettings(strategy="ttest", draws=64, seed=5)
+    a = DiffusionScorer(backend, settings).score(images(4), candidates(5))
+    b = DiffusionScorer(backend, settings.replace(batch_size=7)).score(images(4), candidates(5))
+    assert [r.ranking for r in a] == [r.ranking for r in b]
+    assert [r.calls for r in a] == [r.calls for r in b]
+
+
+@pytest.mark.parametrize("bad", [dict(strategy="schedule"), dict(min_draws=1), dict(ttest_p=0.0)])
+def test_bad_strategy_settings_are_rejected(bad):
+    with pytest.raises(ValueError):
+        ScorerSettings(**bad)

@@ -1,10 +1,17 @@
 """A diffusion scorer dressed as clip_benchmark's `(model, transform, tokenizer)` triple.
 
-clip_benchmark's zero-shot loop calls `tokenizer(texts)` and `model.encode_text` once per
-class (all its templates), then `model.encode_image` per image batch, and ranks classes by
-`image_features @ class_embeddings`. Here the tokenizer maps prompts to ids of a prompt
-table, `encode_text` registers one candidate per call, and `encode_image` runs the scorer
-and returns features that encode the scorer's ranking exactly (see `rank_codec`).
+Zero-shot classification: clip_benchmark calls `tokenizer(texts)` and `model.encode_text`
+once per class (all its templates), then `model.encode_image` per image batch, and ranks
+classes by `image_features @ class_embeddings`. Here the tokenizer maps prompts to ids of a
+prompt table, `encode_text` registers one candidate per call, and `encode_image` runs the
+scorer and returns features that encode the scorer's ranking exactly (see `rank_codec`).
+
+Image-caption selection (SugarCrepe/Winoground style): each batch's captions arrive in
+one `encode_text` call, then its images. Each image is scored against its own instance's
+captions. With several images per instance, the image-side choice uses the error minus
+the image's unconditional (empty-prompt) error, as Diffusion-ITM does: some images are
+easier to denoise whatever the caption, which would otherwise decide the match.
+
 Nothing here knows about UNets: the scorer and its backend do the work.
 """
 from __future__ import annotations
@@ -25,11 +32,13 @@ class PromptTokenizer:
 
     def __init__(self) -> None:
         self.prompts: list[str] = []
+        self.last_texts: list[str] = []  # caption selection encodes images before texts
         self._ids: dict[str, int] = {}
 
     def __call__(self, texts: Sequence[str] | str, context_length: Optional[int] = None) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
+        self.last_texts = list(texts)
         ids = []
         for text in texts:
             if text not in self._ids:
@@ -42,12 +51,20 @@ class PromptTokenizer:
         return [self.prompts[int(i)] for i in ids.flatten()]
 
 
+TASKS = ("zeroshot_classification", "image_caption_selection")
+
+
 class DiffusionZeroShotModel(torch.nn.Module):
     """`encode_text` / `encode_image` on top of a `DiffusionScorer`."""
 
     def __init__(self, scorer: DiffusionScorer, tokenizer: PromptTokenizer, record_path: Optional[str] = None,
-                 record_header: Optional[dict] = None, show_progress: bool = True) -> None:
+                 record_header: Optional[dict] = None, show_progress: bool = True,
+                 task: str = "zeroshot_classification") -> None:
         super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"unsupported task {task!r}; supported: {TASKS}")
+        self.task = task
+        self.caption_layout: Optional[tuple[int, int]] = None  # (images, captions) per instance
         self.scorer = scorer
         self.tokenizer = tokenizer
         self.record_path = record_path
@@ -66,6 +83,8 @@ class DiffusionZeroShotModel(torch.nn.Module):
     def encode_text(self, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Register one candidate (a class's prompts) and return its one-hot embedding.
         Text encoded after images were scored starts a new candidate set."""
+        if self.task == "image_caption_selection":
+            return self._encode_captions(token_ids)
         if self.images_seen:
             self._start_new_candidate_set()
         prompts = self.tokenizer.decode(token_ids)
@@ -75,11 +94,79 @@ class DiffusionZeroShotModel(torch.nn.Module):
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Score every registered candidate for each image; return rank-encoding features."""
+        if self.task == "image_caption_selection":
+            return self._select_captions(images)
         if not self.candidates:
             raise RuntimeError("encode_text must register the candidate classes before encode_image is called")
         rankings = self.rank(images)
         autocast_dtype = rank_codec.active_autocast_dtype(images.device.type)
         return rank_codec.encode_rankings(rankings, self.capacity, autocast_dtype).to(images.device)
+
+    # ------------------------------------------------------------ caption selection
+    def _layout(self) -> tuple[int, int]:
+        if self.caption_layout is None:
+            raise RuntimeError("caption selection needs the batch layout (images, captions per instance); "
+                               "run it through clip_benchmark's image_caption_selection task")
+        return self.caption_layout
+
+    def _encode_captions(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Caption k of an instance gets one-hot e_k."""
+        per_instance = self._layout()[1]
+        rows = [rank_codec.class_embedding(k % per_instance, self.capacity, 1) for k in range(token_ids.numel())]
+        return torch.cat(rows).to(token_ids.device)
+
+    def _select_captions(self, images: torch.Tensor) -> torch.Tensor:
+        """Per instance: score S[m, k] = -(error(image m, caption k) - unconditional error of
+        image m), ranked jointly so both the per-image and the per-caption argmax survive."""
+        images_per, captions_per = self._layout()
+        all_captions = self.tokenizer.last_texts  # clip_benchmark tokenizes the batch's captions first
+        instances = len(images) // images_per
+        if instances * images_per != len(images) or instances * captions_per != len(all_captions):
+            raise RuntimeError(f"caption batch layout mismatch: {len(images)} images and {len(all_captions)} "
+                               f"captions for {images_per} images / {captions_per} captions per instance")
+        autocast_dtype = rank_codec.active_autocast_dtype(images.device.type)
+        features = []
+        for i in range(instances):
+            captions = all_captions[i * captions_per:(i + 1) * captions_per]
+            candidates = [[caption] for caption in captions] + ([[""]] if images_per > 1 else [])
+            errors = self._score_errors(images[i * images_per:(i + 1) * images_per], candidates)
+            conditional = errors[:, :captions_per]
+            scores = -(conditional - errors[:, captions_per:]) if images_per > 1 else -conditional
+            features.append(rank_codec.encode_positions(rank_codec.joint_positions(scores), self.capacity,
+                                                        autocast_dtype))
+        self.images_seen += len(images)
+        self._tick(len(images))
+        return torch.cat(features).to(images.device)
+
+    def _score_errors(self, images: torch.Tensor, candidates: list[list[str]]) -> torch.Tensor:
+        """Mean errors (images x candidates) for candidates specific to these images."""
+        names = [prompts[0] for prompts in candidates]
+        keys = [image_key_from_pixels(image) for image in images]
+        rows = []
+        todo = []
+        for n, key in enumerate(keys):
+            record = self.recorder.cached(key) if self._recorder() else None
+            if record is not None and record.get("candidates") == names:
+                rows.append(torch.tensor(record["errors"], dtype=torch.float64))
+            else:
+                rows.append(None)
+                todo.append(n)
+        if todo:
+            scores = self.scorer.score(images[todo], candidates, [keys[n] for n in todo], on_calls=self._count_calls)
+            for n, image_scores in zip(todo, scores):
+                rows[n] = image_scores.errors
+                if self.recorder is not None:
+                    self.recorder.add({**image_record(self.images_seen + n, image_scores, names), "candidates": names})
+        return torch.stack(rows)
+
+    def _recorder(self) -> Optional[RunRecorder]:
+        """Open the record file at the first image (in classification the candidates are part of
+        what makes earlier records reusable; in caption selection each record carries its own)."""
+        if self.record_path and self.recorder is None:
+            candidates = self.candidates if self.task == "zeroshot_classification" else None
+            self.recorder = RunRecorder(self.record_path, {**self.record_header, "task": self.task,
+                                                           "candidates": candidates})
+        return self.recorder
 
     def _start_new_candidate_set(self) -> None:
         if self.recorder is not None:
@@ -91,10 +178,8 @@ class DiffusionZeroShotModel(torch.nn.Module):
     def rank(self, images: torch.Tensor) -> list[list[int]]:
         """Best-first candidate indices for each image, reusing recorded images."""
         keys = [image_key_from_pixels(image) for image in images]
-        if self.record_path and self.recorder is None:
-            # opened at the first image: the candidates are part of what makes records reusable
-            self.recorder = RunRecorder(self.record_path, {**self.record_header, "candidates": self.candidates})
-        cached = [self.recorder.cached(key) if self.recorder else None for key in keys]
+        recorder = self._recorder()
+        cached = [recorder.cached(key) if recorder else None for key in keys]
         todo = [i for i, record in enumerate(cached) if record is None]
         results: dict[int, list[int]] = {i: record["ranking"] for i, record in enumerate(cached) if record}
         if todo:
@@ -133,12 +218,13 @@ class DiffusionZeroShotModel(torch.nn.Module):
             summary["labels"] = [int(v) for v in labels]
         if self.recorder is not None:
             self.recorder.finish(summary)
+            self.recorder = None  # a later pass reopens the file and reuses its records
         return summary
 
 
 def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, record_path: Optional[str] = None,
                          run_info: Optional[dict] = None, cache_dir: Optional[str] = None,
-                         show_progress: bool = True):
+                         show_progress: bool = True, task: str = "zeroshot_classification"):
     """clip_benchmark's loader contract: return `(model, transform, tokenizer)`."""
     from .checkpoints import load_backend
 
@@ -147,5 +233,5 @@ def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, 
     tokenizer = PromptTokenizer()
     header = {"settings": settings.to_dict(), "model": backend.description, "run": run_info or {}}
     model = DiffusionZeroShotModel(scorer, tokenizer, record_path=record_path, record_header=header,
-                                   show_progress=show_progress)
+                                   show_progress=show_progress, task=task)
     return model, backend.image_transform(), tokenizer

@@ -56,11 +56,28 @@ def class_embedding(index: int, capacity: int, rows: int) -> torch.Tensor:
 
 def encode_rankings(rankings: Sequence[Sequence[int]], capacity: int, dtype: Optional[torch.dtype]) -> torch.Tensor:
     """Image-side vectors whose logits order candidates as `rankings` (best first)."""
-    grid = rank_grid(dtype or torch.float32)
-    features = torch.zeros(len(rankings), capacity + 1, dtype=torch.float64)
+    positions = torch.zeros(len(rankings), max((len(r) for r in rankings), default=0), dtype=torch.long)
     for row, ranking in enumerate(rankings):
-        ranks = torch.arange(len(ranking)).clamp(max=len(grid) - 1)
-        features[row, torch.as_tensor(list(ranking))] = grid[ranks].to(torch.float64) / LOGIT_SCALE
-        ballast = 1.0 - float(features[row, :capacity].pow(2).sum())
-        features[row, capacity] = ballast ** 0.5
+        positions[row, torch.as_tensor(list(ranking), dtype=torch.long)] = torch.arange(len(ranking))
+    return encode_positions(positions, capacity, dtype)
+
+
+def joint_positions(scores: torch.Tensor) -> torch.Tensor:
+    """Grid positions of all entries of a score matrix ranked together (higher score first):
+    every comparison within a row *and* within a column survives the encoding."""
+    order = torch.argsort(-scores.flatten(), stable=True)
+    positions = torch.empty_like(order)
+    positions[order] = torch.arange(len(order))
+    return positions.view(scores.shape)
+
+
+def encode_positions(positions: torch.Tensor, capacity: int, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """Rows of unit vectors with feature[k] = grid[positions[row, k]] / 100 (+ ballast)."""
+    grid = rank_grid(dtype or torch.float32).to(torch.float64)
+    rows, columns = positions.shape
+    if columns > capacity:
+        raise ValueError(f"more than {capacity} candidates; raise max_candidates")
+    features = torch.zeros(rows, capacity + 1, dtype=torch.float64)
+    features[:, :columns] = grid[positions.clamp(max=len(grid) - 1)] / LOGIT_SCALE
+    features[:, capacity] = (1.0 - features[:, :capacity].pow(2).sum(dim=1)).sqrt()
     return features.to(torch.float32)

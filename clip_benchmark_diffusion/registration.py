@@ -29,7 +29,7 @@ from .settings import DTYPES, LOSSES, OBJECTIVES, STRATEGIES, TEMPLATE_MODES, TI
 
 DIFFUSION_MODEL_NAMES = ("sd-diffusion",)
 MODEL_TYPE = "diffusion"
-SUPPORTED_TASKS = ("zeroshot_classification",)
+SUPPORTED_TASKS = ("zeroshot_classification", "image_caption_selection")
 _MARK = "_clip_benchmark_diffusion_patched"
 
 
@@ -125,9 +125,10 @@ def load_diffusion(model_name: str, pretrained: str, cache_dir: Optional[str] = 
     run = _state["run"] or {}
     options = _state["options"] or diffusion_argument_parser().parse_args([])
     settings = run.get("settings") or settings_from_options(options, seed=0)
+    task = (run.get("info") or {}).get("task", "zeroshot_classification")
     return load_zero_shot_model(pretrained, device, settings, record_path=run.get("record_path"),
                                 run_info=run.get("info"), cache_dir=cache_dir,
-                                show_progress=not options.diffusion_no_progress)
+                                show_progress=not options.diffusion_no_progress, task=task)
 
 
 def _patch_models(models_module) -> None:
@@ -234,6 +235,7 @@ def _patch_cli(cli_module) -> None:
     cli_module.get_parser_args = get_parser_args
     cli_module.run = run
     _patch_zeroshot_metric()
+    _patch_caption_selection_metric()
     setattr(cli_module, _MARK, True)
 
 
@@ -258,6 +260,41 @@ def _patch_zeroshot_metric() -> None:
 
     zeroshot_classification.run_classification = run_classification
     setattr(zeroshot_classification, _MARK, True)
+
+
+class _LayoutReportingLoader:
+    """Iterates a caption-selection dataloader unchanged, telling the model each batch's
+    (images, captions) per instance before clip_benchmark encodes it."""
+
+    def __init__(self, dataloader, model) -> None:
+        self.dataloader, self.model = dataloader, model
+
+    def __iter__(self):
+        for batch_images, batch_texts in self.dataloader:
+            images_per = 1 if batch_images.dim() == 4 else batch_images.shape[1]
+            self.model.caption_layout = (images_per, len(batch_texts[0]))
+            yield batch_images, batch_texts
+
+    def __len__(self) -> int:
+        return len(self.dataloader)
+
+
+def _patch_caption_selection_metric() -> None:
+    from clip_benchmark.metrics import image_caption_selection
+
+    if getattr(image_caption_selection, _MARK, False):
+        return
+    original = image_caption_selection.evaluate
+
+    def evaluate(model, dataloader, tokenizer, device, amp=True):
+        if getattr(model, "task", None) != "image_caption_selection":
+            return original(model, dataloader, tokenizer, device, amp=amp)
+        metrics = original(model, _LayoutReportingLoader(dataloader, model), tokenizer, device, amp=amp)
+        model.finish()
+        return metrics
+
+    image_caption_selection.evaluate = evaluate
+    setattr(image_caption_selection, _MARK, True)
 
 
 # --------------------------------------------------------------------------- entry points

@@ -111,3 +111,51 @@ def test_codec_survives_clip_benchmark_arithmetic_under_each_autocast_dtype(dtyp
         logits = 100.0 * F.normalize(features, dim=-1) @ classifier
     assert logits.dtype == dtype
     assert torch.argsort(logits.float()[0], descending=True, stable=True).tolist() == ranking
+
+
+class CaptionLoader:
+    """(images [B, nim, C, H, W], captions [B][nt]) batches as clip_benchmark's caption tasks yield."""
+
+    def __init__(self, images, captions):
+        self.batches = [(images, captions)]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return 1
+
+
+@pytest.mark.parametrize("images_per_instance", [1, 2])
+def test_caption_selection_through_clip_benchmark_matches_the_scorer(images_per_instance, tmp_path):
+    from clip_benchmark.metrics import image_caption_selection
+
+    from clip_benchmark_diffusion.registration import register
+
+    register()  # clip_benchmark must tell the model each batch's layout
+    backend = FakeBackend(spread=0.8)
+    settings = ScorerSettings(draws=16)
+    captions = [[f"caption {i}-{k}" for k in range(3)] for i in range(12)]
+    images = torch.rand(12, images_per_instance, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    scorer = DiffusionScorer(backend, settings)
+    text_correct, image_correct = [], []
+    for instance, texts in zip(images, captions):
+        candidates = [[t] for t in texts] + [[""]]
+        errors = torch.stack([r.errors for r in scorer.score(instance, candidates)])
+        relative = errors[:, :3] - errors[:, 3:]
+        gt = torch.arange(images_per_instance)
+        text_correct.append(bool((errors[:, :3].argmin(dim=1) == gt).all()))
+        image_correct.append(bool((relative.argmin(dim=0)[:images_per_instance] == gt).all())
+                             if images_per_instance > 1 else True)
+    model = DiffusionZeroShotModel(DiffusionScorer(backend, settings), PromptTokenizer(), show_progress=False,
+                                   task="image_caption_selection", record_path=str(tmp_path / "r.jsonl"))
+    batch = images if images_per_instance > 1 else images[:, 0]
+    for amp in (False, True):
+        metrics = image_caption_selection.evaluate(model, CaptionLoader(batch, captions), model.tokenizer, "cpu",
+                                                   amp=amp)
+        assert metrics["text_acc"] == pytest.approx(sum(text_correct) / 12)
+        assert metrics["image_acc"] == pytest.approx(sum(image_correct) / 12)
+    # not trivial (with two images the fake backend's captions favour one image, so only the image side varies)
+    assert 0 < (sum(text_correct) if images_per_instance == 1 else sum(image_correct)) < 12
+    record = read_records(str(tmp_path / "r.jsonl"))
+    assert len(record["images"]) == 12 * images_per_instance  # the amp rerun reused the records

@@ -30,6 +30,8 @@ def image_record(index: int, scores: ImageScores, candidate_names: Sequence[str]
         "errors": [_round(e) for e in scores.errors.tolist()],
         "draws": scores.draws.tolist(),
         "calls": scores.calls,
+        "confidence": round(scores.confidence, 6),
+        "softmax_confidence": _round(scores.softmax_confidence),
         "survivors_per_round": scores.survivors_per_round,
         "dropped_round": scores.dropped_round,
         "timesteps": scores.timesteps.tolist(),

@@ -20,6 +20,11 @@ from .settings import ScorerSettings
 from .strategies import ImageState, make_strategy
 
 
+#: settings that change where calls go but not the error of a given (image, draw, prompt)
+STRATEGY_FIELDS = ("strategy", "draws", "ttest_p", "min_draws", "round_draws", "schedule_keep", "schedule_draws",
+                   "batch_size", "max_candidates")
+
+
 @dataclass
 class ImageScores:
     """Everything the scorer knows about one image's decision."""
@@ -32,6 +37,16 @@ class ImageScores:
     calls: int  # network evaluations spent on this image
     dropped_round: list  # round at which each candidate was eliminated (None = survived)
     survivors_per_round: list
+    #: 1 when the decision took the fewest calls the strategy allows, 0 when it took the most;
+    #: Clark & Jaini found the calls an image needs a well-calibrated confidence signal
+    confidence: float = 1.0
+
+    @property
+    def softmax_confidence(self) -> float:
+        """softmax(-errors) of the predicted class, as in Li et al.'s code (poorly calibrated:
+        errors of different prompts differ little, so this is close to 1 / candidates)."""
+        finite = torch.nan_to_num(self.errors, nan=float("inf"))
+        return float(torch.softmax(-finite, dim=0)[self.prediction])
 
     @property
     def ranking(self) -> list[int]:
@@ -57,9 +72,22 @@ def image_key_from_pixels(pixels: torch.Tensor) -> int:
 class DiffusionScorer:
     """Scores candidates (each a list of prompts, e.g. one class's templates) for images."""
 
-    def __init__(self, backend: DiffusionBackend, settings: Optional[ScorerSettings] = None) -> None:
+    def __init__(self, backend: DiffusionBackend, settings: Optional[ScorerSettings] = None,
+                 error_cache: Optional[dict] = None) -> None:
+        """`error_cache` (optional, a dict shared between scorers that differ only in their
+        strategy) memoises the error of each (image, draw, prompt): benchmarks compare
+        strategies on identical draws without recomputing them."""
         self.backend = backend
         self.settings = settings or ScorerSettings()
+        self.error_cache = error_cache
+        if error_cache is not None:
+            fingerprint = self.settings.to_dict()
+            for name in STRATEGY_FIELDS:
+                fingerprint.pop(name)
+            if error_cache.setdefault("__settings__", fingerprint) != fingerprint:
+                raise ValueError("an error cache may only be shared by scorers whose settings differ only in "
+                                 f"their strategy fields {STRATEGY_FIELDS}")
+        self._conditioning_names: list = []
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._mean_cache: dict[tuple, torch.Tensor] = {}
 
@@ -85,9 +113,11 @@ class DiffusionScorer:
                 if key not in self._mean_cache:
                     self._mean_cache[key] = torch.stack([self._prompt_cache[p] for p in prompts]).mean(dim=0)
                 tensors.append(self._mean_cache[key])
+            self._conditioning_names = [("mean",) + tuple(prompts) for prompts in candidates]
             return torch.stack(tensors), [[i] for i in range(len(candidates))]
         index: dict[str, int] = {}
         groups = [[index.setdefault(p, len(index)) for p in prompts] for prompts in candidates]
+        self._conditioning_names = list(index)
         return torch.stack([self._prompt_cache[p] for p in index]), groups
 
     # ---------------------------------------------------------------- scoring
@@ -118,11 +148,14 @@ class DiffusionScorer:
             all_timesteps = [draw_timesteps(self.settings, self.backend.num_train_timesteps,
                                             torch.arange(strategy.max_draws()), s) for s in seeds]
             calls = [0] * len(states)
+            rows_per_draw = sum(len(g) for g in groups) * self.backend.calls_per_prediction
+            first_round = None
             while True:
                 plans = [(i, strategy.next_round(state)) for i, state in enumerate(states)]
                 plans = [(i, target) for i, target in plans if target is not None]
                 if not plans:
                     break
+                first_round = first_round or max(target for _, target in plans)
                 jobs = []  # (image, draw, conditioning) rows of this round
                 for i, target in plans:
                     state = states[i]
@@ -135,7 +168,8 @@ class DiffusionScorer:
                     calls[i] += len(per_job) * self.backend.calls_per_prediction
                     strategy.after_round(states[i])
                     states[i].survivors_per_round.append(int(states[i].active.sum()))
-        return [self._result(key, state, timesteps, n_calls)
+        bounds = (rows_per_draw * (first_round or 0), rows_per_draw * strategy.max_draws())
+        return [self._result(key, state, timesteps, n_calls, bounds)
                 for key, state, timesteps, n_calls in zip(image_keys, states, all_timesteps, calls)]
 
     def _evaluate(self, jobs: list, x0: torch.Tensor, conditionings: torch.Tensor, seeds: list,
@@ -145,8 +179,17 @@ class DiffusionScorer:
         backend = self.backend
         errors = torch.empty(len(jobs), dtype=torch.float64)
         sample_shape = tuple(x0.shape[1:])
-        for start in range(0, len(jobs), self.settings.batch_size):
-            chunk = jobs[start:start + self.settings.batch_size]
+        cache_keys = [(seeds[i], j, self._conditioning_names[g]) for i, j, g in jobs] if self.error_cache is not None \
+            else None
+        todo = list(range(len(jobs)))
+        if cache_keys is not None:
+            todo = [n for n, key in enumerate(cache_keys) if key not in self.error_cache]
+            for n, key in enumerate(cache_keys):
+                if key in self.error_cache:
+                    errors[n] = self.error_cache[key]
+        for start in range(0, len(todo), self.settings.batch_size):
+            positions = todo[start:start + self.settings.batch_size]
+            chunk = [jobs[n] for n in positions]
             noises: dict[tuple, torch.Tensor] = {}
             for i, j, _ in chunk:
                 if (i, j) not in noises:
@@ -158,9 +201,12 @@ class DiffusionScorer:
             x_t = backend.add_noise(clean, noise, timesteps)
             conditioning = conditionings[torch.tensor([g for _, _, g in chunk])]
             output = backend.predict(x_t, timesteps, conditioning)
-            errors[start:start + len(chunk)] = denoising_error(
+            chunk_errors = denoising_error(
                 self.settings, output, clean, noise, x_t, timesteps, backend.alphas_cumprod,
                 backend.prediction_type, backend.num_train_timesteps).to("cpu", torch.float64)
+            errors[positions] = chunk_errors
+            if cache_keys is not None:
+                self.error_cache.update((cache_keys[n], e) for n, e in zip(positions, chunk_errors.tolist()))
             if on_calls is not None:
                 on_calls(len(chunk) * backend.calls_per_prediction)
         return errors
@@ -175,13 +221,17 @@ class DiffusionScorer:
         state.round += 1
 
     @staticmethod
-    def _result(key: int, state: ImageState, timesteps: torch.Tensor, calls: int) -> ImageScores:
+    def _result(key: int, state: ImageState, timesteps: torch.Tensor, calls: int,
+                bounds: tuple[int, int]) -> ImageScores:
         n = state.draws_done
         per_draw = state.per_draw[:, :n]
+        fewest, most = bounds
+        confidence = 1.0 if most <= fewest else min(max((most - calls) / (most - fewest), 0.0), 1.0)
         return ImageScores(
             image_key=int(key), errors=torch.nanmean(per_draw, dim=1), per_draw=per_draw,
             timesteps=timesteps[:n], draws=(~torch.isnan(per_draw)).sum(dim=1), calls=calls,
-            dropped_round=list(state.dropped_round), survivors_per_round=list(state.survivors_per_round))
+            dropped_round=list(state.dropped_round), survivors_per_round=list(state.survivors_per_round),
+            confidence=confidence)
 
 
 def _group_by_image(jobs: list, errors: torch.Tensor) -> dict[int, list]:

@@ -76,3 +76,31 @@ def test_same_seed_same_decisions_for_adaptive_strategies():
 def test_bad_strategy_settings_are_rejected(bad):
     with pytest.raises(ValueError):
         ScorerSettings(**bad)
+
+
+def test_error_cache_replays_identical_draws_without_new_calls():
+    backend = SeparatedBackend(gap=0.1)
+    cache: dict = {}
+    fixed = DiffusionScorer(backend, ScorerSettings(draws=64), error_cache=cache).score(images(3), candidates(6))
+    rows = backend.predict_rows
+    pruned = DiffusionScorer(backend, ScorerSettings(strategy="ttest", draws=64), error_cache=cache
+                             ).score(images(3), candidates(6))
+    assert backend.predict_rows == rows  # every error came from the cache
+    uncached = DiffusionScorer(SeparatedBackend(gap=0.1), ScorerSettings(strategy="ttest", draws=64)
+                               ).score(images(3), candidates(6))
+    for a, b in zip(pruned, uncached):
+        assert a.calls == b.calls and a.ranking == b.ranking  # calls are counted as if computed
+        assert torch.allclose(a.errors, b.errors)
+    assert fixed[0].calls == 6 * 64
+    with pytest.raises(ValueError, match="only in their strategy"):
+        DiffusionScorer(backend, ScorerSettings(objective="x0_heuristic"), error_cache=cache)
+
+
+def test_confidence_reflects_the_calls_an_image_needed():
+    backend = SeparatedBackend(gap=0.3)
+    easy = DiffusionScorer(backend, ScorerSettings(strategy="ttest", draws=200)).score(images(4), candidates(4))
+    hard = DiffusionScorer(SeparatedBackend(gap=0.0), ScorerSettings(strategy="ttest", draws=200)
+                           ).score(images(4), candidates(4))
+    assert all(r.confidence > 0.5 for r in easy) and all(r.confidence == 0.0 for r in hard)
+    fixed = DiffusionScorer(backend, ScorerSettings(draws=8)).score(images(1), candidates(4))[0]
+    assert fixed.confidence == 1.0 and 0.25 <= fixed.softmax_confidence < 0.4  # near 1 / candidates

@@ -1,5 +1,9 @@
-"""`python -m clip_benchmark_diffusion eval ...`: clip_benchmark's CLI with diffusion models
-registered explicitly (no reliance on the start-up hook)."""
+"""Command line.
+
+    python -m clip_benchmark_diffusion eval ...   clip_benchmark's CLI, diffusion models registered
+                                                  explicitly (no reliance on the start-up hook)
+    python -m clip_benchmark_diffusion demo ...   the reference-world experiments (see `demo.py`)
+"""
 from __future__ import annotations
 
 import sys
@@ -8,6 +12,11 @@ from typing import Optional
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo
+
+        demo(argv[1:])
+        return 0
     from .registration import register
 
     register()

@@ -71,6 +71,12 @@ class DiffusionZeroShotModel(torch.nn.Module):
         self.record_header = record_header or {}
         self.recorder: Optional[RunRecorder] = None
         self.capacity = scorer.settings.max_candidates
+        self.prefilter = None
+        if scorer.settings.prefilter_k > 0:
+            from .prefilter import ClipPrefilter
+
+            self.prefilter = ClipPrefilter(scorer.settings.prefilter_model, scorer.settings.prefilter_pretrained,
+                                           device=scorer.backend.device)
         self.candidates: list[list[str]] = []
         self.show_progress = show_progress
         self.expected_images: Optional[int] = None
@@ -183,8 +189,10 @@ class DiffusionZeroShotModel(torch.nn.Module):
         todo = [i for i, record in enumerate(cached) if record is None]
         results: dict[int, list[int]] = {i: record["ranking"] for i, record in enumerate(cached) if record}
         if todo:
+            priors = self.prefilter.rank(images[todo], self.candidates) if self.prefilter else None
             scores = self.scorer.score(images[todo], self.candidates, [keys[i] for i in todo],
-                                       on_calls=self._count_calls)
+                                       on_calls=self._count_calls, prior_orders=priors,
+                                       shortlist_size=self.scorer.settings.prefilter_k)
             names = [prompts[0] for prompts in self.candidates]
             for i, image_scores in zip(todo, scores):
                 results[i] = image_scores.ranking

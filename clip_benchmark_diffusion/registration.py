@@ -68,6 +68,9 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
     add("--diffusion_schedule", type=str, default=None, metavar="KEEP@DRAWS,...",
         help="multi-stage schedule, e.g. 5@50,1@500 (keep 5 after 50 draws, 1 after 500)")
     add("--diffusion_max_candidates", type=int, default=defaults.max_candidates)
+    add("--diffusion_prefilter", type=str, default=None, metavar="MODEL,PRETRAINED",
+        help="open_clip model that keeps only its top --diffusion_prefilter_k classes per image")
+    add("--diffusion_prefilter_k", type=int, default=5)
     add("--diffusion_records", type=str, default=None,
         help="per-image record file (default: beside the result JSON, suffix .diffusion.jsonl)")
     add("--diffusion_no_progress", action="store_true", help="no progress bar")
@@ -86,6 +89,9 @@ def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSetti
         values["t_min"], values["t_max"] = options.diffusion_t_range
     if options.diffusion_bucket_weights:
         values["bucket_weights"] = tuple(options.diffusion_bucket_weights)
+    if options.diffusion_prefilter:
+        model, _, pretrained = options.diffusion_prefilter.partition(",")
+        values.update(prefilter_model=model, prefilter_pretrained=pretrained, prefilter_k=options.diffusion_prefilter_k)
     if options.diffusion_schedule:
         keep, draws = parse_schedule(options.diffusion_schedule)
         values.update(schedule_keep=keep, schedule_draws=draws)

@@ -37,6 +37,8 @@ class ImageScores:
     calls: int  # network evaluations spent on this image
     dropped_round: list  # round at which each candidate was eliminated (None = survived)
     survivors_per_round: list
+    #: order of candidates that were never scored (a pre-filter's ranking), lower first
+    prior: Optional[list] = None
     #: 1 when the decision took the fewest calls the strategy allows, 0 when it took the most;
     #: Clark & Jaini found the calls an image needs a well-calibrated confidence signal
     confidence: float = 1.0
@@ -54,7 +56,10 @@ class ImageScores:
         eliminations first, each round's by its estimate when it was dropped."""
         def key(c: int) -> tuple:
             dropped = self.dropped_round[c]
-            return (0 if dropped is None else 1, -(dropped or 0), float(self.errors[c]), c)
+            error = float(self.errors[c])
+            if error != error:  # never scored: after every scored candidate, in the prior's order
+                return (2, 0, self.prior.index(c) if self.prior else 0, c)
+            return (0 if dropped is None else 1, -(dropped or 0), error, c)
 
         return sorted(range(len(self.errors)), key=key)
 
@@ -127,11 +132,16 @@ class DiffusionScorer:
     @torch.no_grad()
     def score(self, pixels: torch.Tensor, candidates: Sequence[Sequence[str]],
               image_keys: Optional[Sequence[int]] = None,
-              on_calls: Optional[Callable[[int], None]] = None) -> list[ImageScores]:
+              on_calls: Optional[Callable[[int], None]] = None,
+              prior_orders: Optional[Sequence[Sequence[int]]] = None, shortlist_size: int = 0
+              ) -> list[ImageScores]:
         """Score every candidate for each image of a pixel batch (from the backend's transform).
 
         `image_keys` seed each image's draws (default: a hash of the pixels). `on_calls`
-        is told about network evaluations as they happen (for progress bars).
+        is told about network evaluations as they happen (for progress bars). `prior_orders`
+        (optional, per image, every candidate best first, e.g. by a CLIP model) with
+        `shortlist_size` k restricts scoring to each image's first k; the others are ranked
+        after them in the prior's order.
         """
         if len(candidates) == 0:
             raise ValueError("no candidates to score")
@@ -144,11 +154,15 @@ class DiffusionScorer:
             conditionings, groups = self._conditionings(candidates)
             strategy = make_strategy(self.settings)
             states = [ImageState(len(candidates), strategy.max_draws()) for _ in image_keys]
+            if prior_orders is not None and shortlist_size > 0:
+                for state, order in zip(states, prior_orders):
+                    state.restrict(list(order)[:shortlist_size])
             seeds = [self.image_seed(k) for k in image_keys]
             all_timesteps = [draw_timesteps(self.settings, self.backend.num_train_timesteps,
                                             torch.arange(strategy.max_draws()), s) for s in seeds]
             calls = [0] * len(states)
-            rows_per_draw = sum(len(g) for g in groups) * self.backend.calls_per_prediction
+            rows_per_draw = [sum(len(groups[c]) for c in torch.nonzero(state.active).flatten().tolist())
+                             * self.backend.calls_per_prediction for state in states]
             first_round = None
             while True:
                 plans = [(i, strategy.next_round(state)) for i, state in enumerate(states)]
@@ -168,9 +182,12 @@ class DiffusionScorer:
                     calls[i] += len(per_job) * self.backend.calls_per_prediction
                     strategy.after_round(states[i])
                     states[i].survivors_per_round.append(int(states[i].active.sum()))
-        bounds = (rows_per_draw * (first_round or 0), rows_per_draw * strategy.max_draws())
-        return [self._result(key, state, timesteps, n_calls, bounds)
-                for key, state, timesteps, n_calls in zip(image_keys, states, all_timesteps, calls)]
+        results = [self._result(key, state, timesteps, n_calls, (rows * (first_round or 0), rows * strategy.max_draws()))
+                   for key, state, timesteps, n_calls, rows in zip(image_keys, states, all_timesteps, calls,
+                                                                   rows_per_draw)]
+        for result, order in zip(results, prior_orders or []):
+            result.prior = list(order)
+        return results
 
     def _evaluate(self, jobs: list, x0: torch.Tensor, conditionings: torch.Tensor, seeds: list,
                   all_timesteps: list, on_calls: Optional[Callable[[int], None]]) -> torch.Tensor:

@@ -58,6 +58,10 @@ class ScorerSettings:
     schedule_keep: tuple = ()
     schedule_draws: tuple = ()
     max_candidates: int = 4096
+    # CLIP pre-filter (Li et al.): only an open_clip model's top `prefilter_k` candidates are scored
+    prefilter_model: Optional[str] = None
+    prefilter_pretrained: Optional[str] = None
+    prefilter_k: int = 0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +93,9 @@ class ScorerSettings:
             check(list(self.schedule_keep) == sorted(self.schedule_keep, reverse=True) and self.schedule_keep[-1] >= 1,
                   f"schedule_keep must be non-increasing and >= 1, got {self.schedule_keep}")
         check(self.max_candidates >= 1, "max_candidates must be >= 1")
+        check(self.prefilter_k >= 0, f"prefilter_k must be >= 0, got {self.prefilter_k}")
+        check((self.prefilter_k > 0) == (self.prefilter_model is not None),
+              "a CLIP pre-filter needs both a model and prefilter_k >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -39,6 +39,12 @@ class ImageState:
         """Mean error of each candidate over the draws it received."""
         return torch.nanmean(self.per_draw[:, : max(self.draws_done, 1)], dim=1)
 
+    def restrict(self, shortlist: list[int]) -> None:
+        """Before any draw: only `shortlist` stays active (a pre-filter's choice)."""
+        keep = torch.zeros_like(self.active)
+        keep[torch.as_tensor(shortlist, dtype=torch.long)] = True
+        self.drop(torch.nonzero(~keep).flatten())
+
     def drop(self, candidates: torch.Tensor) -> None:
         means = self.means()
         for c in candidates.tolist():

@@ -104,3 +104,28 @@ def test_confidence_reflects_the_calls_an_image_needed():
     assert all(r.confidence > 0.5 for r in easy) and all(r.confidence == 0.0 for r in hard)
     fixed = DiffusionScorer(backend, ScorerSettings(draws=8)).score(images(1), candidates(4))[0]
     assert fixed.confidence == 1.0 and 0.25 <= fixed.softmax_confidence < 0.4  # near 1 / candidates
+
+
+def test_prefilter_shortlist_scores_only_the_top_k_and_ranks_the_rest_by_the_prior():
+    backend = SeparatedBackend(gap=0.3)
+    prior = [[3, 0, 5, 1, 2, 4]] * 2
+    results = DiffusionScorer(backend, ScorerSettings(draws=16)).score(images(2), candidates(6), prior_orders=prior,
+                                                                        shortlist_size=3)
+    for r in results:
+        assert r.calls == 3 * 16 and r.draws.tolist() == [16, 0, 0, 16, 0, 16]
+        assert r.ranking[:3] == [0, 3, 5]  # scored shortlist by error (candidate 0 is best)
+        assert r.ranking[3:] == [1, 2, 4]  # the rest in the prior's order
+
+
+def test_acc1_does_not_depend_on_how_dropped_candidates_are_ranked():
+    """The top-1 prediction is always the best *survivor*; dropped candidates only move within
+    ranks 2.., so top-1 accuracy is the same whatever order they are given."""
+    backend = SeparatedBackend(gap=0.05)
+    for r in DiffusionScorer(backend, ScorerSettings(strategy="ttest", draws=64)).score(images(6), candidates(8)):
+        survivors = [c for c in range(8) if r.dropped_round[c] is None]
+        assert r.prediction == min(survivors, key=lambda c: float(r.errors[c]))
+        dropped_errors = [float(r.errors[c]) for c in range(8) if r.dropped_round[c] is not None]
+        assert r.prediction not in [c for c in range(8) if r.dropped_round[c] is not None]
+        if dropped_errors:  # ranking dropped ones by raw error instead would not change the top-1
+            by_error = sorted(range(8), key=lambda c: (r.dropped_round[c] is not None, float(r.errors[c])))
+            assert by_error[0] == r.prediction

@@ -1,0 +1,1 @@
+"""Benchmarks that print tables and write plots; their figures are quoted in the README."""

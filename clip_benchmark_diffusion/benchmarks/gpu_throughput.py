@@ -1,0 +1,138 @@
+"""UNet throughput of the full-size Stable Diffusion 2-base architecture (random weights).
+
+    python -m clip_benchmark_diffusion.benchmarks.gpu_throughput              # CUDA, 512 px, bf16
+    python -m clip_benchmark_diffusion.benchmarks.gpu_throughput --toy        # any machine, tiny UNet
+
+Speed does not depend on weight values, so the architecture is built from its config with
+random weights (no download). Reports UNet calls per second, achieved TFLOP/s (FLOPs counted by
+torch's FlopCounterMode on one forward pass), the bf16 matmul peak measured in the same run,
+the fraction of that peak, and seconds per image for a 10-class decision at a given call budget.
+Each speed option (channels_last, torch.compile, CUDA graphs) can be switched on or off.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import torch
+
+#: UNet2DConditionModel config of stabilityai/stable-diffusion-2-base (512 px, epsilon)
+SD2_BASE_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    use_linear_projection=True, norm_num_groups=32,
+)
+TOY_UNET = dict(SD2_BASE_UNET, sample_size=16, block_out_channels=(32, 64, 64, 64), attention_head_dim=(2, 4, 4, 4),
+                cross_attention_dim=64)
+TEXT_TOKENS = 77
+
+
+def build_unet(config: dict, device: str, dtype: torch.dtype, channels_last: bool):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(**config).to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    return unet
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(function, device: str, repeats: int) -> float:
+    """Mean seconds per call after two warm-up calls."""
+    for _ in range(2):
+        function()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        function()
+    synchronize(device)
+    return (time.perf_counter() - started) / repeats
+
+
+def matmul_peak_tflops(device: str, dtype: torch.dtype, size: int, repeats: int) -> float:
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = timed(lambda: a @ b, device, repeats)
+    return 2 * size ** 3 / seconds / 1e12
+
+
+def forward_flops(unet, inputs: tuple) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        unet(*inputs[:2], encoder_hidden_states=inputs[2])
+    return counter.get_total_flops()
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--toy", action="store_true", help="tiny UNet at 16x16 latents (runs anywhere)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="torch.compile the UNet (mode max-autotune-no-cudagraphs)")
+    parser.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=False,
+                        help="torch.compile mode reduce-overhead (CUDA graphs)")
+    parser.add_argument("--calls_per_image", type=float, default=300.0,
+                        help="UNet calls a pruned 10-class decision spends (from calls_vs_accuracy)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="results/gpu_throughput.json")
+    args = parser.parse_args(argv)
+
+    device = args.device
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+    config = TOY_UNET if args.toy else SD2_BASE_UNET
+    batch_sizes = args.batch_sizes or ([8, 32] if args.toy or device == "cpu" else [8, 32, 64, 128])
+    torch.backends.cuda.matmul.allow_tf32 = True
+    unet = build_unet(config, device, dtype, args.channels_last)
+    runner = unet
+    if args.compile or args.cuda_graphs:
+        runner = torch.compile(unet, mode="reduce-overhead" if args.cuda_graphs else "max-autotune-no-cudagraphs")
+    latent = config["sample_size"]
+    peak = matmul_peak_tflops(device, dtype, 8192 if device.startswith("cuda") else 1024, args.repeats)
+    report = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
+              "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "toy": args.toy,
+              "resolution_px": latent * 8, "channels_last": args.channels_last, "compile": args.compile,
+              "cuda_graphs": args.cuda_graphs, "matmul_peak_tflops": round(peak, 2),
+              "unet_parameters": sum(p.numel() for p in unet.parameters()), "rows": []}
+    print(f"{report['device']}, torch {report['torch']}, {report['dtype']}, {latent * 8} px, "
+          f"measured matmul peak {peak:.1f} TFLOP/s")
+    for batch in batch_sizes:
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        x = torch.randn(batch, 4, latent, latent, device=device, dtype=dtype).to(memory_format=memory_format)
+        t = torch.randint(0, 1000, (batch,), device=device)
+        cond = torch.randn(batch, TEXT_TOKENS, config["cross_attention_dim"], device=device, dtype=dtype)
+        flops = forward_flops(unet, (x, t, cond)) / batch
+        with torch.no_grad():
+            seconds = timed(lambda: runner(x, t, encoder_hidden_states=cond), device, args.repeats)
+        calls_per_second = batch / seconds
+        achieved = flops * calls_per_second / 1e12
+        row = {"batch": batch, "unet_calls_per_s": round(calls_per_second, 1), "gflop_per_call": round(flops / 1e9, 1),
+               "achieved_tflops": round(achieved, 2), "fraction_of_peak": round(achieved / peak, 3),
+               "seconds_per_10_class_image": round(args.calls_per_image / calls_per_second, 3)}
+        if device.startswith("cuda"):
+            row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        report["rows"].append(row)
+        print(f"batch {batch:4d}: {calls_per_second:8.1f} UNet calls/s, {flops / 1e9:.1f} GFLOP/call, "
+              f"{achieved:.1f} TFLOP/s = {achieved / peak:.0%} of peak, "
+              f"{row['seconds_per_10_class_image']:.3f} s per 10-class image at {args.calls_per_image:g} calls")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as handle:
+        json.dump(report, handle, indent=1)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The embedded default: the reference world's experiments, diffusion next to CLIP, offline on CPU.
+
+    python -m clip_benchmark_diffusion demo [--images 60] [--out results/demo] [--data data/world]
+
+Writes the world's test sets if they are missing, runs the *unmodified* clip_benchmark `eval`
+(in this process, through its own `main`) for the shipped reference diffusion model and the
+shipped reference CLIP model on each task, and prints a side-by-side table: accuracy per task,
+seconds per image and UNet calls per image.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+#: (task, clip_benchmark task, metric) of the demo
+TASKS = {
+    "shape": ("zeroshot_classification", "acc1"),
+    "colour": ("zeroshot_classification", "acc1"),
+    "colour_shape": ("zeroshot_classification", "acc1"),
+    "binding": ("image_caption_selection", "text_acc"),
+}
+DIFFUSION = ("sd-diffusion", "ref-world")
+CLIP = ("ref-world-clip", "ref-world")
+#: the demo's diffusion settings (see the README's calls-vs-accuracy table for why)
+DEFAULT_DIFFUSION_FLAGS = ["--diffusion_strategy", "ttest", "--diffusion_draws", "64"]
+
+
+@dataclass
+class RunResult:
+    task: str
+    model: str
+    score: float
+    seconds_per_image: float
+    unet_calls_per_image: Optional[float]
+
+
+def ensure_test_sets(data: str, images: int, tasks: list[str], seed: int) -> dict[str, str]:
+    """Write each task's wds folder unless an identical one (same size and seed) is there."""
+    from .world import write_test_set
+
+    folders = {}
+    for task in tasks:
+        folder = os.path.join(data, task)
+        info = os.path.join(folder, "info.json")
+        current = json.load(open(info)) if os.path.isfile(info) else {}
+        if current.get("n") != images or current.get("seed") != seed:
+            write_test_set(data, task, images, seed=seed)
+        folders[task] = folder
+    return folders
+
+
+def clip_benchmark_eval(arguments: list[str]) -> None:
+    """clip_benchmark's own CLI entry point, with these arguments."""
+    from clip_benchmark import cli
+
+    from .registration import register
+
+    register()
+    saved = sys.argv
+    sys.argv = ["clip_benchmark", "eval", *arguments]
+    try:
+        cli.main()
+    finally:
+        sys.argv = saved
+
+
+def run_one(task: str, folder: str, model: tuple[str, str], out: str, extra: list[str]) -> RunResult:
+    cb_task, metric = TASKS[task]
+    name = f"{task}_{model[0]}"
+    output = os.path.join(out, name + ".json")
+    arguments = ["--model", model[0], "--pretrained", model[1], "--dataset", f"wds/{task}", "--dataset_root", folder,
+                 "--task", cb_task, "--num_workers", "0", "--batch_size", "16", "--output", output, "--quiet",
+                 *extra]
+    started = time.time()
+    clip_benchmark_eval(arguments)
+    seconds = time.time() - started
+    result = json.load(open(output))
+    images = json.load(open(os.path.join(folder, "info.json")))["n"]
+    calls = None
+    record = os.path.splitext(output)[0] + ".diffusion.jsonl"
+    if model == DIFFUSION and os.path.isfile(record):
+        from .records import read_records
+
+        lines = read_records(record)["images"]
+        calls = sum(line["calls"] for line in lines) / max(len(lines), 1)
+    return RunResult(task, model[0], float(result["metrics"][metric]), seconds / images, calls)
+
+
+def table(results: list[RunResult]) -> str:
+    by_key = {(r.task, r.model): r for r in results}
+    lines = ["| task (metric) | diffusion `ref-world` | CLIP `ref-world-clip` | diffusion s / image | "
+             "diffusion UNet calls / image | CLIP s / image |", "|---|---|---|---|---|---|"]
+    for task in dict.fromkeys(r.task for r in results):
+        d, c = by_key.get((task, DIFFUSION[0])), by_key.get((task, CLIP[0]))
+        metric = TASKS[task][1]
+        lines.append(f"| {task} ({metric}) | {d.score:.1%} | {c.score:.1%} | {d.seconds_per_image:.2f} | "
+                     f"{d.unet_calls_per_image:.0f} | {c.seconds_per_image:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> list[RunResult]:
+    parser = argparse.ArgumentParser(prog="python -m clip_benchmark_diffusion demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=60, help="test images per task")
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--data", default="data/world", help="where the world's test sets are written")
+    parser.add_argument("--out", default="results/demo", help="where result JSONs, records and the table go")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the test sets")
+    args, diffusion_flags = parser.parse_known_args(argv)
+    if any(not flag.startswith("--diffusion_") for flag in diffusion_flags if flag.startswith("--")):
+        parser.error(f"unknown arguments {diffusion_flags}; only --diffusion_* flags are passed on")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.makedirs(args.out, exist_ok=True)
+    for stale in glob.glob(os.path.join(args.out, "*.json")):
+        os.remove(stale)  # results of an earlier demo; records (*.jsonl) are kept for resuming
+    folders = ensure_test_sets(args.data, args.images, args.tasks, args.seed)
+    results = []
+    started = time.time()
+    for task in args.tasks:
+        for model, extra in ((CLIP, []), (DIFFUSION, DEFAULT_DIFFUSION_FLAGS + diffusion_flags)):
+            print(f"== {task}: {model[0]} --pretrained {model[1]}", flush=True)
+            results.append(run_one(task, folders[task], model, args.out, extra))
+    text = table(results)
+    print(f"\nReference world, {args.images} test images per task ({time.time() - started:.0f} s in all):\n")
+    print(text)
+    with open(os.path.join(args.out, "table.md"), "w") as handle:
+        handle.write(text + "\n")
+    return results

@@ -17,6 +17,7 @@ Nothing here knows about UNets: the scorer and its backend do the work.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Optional, Sequence
 
 import torch
@@ -158,11 +159,14 @@ class DiffusionZeroShotModel(torch.nn.Module):
                 rows.append(None)
                 todo.append(n)
         if todo:
+            started = time.perf_counter()
             scores = self.scorer.score(images[todo], candidates, [keys[n] for n in todo], on_calls=self._count_calls)
+            seconds = (time.perf_counter() - started) / len(todo)
             for n, image_scores in zip(todo, scores):
                 rows[n] = image_scores.errors
                 if self.recorder is not None:
-                    self.recorder.add({**image_record(self.images_seen + n, image_scores, names), "candidates": names})
+                    self.recorder.add({**image_record(self.images_seen + n, image_scores, names, seconds),
+                                       "candidates": names})
         return torch.stack(rows)
 
     def _recorder(self) -> Optional[RunRecorder]:
@@ -189,15 +193,17 @@ class DiffusionZeroShotModel(torch.nn.Module):
         todo = [i for i, record in enumerate(cached) if record is None]
         results: dict[int, list[int]] = {i: record["ranking"] for i, record in enumerate(cached) if record}
         if todo:
+            started = time.perf_counter()
             priors = self.prefilter.rank(images[todo], self.candidates) if self.prefilter else None
             scores = self.scorer.score(images[todo], self.candidates, [keys[i] for i in todo],
                                        on_calls=self._count_calls, prior_orders=priors,
                                        shortlist_size=self.scorer.settings.prefilter_k)
+            seconds = (time.perf_counter() - started) / len(todo)
             names = [prompts[0] for prompts in self.candidates]
             for i, image_scores in zip(todo, scores):
                 results[i] = image_scores.ranking
                 if self.recorder is not None:
-                    self.recorder.add(image_record(self.images_seen + i, image_scores, names))
+                    self.recorder.add(image_record(self.images_seen + i, image_scores, names, seconds))
         self.images_seen += len(images)
         self._tick(len(images))
         return [results[i] for i in range(len(images))]

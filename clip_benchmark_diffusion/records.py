@@ -17,8 +17,9 @@ from .scorer import ImageScores
 PER_DRAW_LIMIT = 20000
 
 
-def image_record(index: int, scores: ImageScores, candidate_names: Sequence[str]) -> dict[str, Any]:
-    """The JSON line of one image."""
+def image_record(index: int, scores: ImageScores, candidate_names: Sequence[str],
+                 seconds: Optional[float] = None) -> dict[str, Any]:
+    """The JSON line of one image (`seconds`: its share of the wall time of the scoring call)."""
     ranking = scores.ranking
     record = {
         "type": "image",
@@ -36,6 +37,8 @@ def image_record(index: int, scores: ImageScores, candidate_names: Sequence[str]
         "dropped_round": scores.dropped_round,
         "timesteps": scores.timesteps.tolist(),
     }
+    if seconds is not None:
+        record["seconds"] = round(seconds, 4)
     if scores.per_draw.numel() <= PER_DRAW_LIMIT:
         record["per_draw"] = [[_round(v) for v in row] for row in scores.per_draw.tolist()]
     return record

@@ -19,10 +19,11 @@ CLIP_BENCHMARK_DIFFUSION_AUTOREGISTER=0), or explicitly via `python -m clip_benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from .checkpoints import CheckpointError
 from .settings import DTYPES, LOSSES, OBJECTIVES, STRATEGIES, TEMPLATE_MODES, TIMESTEP_SAMPLERS, ScorerSettings
@@ -165,18 +166,40 @@ def _register_reference_clip() -> None:
     register_reference_clip()
 
 
-# --------------------------------------------------------------------------- the CLI
-def _output_path(cli_module, args: argparse.Namespace, task: str) -> str:
-    """clip_benchmark's own output name, but with a `/` in --pretrained made file-safe
+@contextlib.contextmanager
+def diffusion_run(options: Optional[argparse.Namespace], seed: int, record_path: Optional[str],
+                  info: dict) -> Iterator[Any]:
+    """Within this block, diffusion models loaded through clip_benchmark's `load_clip` use the
+    settings of `options` (parsed `--diffusion_*` flags; None = defaults) and `seed`, write their
+    per-image record to `record_path`, and serve `info["task"]`. Yields the settings."""
+    options = options or diffusion_argument_parser().parse_args([])
+    settings = settings_from_options(options, seed=seed)
+    saved = dict(_state)
+    _state["options"] = options
+    _state["run"] = {"settings": settings, "record_path": record_path, "info": info}
+    try:
+        yield settings
+    finally:
+        _state.update(saved)
+
+
+def file_safe_pretrained(pretrained: str) -> str:
+    """`--pretrained` as clip_benchmark puts it into output names, but never with a `/`
     (clip_benchmark only slugs names of existing files and crashes at the very end)."""
+    slug = os.path.basename(pretrained) if os.path.isfile(pretrained) else pretrained
+    return slug.strip("/").replace("/", "_")
+
+
+# --------------------------------------------------------------------------- the CLI
+def _output_path(args: argparse.Namespace, task: str) -> str:
+    """clip_benchmark's own output name, with a file-safe `{pretrained}`."""
     dataset_name = args.dataset.replace("wds/", "", 1) if args.dataset.startswith("wds/") else args.dataset
-    pretrained_slug = os.path.basename(args.pretrained) if os.path.isfile(args.pretrained) else args.pretrained
-    pretrained_slug = pretrained_slug.strip("/").replace("/", "_")
-    return args.output.format(model=args.model, pretrained=pretrained_slug, pretrained_full_path=pretrained_slug,
+    slug = file_safe_pretrained(args.pretrained)
+    return args.output.format(model=args.model, pretrained=slug, pretrained_full_path=slug,
                               task=task, dataset=dataset_name.replace("/", "_"), language=args.language)
 
 
-def _check_diffusion_run(cli_module, args: argparse.Namespace) -> str:
+def _check_diffusion_run(args: argparse.Namespace) -> str:
     """Everything that would fail late, checked before any compute. Returns the task."""
     from clip_benchmark.datasets.builder import get_dataset_default_task
 
@@ -220,23 +243,18 @@ def _patch_cli(cli_module) -> None:
             _state["run"] = None
             return original_run(args)
         try:
-            task = _check_diffusion_run(cli_module, args)
-            output = _output_path(cli_module, args, task)
-            options = _state["options"] or diffusion_argument_parser().parse_args([])
-            settings = settings_from_options(options, seed=args.seed)
-            record_path = options.diffusion_records or (os.path.splitext(output)[0] + ".diffusion.jsonl")
-            _state["run"] = {
-                "settings": settings, "record_path": record_path,
-                "info": {"dataset": args.dataset, "pretrained": args.pretrained, "task": task,
-                         "result_json": output, "model_name": args.model, "language": args.language},
-            }
-            args.output = output.replace("{", "{{").replace("}", "}}")
-            return original_run(args)
+            task = _check_diffusion_run(args)
+            output = _output_path(args, task)
+            options = _state["options"]
+            record_path = (options and options.diffusion_records) or (os.path.splitext(output)[0] + ".diffusion.jsonl")
+            info = {"dataset": args.dataset, "pretrained": args.pretrained, "task": task, "result_json": output,
+                    "model_name": args.model, "language": args.language}
+            with diffusion_run(options, args.seed, record_path, info):
+                args.output = output.replace("{", "{{").replace("}", "}}")
+                return original_run(args)
         except (CheckpointError, DiffusionUsageError) as error:
             print(f"clip_benchmark_diffusion: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
-        finally:
-            _state["run"] = None
 
     cli_module.get_parser_args = get_parser_args
     cli_module.run = run

@@ -159,3 +159,15 @@ def test_caption_selection_through_clip_benchmark_matches_the_scorer(images_per_
     assert 0 < (sum(text_correct) if images_per_instance == 1 else sum(image_correct)) < 12
     record = read_records(str(tmp_path / "r.jsonl"))
     assert len(record["images"]) == 12 * images_per_instance  # the amp rerun reused the records
+
+
+def test_image_records_carry_their_wall_time(tmp_path):
+    tokenizer = PromptTokenizer()
+    model = DiffusionZeroShotModel(DiffusionScorer(FakeBackend(), ScorerSettings(draws=2)), tokenizer,
+                                   record_path=str(tmp_path / "r.jsonl"), show_progress=False)
+    model.encode_text(tokenizer(["a"]))
+    model.encode_text(tokenizer(["b"]))
+    model.rank(torch.rand(2, 3, 8, 8))
+    model.finish()
+    images = read_records(str(tmp_path / "r.jsonl"))["images"]
+    assert all(image["seconds"] > 0 for image in images)

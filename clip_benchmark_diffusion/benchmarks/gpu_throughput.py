@@ -27,7 +27,7 @@ SD2_BASE_UNET = dict(
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     use_linear_projection=True, norm_num_groups=32,
 )
-TOY_UNET = dict(SD2_BASE_UNET, sample_size=16, block_out_channels=(32, 64, 64, 64), attention_head_dim=(2, 4, 4, 4),
+TOY_UNET = dict(SD2_BASE_UNET, sample_size=8, block_out_channels=(32, 64, 64, 64), attention_head_dim=(2, 4, 4, 4),
                 cross_attention_dim=64)
 TEXT_TOKENS = 77
 
@@ -73,6 +73,11 @@ def forward_flops(unet, inputs: tuple) -> int:
     return counter.get_total_flops()
 
 
+def _figure(value: float) -> float:
+    """Four significant digits: enough for a report, whatever the scale (CPU toy or H100)."""
+    return float(f"{value:.4g}")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--toy", action="store_true", help="tiny UNet at 16x16 latents (runs anywhere)")
@@ -80,7 +85,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=None)
-    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                        help="default: on for CUDA (faster convolutions there), off on CPU (slower there)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="torch.compile the UNet (mode max-autotune-no-cudagraphs)")
     parser.add_argument("--cuda_graphs", action=argparse.BooleanOptionalAction, default=False,
@@ -95,6 +101,8 @@ def main(argv=None) -> dict:
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     config = TOY_UNET if args.toy else SD2_BASE_UNET
     batch_sizes = args.batch_sizes or ([8, 32] if args.toy or device == "cpu" else [8, 32, 64, 128])
+    if args.channels_last is None:
+        args.channels_last = device.startswith("cuda")
     torch.backends.cuda.matmul.allow_tf32 = True
     unet = build_unet(config, device, dtype, args.channels_last)
     runner = unet
@@ -105,7 +113,7 @@ def main(argv=None) -> dict:
     report = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else platform.processor() or "cpu",
               "torch": torch.__version__, "dtype": str(dtype).replace("torch.", ""), "toy": args.toy,
               "resolution_px": latent * 8, "channels_last": args.channels_last, "compile": args.compile,
-              "cuda_graphs": args.cuda_graphs, "matmul_peak_tflops": round(peak, 2),
+              "cuda_graphs": args.cuda_graphs, "matmul_peak_tflops": _figure(peak),
               "unet_parameters": sum(p.numel() for p in unet.parameters()), "rows": []}
     print(f"{report['device']}, torch {report['torch']}, {report['dtype']}, {latent * 8} px, "
           f"measured matmul peak {peak:.1f} TFLOP/s")
@@ -119,9 +127,9 @@ def main(argv=None) -> dict:
             seconds = timed(lambda: runner(x, t, encoder_hidden_states=cond), device, args.repeats)
         calls_per_second = batch / seconds
         achieved = flops * calls_per_second / 1e12
-        row = {"batch": batch, "unet_calls_per_s": round(calls_per_second, 1), "gflop_per_call": round(flops / 1e9, 1),
-               "achieved_tflops": round(achieved, 2), "fraction_of_peak": round(achieved / peak, 3),
-               "seconds_per_10_class_image": round(args.calls_per_image / calls_per_second, 3)}
+        row = {"batch": batch, "unet_calls_per_s": _figure(calls_per_second), "gflop_per_call": _figure(flops / 1e9),
+               "achieved_tflops": _figure(achieved), "fraction_of_peak": _figure(achieved / peak),
+               "seconds_per_10_class_image": _figure(args.calls_per_image / calls_per_second)}
         if device.startswith("cuda"):
             row["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         report["rows"].append(row)

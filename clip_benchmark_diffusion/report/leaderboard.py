@@ -1,0 +1,39 @@
+"""A leaderboard CSV whose rows are the ones `clip_benchmark build` writes for the same JSONs.
+
+`clip_benchmark build` flattens each result into one row: its metrics, then every other
+top-level key (dataset, model, pretrained, task, language, ...), plus `model_fullname` =
+model + ' ' + pretrained. Building rows the same way keeps the columns identical, so
+diffusion and CLIP rows concatenate with rows from `clip_benchmark build`. Two deliberate
+differences, neither affecting the columns: a stable column order (identity columns first,
+where `build` uses set order), and nested values (e.g. shape bias `per_class`) as JSON
+rather than Python reprs.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from typing import Any, Sequence
+
+from .collect import Result
+
+FIRST_COLUMNS = ("model_fullname", "model", "pretrained", "dataset", "task", "language")
+
+
+def leaderboard_row(data: dict) -> dict[str, Any]:
+    """One result JSON -> one row, as `clip_benchmark build` makes it."""
+    row = dict(data["metrics"])
+    row.update({k: v for k, v in data.items() if k != "metrics"})
+    row["model_fullname"] = f"{row['model']} {row['pretrained']}"
+    return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()}
+
+
+def write_leaderboard(results: Sequence[Result], path: str) -> list[str]:
+    """Write the CSV; returns its columns."""
+    rows = [leaderboard_row(r.data) for r in results]
+    present = {key for row in rows for key in row}
+    columns = [c for c in FIRST_COLUMNS if c in present] + sorted(present - set(FIRST_COLUMNS))
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return columns

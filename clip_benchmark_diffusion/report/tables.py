@@ -1,0 +1,105 @@
+"""The report's tables, built once and rendered as markdown or HTML."""
+from __future__ import annotations
+
+import html
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from .collect import Result, RunCost, cost_accuracy
+
+MISSING = "–"
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""
+    columns_right: set = field(default_factory=set)  # indices of numeric columns
+
+
+def percent(value: Optional[float]) -> str:
+    """0.734 -> '73.4'; undefined -> '–' (NaN is clip_benchmark's 'does not apply')."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    return f"{100 * value:.1f}"
+
+
+def _number(value: Optional[float], digits: int = 1) -> str:
+    return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def models_of(results: Sequence[Result]) -> list[str]:
+    """Model columns (clip_benchmark's `model_fullname`), sorted."""
+    return sorted({r.model_fullname for r in results})
+
+
+def _row_label(result: Result) -> str:
+    language = result.data.get("language", "en")
+    suffix = f", {language}" if language not in ("en", None) else ""
+    return f"{result.dataset} ({result.main_metric[0]}{suffix})"
+
+
+def results_table(results: Sequence[Result]) -> Table:
+    """Rows = datasets (with the metric shown), columns = models, cells = metric in %."""
+    models = models_of(results)
+    cells: dict[str, dict[str, str]] = {}
+    for result in results:  # sorted by path: a later file for the same cell wins
+        cells.setdefault(_row_label(result), {})[result.model_fullname] = percent(result.main_metric[1])
+    rows = [[label] + [cells[label].get(m, MISSING) for m in models] for label in sorted(cells)]
+    return Table("Results", ["dataset (metric)"] + models, rows,
+                 note="Values in %. Caption selection: text_acc (chance 50 for two captions). "
+                      "Shape bias: share of shape decisions among shape + texture decisions.",
+                 columns_right=set(range(1, len(models) + 1)))
+
+
+def shape_bias_table(results: Sequence[Result]) -> Optional[Table]:
+    """Shape bias with the decision counts behind it, one row per (model, dataset)."""
+    rows = [[r.model_fullname, r.dataset, percent(r.metrics.get("shape_bias")),
+             percent(r.metrics.get("shape_accuracy")), percent(r.metrics.get("texture_accuracy")),
+             str(r.metrics.get("conflict_images", MISSING))]
+            for r in results if r.task == "shape_bias"]
+    if not rows:
+        return None
+    return Table("Shape bias (cue conflict)", ["model", "dataset", "shape bias", "shape acc.", "texture acc.",
+                                               "conflict images"], sorted(rows), columns_right={2, 3, 4, 5})
+
+
+def cost_table(costs: Sequence[RunCost], results: Sequence[Result]) -> Optional[Table]:
+    """Per diffusion run: UNet calls and seconds per image, next to the accuracy they bought."""
+    if not costs:
+        return None
+    rows = [[c.model_fullname, c.dataset, c.settings_label, str(c.images), _number(c.mean_calls),
+             f"{c.min_calls}–{c.max_calls}", _number(c.seconds_per_image, 3), percent(cost_accuracy(c, list(results))),
+             os.path.basename(c.path)]
+            for c in costs]
+    return Table("Diffusion cost per image", ["model", "dataset", "strategy", "images", "UNet calls / image",
+                                              "calls range", "seconds / image", "accuracy %", "records"],
+                 rows, note="From the per-image records (*.diffusion.jsonl). Seconds are shown when the "
+                            "records carry them.", columns_right={3, 4, 5, 6, 7})
+
+
+def to_markdown(table: Table) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    rule = ["---:" if i in table.columns_right else "---" for i in range(len(table.header))]
+    parts = [f"## {table.title}", "", line(table.header), "|" + "|".join(rule) + "|"]
+    parts += [line(row) for row in table.rows]
+    if table.note:
+        parts += ["", table.note]
+    return "\n".join(parts) + "\n"
+
+
+def to_html(table: Table) -> str:
+    def row(cells: Sequence[str], tag: str) -> str:
+        return "<tr>" + "".join(f'<{tag}{" class=num" if i in table.columns_right else ""}>{html.escape(c)}</{tag}>'
+                                for i, c in enumerate(cells)) + "</tr>"
+
+    body = "\n".join(row(r, "td") for r in table.rows)
+    note = f"<p class=note>{html.escape(table.note)}</p>" if table.note else ""
+    return (f"<h2>{html.escape(table.title)}</h2>\n<table>\n<thead>{row(table.header, 'th')}</thead>\n"
+            f"<tbody>\n{body}\n</tbody>\n</table>\n{note}\n")

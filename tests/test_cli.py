@@ -143,3 +143,21 @@ def test_unsupported_options_stop_before_any_compute(tiny_epsilon_pipeline, tiny
                                                      capsys, monkeypatch):
     message = in_process_error(eval_args(tiny_epsilon_pipeline, tiny_wds, *extra), tmp_path, capsys, monkeypatch)
     assert expected in message
+
+
+def test_caption_selection_task_on_the_world_binding_set(tiny_epsilon_pipeline, tmp_path):
+    from clip_benchmark_diffusion.world import write_test_set
+
+    root = write_test_set(str(tmp_path / "world"), "binding", 8)
+    result = run_cli(["eval", "--model", "sd-diffusion", "--pretrained", tiny_epsilon_pipeline, "--dataset",
+                      "wds/binding", "--dataset_root", root, "--task", "image_caption_selection", "--num_workers", "0",
+                      "--batch_size", "4", "--diffusion_draws", "2", "--output", "binding.json",
+                      "--diffusion_no_progress"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "binding.json").read_text())["metrics"]
+    assert set(metrics) == {"image_acc", "text_acc", "acc"} and metrics["image_acc"] == 1.0  # one image each
+    lines = [json.loads(line) for line in (tmp_path / "binding.diffusion.jsonl").open()]
+    images = [line for line in lines if line["type"] == "image"]
+    assert len(images) == 8 and all(len(image["candidates"]) == 2 for image in images)
+    text_correct = sum(image["errors"][0] < image["errors"][1] for image in images)
+    assert metrics["text_acc"] == pytest.approx(text_correct / 8)

@@ -147,27 +147,8 @@ class DiffusionZeroShotModel(torch.nn.Module):
 
     def _score_errors(self, images: torch.Tensor, candidates: list[list[str]]) -> torch.Tensor:
         """Mean errors (images x candidates) for candidates specific to these images."""
-        names = [prompts[0] for prompts in candidates]
-        keys = [image_key_from_pixels(image) for image in images]
-        rows = []
-        todo = []
-        for n, key in enumerate(keys):
-            record = self.recorder.cached(key) if self._recorder() else None
-            if record is not None and record.get("candidates") == names:
-                rows.append(torch.tensor(record["errors"], dtype=torch.float64))
-            else:
-                rows.append(None)
-                todo.append(n)
-        if todo:
-            started = time.perf_counter()
-            scores = self.scorer.score(images[todo], candidates, [keys[n] for n in todo], on_calls=self._count_calls)
-            seconds = (time.perf_counter() - started) / len(todo)
-            for n, image_scores in zip(todo, scores):
-                rows[n] = image_scores.errors
-                if self.recorder is not None:
-                    self.recorder.add({**image_record(self.images_seen + n, image_scores, names, seconds),
-                                       "candidates": names})
-        return torch.stack(rows)
+        records = self._records_for(images, candidates, per_image_candidates=True)
+        return torch.tensor([record["errors"] for record in records], dtype=torch.float64)
 
     def _recorder(self) -> Optional[RunRecorder]:
         """Open the record file at the first image (in classification the candidates are part of
@@ -187,26 +168,35 @@ class DiffusionZeroShotModel(torch.nn.Module):
     # ------------------------------------------------------------ scoring with records
     def rank(self, images: torch.Tensor) -> list[list[int]]:
         """Best-first candidate indices for each image, reusing recorded images."""
-        keys = [image_key_from_pixels(image) for image in images]
-        recorder = self._recorder()
-        cached = [recorder.cached(key) if recorder else None for key in keys]
-        todo = [i for i, record in enumerate(cached) if record is None]
-        results: dict[int, list[int]] = {i: record["ranking"] for i, record in enumerate(cached) if record}
-        if todo:
-            started = time.perf_counter()
-            priors = self.prefilter.rank(images[todo], self.candidates) if self.prefilter else None
-            scores = self.scorer.score(images[todo], self.candidates, [keys[i] for i in todo],
-                                       on_calls=self._count_calls, prior_orders=priors,
-                                       shortlist_size=self.scorer.settings.prefilter_k)
-            seconds = (time.perf_counter() - started) / len(todo)
-            names = [prompts[0] for prompts in self.candidates]
-            for i, image_scores in zip(todo, scores):
-                results[i] = image_scores.ranking
-                if self.recorder is not None:
-                    self.recorder.add(image_record(self.images_seen + i, image_scores, names, seconds))
+        records = self._records_for(images, self.candidates)
         self.images_seen += len(images)
         self._tick(len(images))
-        return [results[i] for i in range(len(images))]
+        return [record["ranking"] for record in records]
+
+    def _records_for(self, images: torch.Tensor, candidates: list[list[str]],
+                     per_image_candidates: bool = False) -> list[dict]:
+        """The record of each image: from the record file when it was scored before with the same
+        settings and candidates, else scored now (and appended to the file)."""
+        names = [prompts[0] for prompts in candidates]
+        keys = [image_key_from_pixels(image) for image in images]
+        recorder = self._recorder()
+        records = [recorder.cached(key) if recorder else None for key in keys]
+        if per_image_candidates:  # caption selection: each record names its own candidates
+            records = [r if r is not None and r.get("candidates") == names else None for r in records]
+        todo = [i for i, record in enumerate(records) if record is None]
+        if todo:
+            started = time.perf_counter()
+            priors = self.prefilter.rank(images[todo], candidates) if self.prefilter else None
+            scores = self.scorer.score(images[todo], candidates, [keys[i] for i in todo], on_calls=self._count_calls,
+                                       prior_orders=priors, shortlist_size=self.scorer.settings.prefilter_k)
+            seconds = (time.perf_counter() - started) / len(todo)
+            for i, image_scores in zip(todo, scores):
+                records[i] = image_record(self.images_seen + i, image_scores, names, seconds)
+                if per_image_candidates:
+                    records[i]["candidates"] = names
+                if recorder is not None:
+                    recorder.add(records[i])
+        return records
 
     def _bar(self) -> tqdm:
         if self._progress is None:

@@ -25,10 +25,10 @@ def test_li_schedule_scales_the_papers_keep_lists():
 def test_calls_vs_accuracy_runs_on_a_tiny_pipeline(tiny_epsilon_pipeline, tmp_path):
     out = tmp_path / "bench"
     calls_vs_accuracy.main(["--pretrained", tiny_epsilon_pipeline, "--tasks", "shape", "--images", "4",
-                            "--budgets", "4", "8", "--p_values", "0.1", "--out", str(out), "--device", "cpu"])
+                            "--budgets", "4", "8", "--p_values", "0.1", "--min_draws", "4", "--out", str(out), "--device", "cpu"])
     rows = json.loads((out / "rows.json").read_text())
     names = [row["name"] for row in rows]
-    assert names[:2] == ["fixed 8", "fixed 4"] and names[2] == "t-test p=0.1" and names[3].startswith("Li schedule")
+    assert names[:2] == ["fixed 8", "fixed 4"] and names[2] == "t-test p=0.1 min=4" and names[3].startswith("Li schedule")
     fixed8, fixed4 = rows[0], rows[1]
     assert fixed8["calls_per_image"] == 6 * 8 and fixed4["calls_per_image"] == 6 * 4
     assert all(0 <= row["accuracy"] <= 1 for row in rows)

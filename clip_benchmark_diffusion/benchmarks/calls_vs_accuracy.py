@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -50,14 +49,18 @@ def li_schedule(num_classes: int, budget: int) -> tuple[tuple[int, ...], tuple[i
     return tuple(keep), scaled
 
 
-def configurations(num_classes: int, budgets: list[int], p_values: list[float], base: ScorerSettings):
+def configurations(num_classes: int, budgets: list[int], p_values: list[float], min_draws: list[int],
+                   base: ScorerSettings):
     """(name, settings) of every strategy compared; the largest fixed budget comes first."""
     largest = max(budgets)
     yield f"fixed {largest}", base.replace(draws=largest)
     for budget in sorted(budgets, reverse=True)[1:]:
         yield f"fixed {budget}", base.replace(draws=budget)
-    for p in p_values:
-        yield f"t-test p={p:g}", base.replace(strategy="ttest", draws=largest, ttest_p=p)
+    for first in min_draws:
+        for p in p_values:
+            yield (f"t-test p={p:g} min={first}",
+                   base.replace(strategy="ttest", draws=largest, ttest_p=p, min_draws=first,
+                                round_draws=max(1, min(4, first // 4))))
     keep, draws = li_schedule(num_classes, largest)
     label = ",".join(f"{k}@{d}" for k, d in zip(keep, draws))
     yield f"Li schedule {label}", base.replace(strategy="schedule", schedule_keep=keep, schedule_draws=draws)
@@ -79,10 +82,11 @@ def run(args: argparse.Namespace) -> list[Row]:
                           t_min=args.t_range[0] if args.t_range else 0,
                           t_max=args.t_range[1] if args.t_range else None)
     rows: list[Row] = []
+    images = dict(zip(args.tasks, args.images * len(args.tasks) if len(args.images) == 1 else args.images))
     for task in args.tasks:
-        pixels, labels, candidates = task_data(task, args.images, args.data_seed, backend.image_transform())
+        pixels, labels, candidates = task_data(task, images[task], args.data_seed, backend.image_transform())
         cache: dict = {}
-        for name, settings in configurations(len(candidates), args.budgets, args.p_values, base):
+        for name, settings in configurations(len(candidates), args.budgets, args.p_values, args.min_draws, base):
             scorer = DiffusionScorer(backend, settings, error_cache=cache)
             results = []
             started = time.time()
@@ -141,9 +145,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pretrained", default="ref-world")
     parser.add_argument("--tasks", nargs="+", default=["shape", "colour_shape"])
-    parser.add_argument("--images", type=int, default=120, help="test images per task")
+    parser.add_argument("--images", type=int, nargs="+", default=[48], help="test images per task (one per task, or one for all)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     parser.add_argument("--p_values", type=float, nargs="+", default=[1e-1, 2e-2, 2e-3])
+    parser.add_argument("--min_draws", type=int, nargs="+", default=[20, 8],
+                        help="t-test: draws before the first test (the paper: 20); rounds add min_draws/4 (<= 4)")
     parser.add_argument("--t_range", type=int, nargs=2, default=None)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--image_batch", type=int, default=8)
@@ -163,7 +169,7 @@ def main(argv=None) -> None:
         json.dump([row.__dict__ for row in rows], handle, indent=1)
     plot(rows, os.path.join(args.out, "calls_vs_accuracy.png"))
     print(f"wrote {args.out}/table.md, rows.json, calls_vs_accuracy.png in {time.time() - started:.0f} s "
-          f"({math.ceil(args.images)} images per task, torch {torch.__version__}, device {args.device})")
+          f"(images per task {args.images}, torch {torch.__version__}, device {args.device})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,135 @@
+"""Helpers shared by the reference training scripts and the quick evaluation.
+
+Kept separate so both trainers use one definition of "the data", of the time budget and of the
+loss log, and so the evaluation sees images exactly as training did.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """CUDA when available (much faster), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator the trainers touch, so a run is repeatable on one machine."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def images_to_tensor(images: Iterable) -> torch.Tensor:
+    """PIL RGB images -> float tensor [N, 3, H, W] in [-1, 1] (the range SD's VAE expects)."""
+    arrays = np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image in images])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def world_dataset(num_samples: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """`num_samples` (image, caption) pairs of the synthetic world, images as a [-1, 1] tensor."""
+    from clip_benchmark_diffusion.world import training_samples
+
+    images, captions = [], []
+    for image, caption in training_samples(num_samples, seed=seed):
+        images.append(image)
+        captions.append(caption)
+    return images_to_tensor(images), captions
+
+
+class TimeBudget:
+    """Stops training after `max_steps` steps or `minutes` of wall time, whichever comes first.
+
+    `fraction()` is the progress in [0, 1] used by the learning-rate schedule, so a time-limited
+    run still anneals its learning rate to the end.
+    """
+
+    def __init__(self, minutes: Optional[float], max_steps: Optional[int]):
+        if minutes is None and max_steps is None:
+            raise ValueError("give a time budget (minutes) or a number of steps")
+        self.seconds = None if minutes is None else 60.0 * minutes
+        self.max_steps = max_steps
+        self.start = time.monotonic()
+        self.step = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def fraction(self) -> float:
+        parts = []
+        if self.seconds is not None:
+            parts.append(self.elapsed() / max(self.seconds, 1e-9))
+        if self.max_steps is not None:
+            parts.append(self.step / max(self.max_steps, 1))
+        return min(1.0, max(parts))
+
+    def done(self) -> bool:
+        return self.fraction() >= 1.0
+
+
+def warmup_cosine(fraction: float, step: int, warmup_steps: int, floor: float = 0.05) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine decay to `floor` at the end of the budget."""
+    warm = min(1.0, (step + 1) / max(warmup_steps, 1))
+    return warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0))))
+
+
+class LossLog:
+    """Append-only CSV of training metrics, flushed on every row so a killed run keeps its log."""
+
+    def __init__(self, path: str, fields: list[str]):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.fields = fields
+        self._handle = open(path, "w", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._handle, fieldnames=fields)
+        self._writer.writeheader()
+
+    def write(self, **row: float) -> None:
+        self._writer.writerow({key: row.get(key, "") for key in self.fields})
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class EMA:
+    """Exponential moving average of parameters, with the usual warm-up so short runs still benefit."""
+
+    def __init__(self, parameters: Iterable[torch.nn.Parameter], decay: float):
+        self.params = [p for p in parameters]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - decay)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for param, shadow in zip(self.params, self.shadow):
+            param.copy_(shadow)
+
+
+def make_readable(path: str) -> None:
+    """chmod a+r a saved file or every file under a folder: safetensors writes 0600 files,
+    which would be unreadable for other users once shipped inside an installed package."""
+    paths = [path] if os.path.isfile(path) else [os.path.join(root, name)
+                                                  for root, _, names in os.walk(path) for name in names]
+    for item in paths:
+        os.chmod(item, os.stat(item).st_mode | 0o444)
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,40 @@
+"""The shipped reference models really classify, through the unmodified clip_benchmark path.
+
+A wrong sign, noise schedule, epsilon/v mix-up or latent scaling in the scoring path shows up
+here as lost accuracy. The floors are far above chance (1/6 for shape and colour, 1/2 for
+binding) and far below what the models reach (see the README's demo table).
+"""
+import os
+
+import pytest
+
+from clip_benchmark_diffusion import demo
+
+
+@pytest.fixture(scope="module")
+def demo_results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    results = demo.main(["--images", "24", "--tasks", "shape", "colour", "binding", "--data", str(root / "data"),
+                         "--out", str(root / "out"), "--diffusion_no_progress"])
+    return {(r.task, r.model): r for r in results}, root
+
+
+@pytest.mark.parametrize("task, floor", [("shape", 0.6), ("colour", 0.9), ("binding", 0.75)])
+def test_reference_diffusion_model_is_far_above_chance(demo_results, task, floor):
+    results, _ = demo_results
+    diffusion = results[(task, "sd-diffusion")]
+    assert diffusion.score >= floor, f"reference diffusion model on {task}: {diffusion.score:.1%} < {floor:.0%}"
+    assert diffusion.unet_calls_per_image > 0
+
+
+@pytest.mark.parametrize("task, floor", [("shape", 0.6), ("colour", 0.9)])
+def test_reference_clip_model_is_far_above_chance(demo_results, task, floor):
+    results, _ = demo_results
+    assert results[(task, "ref-world-clip")].score >= floor
+
+
+def test_demo_writes_the_side_by_side_table(demo_results):
+    _, root = demo_results
+    table = (root / "out" / "table.md").read_text()
+    assert "| shape (acc1) |" in table and "| binding (text_acc) |" in table
+    assert os.path.isfile(root / "out" / "shape_sd-diffusion.diffusion.jsonl")

@@ -20,6 +20,7 @@ def test_expected_calibration_error_on_hand_made_cases():
 def test_li_schedule_scales_the_papers_keep_lists():
     assert calls_vs_accuracy.li_schedule(10, 500) == ((5, 1), (50, 500))
     assert calls_vs_accuracy.li_schedule(36, 100) == ((20, 10, 5, 1), (4, 10, 20, 100))
+    assert calls_vs_accuracy.li_schedule(36, 8) == ((20, 10, 5, 1), (2, 3, 4, 8))  # small budgets stay increasing
 
 
 def test_calls_vs_accuracy_runs_on_a_tiny_pipeline(tiny_epsilon_pipeline, tmp_path):

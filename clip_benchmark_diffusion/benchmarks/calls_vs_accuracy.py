@@ -45,8 +45,10 @@ def li_schedule(num_classes: int, budget: int) -> tuple[tuple[int, ...], tuple[i
         keep, draws = (min(5, num_classes - 1), 1), (50, 500)
     else:
         keep, draws = (20, 10, 5, 1), (20, 50, 100, 500)
-    scaled = tuple(max(2, round(d * budget / 500)) for d in draws)
-    return tuple(keep), scaled
+    scaled: list[int] = []
+    for d in draws:  # at least 2 draws per stage, strictly increasing
+        scaled.append(max(2, round(d * budget / 500), scaled[-1] + 1 if scaled else 0))
+    return tuple(keep), tuple(scaled)
 
 
 def configurations(num_classes: int, budgets: list[int], p_values: list[float], min_draws: list[int],

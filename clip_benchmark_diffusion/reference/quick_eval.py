@@ -17,6 +17,7 @@ import time
 from typing import Optional
 
 import torch
+from PIL import Image
 
 from ._common import images_to_tensor, pick_device
 
@@ -70,14 +71,14 @@ class DenoisingClassifier:
         return total / draws
 
 
-def task_items(task: str, n: int) -> list[tuple[torch.Tensor, list[str], int]]:
-    """(image, candidate prompts, index of the right prompt) for `n` test samples of a world task."""
+def task_items(task: str, n: int) -> list[tuple[Image.Image, list[str], int]]:
+    """(PIL image, candidate prompts, index of the right prompt) for `n` test samples of a world task."""
     from clip_benchmark_diffusion.world import TEMPLATES, binding_samples, classification_samples, classnames
 
     if task == "binding":
-        return [(images_to_tensor([image])[0], list(texts), 0) for image, texts in binding_samples(n)]
+        return [(image, list(texts), 0) for image, texts in binding_samples(n)]
     prompts = [TEMPLATES[0].format(c=name) for name in classnames(task)]
-    return [(images_to_tensor([image])[0], prompts, label) for image, label in classification_samples(task, n)]
+    return [(image, prompts, label) for image, label in classification_samples(task, n)]
 
 
 def evaluate(model_dir: str, tasks: tuple[str, ...] = TASK_NAMES, n: int = 60, draws: int = 64, t_min: int = 0,
@@ -91,12 +92,14 @@ def evaluate(model_dir: str, tasks: tuple[str, ...] = TASK_NAMES, n: int = 60, d
         items = task_items(task, n)
         embeddings: dict[tuple[str, ...], torch.Tensor] = {}
         correct = 0
-        for image, prompts, answer in items:
+        for done, (image, prompts, answer) in enumerate(items, start=1):
             key = tuple(prompts)
             if key not in embeddings:
                 embeddings[key] = classifier.embed(prompts)
-            errors = classifier.errors(image, embeddings[key], draws, t_min, t_max, generator)
+            errors = classifier.errors(images_to_tensor([image])[0], embeddings[key], draws, t_min, t_max, generator)
             correct += int(errors.argmin().item() == answer)
+            if verbose and done % 12 == 0 and done < len(items):
+                print(f"  {task}: {correct}/{done} so far", flush=True)
         results[task] = correct / len(items)
         if verbose:
             print(f"{task}: {results[task]:.3f} ({correct}/{len(items)}, {draws} draws, t in [{t_min}, {t_max}], "
@@ -109,7 +112,6 @@ def evaluate_clip(weights: str, tasks: tuple[str, ...] = TASK_NAMES, n: int = 60
                   ) -> dict[str, float]:
     """Zero-shot accuracy of a reference open_clip model (of the shipped architecture) on the same tasks."""
     import open_clip
-    from PIL import Image
 
     from . import REFERENCE_CLIP_MODEL, register_reference_clip
 
@@ -121,8 +123,7 @@ def evaluate_clip(weights: str, tasks: tuple[str, ...] = TASK_NAMES, n: int = 60
     for task in tasks:
         correct, items = 0, task_items(task, n)
         for image, prompts, answer in items:
-            pil = Image.fromarray(((image.permute(1, 2, 0) + 1) * 127.5).round().byte().numpy())
-            image_features = model.encode_image(preprocess(pil)[None])
+            image_features = model.encode_image(preprocess(image)[None])
             text_features = model.encode_text(tokenizer(prompts))
             similarity = torch.nn.functional.normalize(image_features, dim=-1) @ \
                 torch.nn.functional.normalize(text_features, dim=-1).t()

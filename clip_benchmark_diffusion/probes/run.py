@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import time
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader

@@ -62,11 +62,12 @@ class DenoisingClassifier:
         # every (prompt, draw) pair, flattened so the UNet runs in large batches
         prompt_index = torch.arange(num_prompts).repeat_interleave(draws)
         draw_index = torch.arange(draws).repeat(num_prompts)
+        timesteps = timesteps.to(self.device)
         total = torch.zeros(num_prompts, device=self.device)
         for start in range(0, len(prompt_index), self.batch_size):
             p = prompt_index[start:start + self.batch_size].to(self.device)
             d = draw_index[start:start + self.batch_size].to(self.device)
-            prediction = self.unet(noisy[d], timesteps.to(self.device)[d], encoder_hidden_states=prompt_embeddings[p]).sample
+            prediction = self.unet(noisy[d], timesteps[d], encoder_hidden_states=prompt_embeddings[p]).sample
             total.index_add_(0, p, (prediction - noise[d]).pow(2).flatten(1).mean(1))
         return total / draws
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._common import (LossLog, TimeBudget, count_parameters, make_readable, pick_device, seed_everything,
+from ._common import (LossLog, TimeBudget, count_parameters, make_readable, start_run,
                       warmup_cosine, world_dataset)
 
 MODEL_NAME = "ref-world-clip"
@@ -139,10 +139,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     import open_clip
 
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    device = pick_device(args.device)
+    device = start_run(args.threads, args.seed, args.device)
     started = time.monotonic()
     images, captions = world_dataset(args.samples, seed=args.seed)
     tokenizer = open_clip.tokenize  # the standard CLIP BPE tokenizer, at our context length

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._common import (EMA, LossLog, TimeBudget, count_parameters, make_readable, pick_device, seed_everything,
+from ._common import (EMA, LossLog, TimeBudget, count_parameters, make_readable, start_run,
                       warmup_cosine, world_dataset)
 from .tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer, save_clip_tokenizer
 
@@ -295,11 +295,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
+    device = start_run(args.threads, args.seed, args.device)
     generator = torch.Generator().manual_seed(args.seed)
-    device = pick_device(args.device)
     started = time.monotonic()
     os.makedirs(args.out, exist_ok=True)
     log = LossLog(os.path.join(args.out, "training_log.csv"), LOG_FIELDS)

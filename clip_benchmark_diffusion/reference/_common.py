@@ -30,6 +30,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def schedule_learning_rate(optimizer: torch.optim.Optimizer, base_lr: float, budget: "TimeBudget",
+                           warmup_steps: int) -> None:
+    """Set every parameter group to the warm-up + cosine rate of the budget's progress."""
+    factor = warmup_cosine(budget.fraction(), budget.step, warmup_steps=warmup_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * factor
+
+
 def start_run(threads: int, seed: int, device: str) -> torch.device:
     """The common start of a training script: CPU threads (1 is much faster on a busy CPU),
     seeds, and the device."""

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._common import (LossLog, TimeBudget, count_parameters, make_readable, start_run,
-                      warmup_cosine, world_dataset)
+from ._common import (LossLog, TimeBudget, count_parameters, make_readable, schedule_learning_rate, start_run,
+                      world_dataset)
 
 MODEL_NAME = "ref-world-clip"
 CONTEXT_LENGTH = 16
@@ -77,9 +77,7 @@ def train(model, images: torch.Tensor, token_ids: torch.Tensor, caption_ids: tor
     budget = TimeBudget(args.minutes, args.steps)
     progress = tqdm(desc="clip", unit="step", total=args.steps)
     while not budget.done():
-        factor = warmup_cosine(budget.fraction(), budget.step, warmup_steps=50)
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * factor
+        schedule_learning_rate(optimizer, args.lr, budget, warmup_steps=50)
         index = torch.randint(len(images), (args.batch_size,), generator=generator)
         pixels = ((images[index].to(device) + 1) / 2 - mean) / std
         image_features = F.normalize(model.encode_image(pixels), dim=-1)
@@ -91,7 +89,8 @@ def train(model, images: torch.Tensor, token_ids: torch.Tensor, caption_ids: tor
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)  # CLIP's cap of 100 on the temperature
         budget.step += 1
-        log.write(phase="clip", step=budget.step, seconds=round(budget.elapsed(), 2), lr=args.lr * factor,
+        log.write(phase="clip", step=budget.step, seconds=round(budget.elapsed(), 2),
+                  lr=optimizer.param_groups[0]["lr"],
                   loss=loss.item())
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.3f}")

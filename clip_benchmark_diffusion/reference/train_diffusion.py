@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._common import (EMA, LossLog, TimeBudget, count_parameters, make_readable, start_run,
-                      warmup_cosine, world_dataset)
+from ._common import (EMA, LossLog, TimeBudget, count_parameters, make_readable, schedule_learning_rate, start_run,
+                      world_dataset)
 from .tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer, save_clip_tokenizer
 
 LOG_FIELDS = ["phase", "step", "seconds", "lr", "loss", "recon", "kl"]
@@ -105,9 +105,7 @@ def train_vae(vae, images: torch.Tensor, args: argparse.Namespace, device: torch
     budget = TimeBudget(args.vae_minutes, args.vae_steps)
     progress = tqdm(desc="vae", unit="step", total=args.vae_steps)
     while not budget.done():
-        factor = warmup_cosine(budget.fraction(), budget.step, warmup_steps=50)
-        for group in optimizer.param_groups:
-            group["lr"] = args.vae_lr * factor
+        schedule_learning_rate(optimizer, args.vae_lr, budget, warmup_steps=50)
         batch = images[torch.randint(len(images), (args.vae_batch_size,), generator=generator)].to(device)
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
@@ -118,7 +116,8 @@ def train_vae(vae, images: torch.Tensor, args: argparse.Namespace, device: torch
         loss.backward()
         optimizer.step()
         budget.step += 1
-        log.write(phase="vae", step=budget.step, seconds=round(budget.elapsed(), 2), lr=args.vae_lr * factor,
+        log.write(phase="vae", step=budget.step, seconds=round(budget.elapsed(), 2),
+                  lr=optimizer.param_groups[0]["lr"],
                   loss=loss.item(), recon=recon.item(), kl=kl.item())
         progress.update(1)
         progress.set_postfix(recon=f"{recon.item():.4f}", kl=f"{kl.item():.2f}")
@@ -154,9 +153,7 @@ def train_denoiser(unet, text_encoder, scheduler, latents: tuple[torch.Tensor, t
     progress = tqdm(desc="unet", unit="step", total=args.steps)
     running = None
     while not budget.done():
-        factor = warmup_cosine(budget.fraction(), budget.step, warmup_steps=100)
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * factor
+        schedule_learning_rate(optimizer, args.lr, budget, warmup_steps=100)
         index = torch.randint(len(mean), (args.batch_size,), generator=generator)
         x0 = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)).to(device)
         x0 = x0 * args.scaling_factor
@@ -180,7 +177,8 @@ def train_denoiser(unet, text_encoder, scheduler, latents: tuple[torch.Tensor, t
             ema.update()
         budget.step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        log.write(phase="unet", step=budget.step, seconds=round(budget.elapsed(), 2), lr=args.lr * factor,
+        log.write(phase="unet", step=budget.step, seconds=round(budget.elapsed(), 2),
+                  lr=optimizer.param_groups[0]["lr"],
                   loss=loss.item())
         progress.update(1)
         progress.set_postfix(loss=f"{running:.4f}")

@@ -115,11 +115,6 @@ def parse_schedule(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
 _state: dict[str, Any] = {"options": None, "run": None}
 
 
-def _split_argv(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    options, rest = diffusion_argument_parser().parse_known_args(argv)
-    return options, rest
-
-
 # --------------------------------------------------------------------------- loading
 def is_diffusion_model(model_type: str, model_name: str) -> bool:
     return model_type == MODEL_TYPE or model_name in DIFFUSION_MODEL_NAMES
@@ -191,9 +186,14 @@ def file_safe_pretrained(pretrained: str) -> str:
 
 
 # --------------------------------------------------------------------------- the CLI
+def _dataset_name(args: argparse.Namespace) -> str:
+    """The dataset name as clip_benchmark uses it for tasks and output names (no `wds/`)."""
+    return args.dataset.replace("wds/", "", 1) if args.dataset.startswith("wds/") else args.dataset
+
+
 def _output_path(args: argparse.Namespace, task: str) -> str:
     """clip_benchmark's own output name, with a file-safe `{pretrained}`."""
-    dataset_name = args.dataset.replace("wds/", "", 1) if args.dataset.startswith("wds/") else args.dataset
+    dataset_name = _dataset_name(args)
     slug = file_safe_pretrained(args.pretrained)
     return args.output.format(model=args.model, pretrained=slug, pretrained_full_path=slug,
                               task=task, dataset=dataset_name.replace("/", "_"), language=args.language)
@@ -205,7 +205,7 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
 
     from .checkpoints import locate
 
-    dataset_name = args.dataset.replace("wds/", "", 1) if args.dataset.startswith("wds/") else args.dataset
+    dataset_name = _dataset_name(args)
     task = get_dataset_default_task(dataset_name) if args.task == "auto" else args.task
     if task not in SUPPORTED_TASKS:
         raise DiffusionUsageError(f"task '{task}' is not supported for diffusion models (model '{args.model}'); "
@@ -224,7 +224,7 @@ def _patch_cli(cli_module) -> None:
     original_run = cli_module.run
 
     def get_parser_args():
-        options, rest = _split_argv(sys.argv[1:])
+        options, rest = diffusion_argument_parser().parse_known_args(sys.argv[1:])
         _state["options"] = options
         saved = sys.argv
         sys.argv = [saved[0]] + rest

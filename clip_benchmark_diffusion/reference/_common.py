@@ -118,6 +118,16 @@ class LossLog:
         self._handle.close()
 
 
+def finish_step(phase: str, budget: "TimeBudget", optimizer: torch.optim.Optimizer, log: LossLog, progress,
+                shown: dict, **values: float) -> None:
+    """Count the step, log it (time, learning rate, `values`) and show `shown` on the progress bar."""
+    budget.step += 1
+    log.write(phase=phase, step=budget.step, seconds=round(budget.elapsed(), 2), lr=optimizer.param_groups[0]["lr"],
+              **values)
+    progress.update(1)
+    progress.set_postfix(**shown)
+
+
 class EMA:
     """Exponential moving average of parameters, with the usual warm-up so short runs still benefit."""
 

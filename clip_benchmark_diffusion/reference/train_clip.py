@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._common import (LossLog, TimeBudget, count_parameters, make_readable, schedule_learning_rate, start_run,
-                      world_dataset)
+from ._common import (LossLog, TimeBudget, count_parameters, finish_step, make_readable, schedule_learning_rate,
+                      start_run, world_dataset)
 
 MODEL_NAME = "ref-world-clip"
 CONTEXT_LENGTH = 16
@@ -88,12 +88,7 @@ def train(model, images: torch.Tensor, token_ids: torch.Tensor, caption_ids: tor
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)  # CLIP's cap of 100 on the temperature
-        budget.step += 1
-        log.write(phase="clip", step=budget.step, seconds=round(budget.elapsed(), 2),
-                  lr=optimizer.param_groups[0]["lr"],
-                  loss=loss.item())
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss.item():.3f}")
+        finish_step("clip", budget, optimizer, log, progress, {"loss": f"{loss.item():.3f}"}, loss=loss.item())
     progress.close()
     model.eval()
     return budget.step

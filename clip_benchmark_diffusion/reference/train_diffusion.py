@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._common import (EMA, LossLog, TimeBudget, count_parameters, make_readable, schedule_learning_rate, start_run,
-                      world_dataset)
+from ._common import (EMA, LossLog, TimeBudget, count_parameters, finish_step, make_readable, schedule_learning_rate,
+                      start_run, world_dataset)
 from .tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer, save_clip_tokenizer
 
 LOG_FIELDS = ["phase", "step", "seconds", "lr", "loss", "recon", "kl"]
@@ -115,12 +115,8 @@ def train_vae(vae, images: torch.Tensor, args: argparse.Namespace, device: torch
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        budget.step += 1
-        log.write(phase="vae", step=budget.step, seconds=round(budget.elapsed(), 2),
-                  lr=optimizer.param_groups[0]["lr"],
-                  loss=loss.item(), recon=recon.item(), kl=kl.item())
-        progress.update(1)
-        progress.set_postfix(recon=f"{recon.item():.4f}", kl=f"{kl.item():.2f}")
+        finish_step("vae", budget, optimizer, log, progress, {"recon": f"{recon.item():.4f}", "kl": f"{kl.item():.2f}"},
+                    loss=loss.item(), recon=recon.item(), kl=kl.item())
     progress.close()
     vae.eval()
     return budget.step
@@ -175,13 +171,8 @@ def train_denoiser(unet, text_encoder, scheduler, latents: tuple[torch.Tensor, t
         optimizer.step()
         if ema is not None:
             ema.update()
-        budget.step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        log.write(phase="unet", step=budget.step, seconds=round(budget.elapsed(), 2),
-                  lr=optimizer.param_groups[0]["lr"],
-                  loss=loss.item())
-        progress.update(1)
-        progress.set_postfix(loss=f"{running:.4f}")
+        finish_step("unet", budget, optimizer, log, progress, {"loss": f"{running:.4f}"}, loss=loss.item())
     progress.close()
     if ema is not None:
         ema.copy_to_model()

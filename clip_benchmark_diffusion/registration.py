@@ -26,7 +26,8 @@ import sys
 from typing import Any, Iterator, Optional
 
 from .checkpoints import CheckpointError
-from .settings import DTYPES, LOSSES, OBJECTIVES, STRATEGIES, TEMPLATE_MODES, TIMESTEP_SAMPLERS, ScorerSettings
+from .settings import (DTYPES, LOSSES, OBJECTIVES, STRATEGIES, TEMPLATE_MODES, TIMESTEP_SAMPLERS, TTEST_VARIANCES,
+                       ScorerSettings)
 
 DIFFUSION_MODEL_NAMES = ("sd-diffusion",)
 MODEL_TYPE = "diffusion"
@@ -66,6 +67,8 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
     add("--diffusion_ttest_p", type=float, default=defaults.ttest_p)
     add("--diffusion_min_draws", type=int, default=defaults.min_draws)
     add("--diffusion_round_draws", type=int, default=defaults.round_draws)
+    add("--diffusion_ttest_variance", choices=TTEST_VARIANCES, default=defaults.ttest_variance,
+        help="t-test variance: per candidate pair (paired) or pooled over the open candidates (pooled)")
     add("--diffusion_schedule", type=str, default=None, metavar="KEEP@DRAWS,...",
         help="multi-stage schedule, e.g. 5@50,1@500 (keep 5 after 50 draws, 1 after 500)")
     add("--diffusion_max_candidates", type=int, default=defaults.max_candidates)
@@ -85,7 +88,8 @@ def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSetti
         objective=options.diffusion_objective, heuristic_rate=options.diffusion_heuristic_rate,
         loss=options.diffusion_loss, templates=options.diffusion_templates, batch_size=options.diffusion_batch_size,
         dtype=options.diffusion_dtype, ttest_p=options.diffusion_ttest_p, min_draws=options.diffusion_min_draws,
-        round_draws=options.diffusion_round_draws, max_candidates=options.diffusion_max_candidates, seed=seed)
+        round_draws=options.diffusion_round_draws, ttest_variance=options.diffusion_ttest_variance,
+        max_candidates=options.diffusion_max_candidates, seed=seed)
     if options.diffusion_t_range:
         values["t_min"], values["t_max"] = options.diffusion_t_range
     if options.diffusion_bucket_weights:

@@ -21,8 +21,8 @@ from .strategies import ImageState, make_strategy
 
 
 #: settings that change where calls go but not the error of a given (image, draw, prompt)
-STRATEGY_FIELDS = ("strategy", "draws", "ttest_p", "min_draws", "round_draws", "schedule_keep", "schedule_draws",
-                   "batch_size", "max_candidates")
+STRATEGY_FIELDS = ("strategy", "draws", "ttest_p", "min_draws", "round_draws", "ttest_variance", "schedule_keep",
+                   "schedule_draws", "batch_size", "max_candidates")
 
 
 @dataclass

@@ -16,6 +16,7 @@ TIMESTEP_SAMPLERS = ("stratified", "uniform")
 TEMPLATE_MODES = ("average_errors", "average_embeddings")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 STRATEGIES = ("fixed", "ttest", "schedule")
+TTEST_VARIANCES = ("paired", "pooled")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class ScorerSettings:
         (cost x templates); "average_embeddings" conditions once on the mean text embedding.
     strategy: "fixed" (every candidate gets `draws` draws), "ttest" (paired t-test
         successive elimination) or "schedule" (fixed multi-stage keep-lists).
+    ttest_variance: "paired" (each candidate's differences to the best give their own
+        variance, n-1 degrees of freedom: Clark & Jaini) or "pooled" (the residual variance of
+        the candidates x draws block design, (k-1)(n-1) degrees of freedom: much stronger
+        tests after a few draws when many candidates are open; identical for two candidates).
     """
 
     draws: int = 64
@@ -54,6 +59,7 @@ class ScorerSettings:
     ttest_p: float = 2e-3
     min_draws: int = 20
     round_draws: int = 4
+    ttest_variance: str = "paired"
     # multi-stage schedule (Li et al.): keep the best keep[i] after cumulative stage_draws[i]
     schedule_keep: tuple = ()
     schedule_draws: tuple = ()
@@ -84,6 +90,8 @@ class ScorerSettings:
         check(self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         check(0 < self.ttest_p < 1, f"ttest_p must be in (0, 1), got {self.ttest_p}")
         check(self.min_draws >= 2, f"min_draws must be >= 2 (a t-test needs two draws), got {self.min_draws}")
+        check(self.ttest_variance in TTEST_VARIANCES,
+              f"ttest_variance must be one of {TTEST_VARIANCES}, got {self.ttest_variance!r}")
         check(self.round_draws >= 1, f"round_draws must be >= 1, got {self.round_draws}")
         if self.strategy == "schedule":
             check(len(self.schedule_keep) == len(self.schedule_draws) > 0,

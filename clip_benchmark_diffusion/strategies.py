@@ -99,20 +99,32 @@ class TTestElimination(Strategy):
     def after_round(self, state: ImageState) -> None:
         best, active = _best_active(state)
         n = state.draws_done
-        if n < 2:
-            return
         others = active[active != best]
-        if len(others) == 0:
+        if n < 2 or len(others) == 0:
             return
+        errors = state.per_draw[active, :n]
         differences = state.per_draw[others, :n] - state.per_draw[best, :n]  # > 0: worse than best
         mean = differences.mean(dim=1)
-        std = differences.std(dim=1, unbiased=True)
-        with torch.no_grad():
-            t_stat = mean / (std / n ** 0.5)
-        p_values = torch.from_numpy(stats.t.sf(t_stat.numpy(), df=n - 1))
+        if self.settings.ttest_variance == "pooled":
+            standard_error, df = _pooled_standard_error(errors)
+        else:
+            standard_error, df = differences.std(dim=1, unbiased=True) / n ** 0.5, n - 1
+        p_values = torch.from_numpy(stats.t.sf((mean / standard_error).numpy(), df=df))
         # identical candidates (std 0, mean 0) give NaN: never drop on them
         drop = others[(p_values < self.settings.ttest_p) & torch.isfinite(p_values)]
         state.drop(drop)
+
+
+def _pooled_standard_error(errors: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Standard error of a difference of two candidates' means, and its degrees of freedom,
+    from the residual variance of the two-way (candidate x draw) layout: a draw's (t, noise)
+    moves every candidate's error alike, so that shared part is removed as in a paired test,
+    and what is left is pooled over all open candidates."""
+    k, n = errors.shape
+    residual = errors - errors.mean(dim=1, keepdim=True) - errors.mean(dim=0, keepdim=True) + errors.mean()
+    df = (k - 1) * (n - 1)
+    variance = (residual ** 2).sum() / df
+    return (2 * variance / n).sqrt().expand(k - 1), df
 
 
 class MultiStageSchedule(Strategy):

@@ -26,14 +26,33 @@ def test_li_schedule_scales_the_papers_keep_lists():
 def test_calls_vs_accuracy_runs_on_a_tiny_pipeline(tiny_epsilon_pipeline, tmp_path):
     out = tmp_path / "bench"
     calls_vs_accuracy.main(["--pretrained", tiny_epsilon_pipeline, "--tasks", "shape", "--images", "4",
-                            "--budgets", "4", "8", "--p_values", "0.1", "--min_draws", "4", "--out", str(out), "--device", "cpu"])
+                            "--budgets", "4", "8", "--p_values", "0.1", "--min_draws", "4", "--prefilter_k", "3",
+                            "--out", str(out), "--device", "cpu"])
     rows = json.loads((out / "rows.json").read_text())
     names = [row["name"] for row in rows]
-    assert names[:2] == ["fixed 8", "fixed 4"] and names[2] == "t-test p=0.1 min=4" and names[3].startswith("Li schedule")
-    fixed8, fixed4 = rows[0], rows[1]
-    assert fixed8["calls_per_image"] == 6 * 8 and fixed4["calls_per_image"] == 6 * 4
+    assert names[:5] == ["CLIP pre-filter model alone (top-1)", "fixed 8", "fixed 4", "t-test paired p=0.1 min=4",
+                         "t-test pooled p=0.1 min=4"]
+    assert names[5].startswith("Li schedule") and names[-1].startswith("CLIP top-3 + Li schedule")
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["fixed 8"]["calls_per_image"] == 6 * 8 and by_name["fixed 4"]["calls_per_image"] == 6 * 4
+    assert by_name["CLIP top-3 + fixed 8"]["calls_per_image"] == 3 * 8  # only the shortlist is scored
+    assert by_name["CLIP pre-filter model alone (top-1)"]["calls_per_image"] == 0
     assert all(0 <= row["accuracy"] <= 1 for row in rows)
-    assert (out / "calls_vs_accuracy.png").stat().st_size > 1000 and "| shape |" in (out / "table.md").read_text()
+    text = (out / "table.md").read_text()
+    assert (out / "calls_vs_accuracy.png").stat().st_size > 1000 and "| shape |" in text and "Targets:" in text
+
+
+def _row(name, family, accuracy, calls, shortlist=0):
+    return calls_vs_accuracy.Row("t", name, family, shortlist, accuracy, calls, 0.0, 0.0, 0.0)
+
+
+def test_targets_pick_the_cheapest_ttest_within_a_point_and_the_cheapest_li_as_accurate():
+    rows = [_row("fixed 64", "fixed", 0.95, 2000), _row("fixed 8", "fixed", 0.95, 250),
+            _row("t-test a", "t-test", 0.90, 50), _row("t-test b", "t-test", 0.945, 80),
+            _row("t-test c", "t-test", 0.96, 120), _row("Li small", "Li", 0.94, 100), _row("Li big", "Li", 0.95, 200)]
+    line = calls_vs_accuracy.targets(rows).splitlines()[2]
+    # a is more than a point worse; b is the cheapest within one; Li small is less accurate than b
+    assert "| t-test b: 94.5%, 80 | 25.0x | Li big: 95.0%, 200 | 2.5x | Li small: 94.0%, 100 | 1.2x |" in line
 
 
 def test_gpu_throughput_toy_run_reports_its_figures(tmp_path):

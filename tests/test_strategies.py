@@ -43,6 +43,35 @@ def test_ttest_elimination_keeps_the_best_and_spends_far_fewer_calls():
         assert int(b.draws[0]) == b.per_draw.shape[1]
 
 
+def test_pooled_variance_equals_the_paired_test_for_two_candidates():
+    from clip_benchmark_diffusion.strategies import ImageState, TTestElimination
+
+    errors = torch.tensor([[1.0, 2.0, 0.5, 3.0, 1.5], [1.3, 2.1, 0.9, 3.6, 1.6]], dtype=torch.float64)
+    kept = {}
+    for variance in ("paired", "pooled"):
+        # the difference has t = 3.16 with 4 df: one-sided p = 0.0171, so the p threshold decides
+        for p, expect_drop in ((0.0175, True), (0.0165, False)):
+            state = ImageState(2, 5)
+            state.per_draw[:] = errors
+            state.draws_done = 5
+            TTestElimination(ScorerSettings(strategy="ttest", ttest_p=p, ttest_variance=variance)).after_round(state)
+            kept[(variance, p)] = state.active.tolist()
+            assert state.active.tolist() == ([True, False] if expect_drop else [True, True])
+    assert kept[("paired", 0.0175)] == kept[("pooled", 0.0175)]
+
+
+def test_pooled_ttest_prunes_many_candidates_after_two_draws_and_keeps_the_best():
+    backend = SeparatedBackend(gap=0.1)
+    settings = ScorerSettings(strategy="ttest", draws=64, min_draws=2, round_draws=1, ttest_p=2e-3)
+    paired = DiffusionScorer(backend, settings).score(images(6), candidates(20))
+    pooled = DiffusionScorer(backend, settings.replace(ttest_variance="pooled")).score(images(6), candidates(20))
+    for a, b in zip(paired, pooled):
+        assert a.prediction == b.prediction == 0 and b.dropped_round[0] is None
+        # a pair's own variance has one df after two draws; the pooled one has 19
+        assert b.survivors_per_round[0] <= 10 and b.survivors_per_round[0] <= a.survivors_per_round[0]
+    assert sum(b.calls for b in pooled) < 0.8 * sum(a.calls for a in paired)
+
+
 def test_ttest_with_identical_candidates_never_drops_and_stops_at_max_draws():
     backend = SeparatedBackend(gap=0.0)
     result = DiffusionScorer(backend, ScorerSettings(strategy="ttest", draws=32, min_draws=20, round_draws=4)

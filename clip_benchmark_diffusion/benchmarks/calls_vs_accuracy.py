@@ -1,5 +1,5 @@
-"""Accuracy against UNet calls per image for fixed budgets, t-test elimination and Li et al.'s
-schedules, on the reference world, all on the same draws.
+"""Accuracy against UNet calls per image for fixed budgets, t-test elimination, Li et al.'s
+schedules and a CLIP pre-filter, on the reference world, all on the same draws.
 
     python -m clip_benchmark_diffusion.benchmarks.calls_vs_accuracy --pretrained ref-world \\
         --tasks shape colour_shape --images 120 --out results/calls_vs_accuracy
@@ -7,7 +7,8 @@ schedules, on the reference world, all on the same draws.
 Every configuration uses the same seeded (t, noise) draws per image; the largest fixed budget is
 computed first and its per-(image, draw, prompt) errors are shared through the scorer's error
 cache, so the other strategies spend (and are charged) exactly the calls they would make, but
-the benchmark computes each error once.
+the benchmark computes each error once. The pre-filter is the shipped reference CLIP model
+(`--prefilter ref-world-clip,ref-world`), which ranks every class once per image.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -31,11 +33,20 @@ from .calibration import expected_calibration_error, fit_binning
 class Row:
     task: str
     name: str
+    family: str  # "fixed", "t-test" or "Li"
+    shortlist: int  # CLIP pre-filter top-k (0: none)
     accuracy: float
     calls_per_image: float
     ece_calls: float
     ece_calls_binned: float
     ece_softmax: float
+
+
+@dataclass(frozen=True)
+class Configuration:
+    name: str
+    family: str
+    settings: ScorerSettings
 
 
 def li_schedule(num_classes: int, budget: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -52,20 +63,24 @@ def li_schedule(num_classes: int, budget: int) -> tuple[tuple[int, ...], tuple[i
 
 
 def configurations(num_classes: int, budgets: list[int], p_values: list[float], min_draws: list[int],
-                   base: ScorerSettings):
-    """(name, settings) of every strategy compared; the largest fixed budget comes first."""
-    largest = max(budgets)
-    yield f"fixed {largest}", base.replace(draws=largest)
-    for budget in sorted(budgets, reverse=True)[1:]:
-        yield f"fixed {budget}", base.replace(draws=budget)
-    for first in min_draws:
-        for p in p_values:
-            yield (f"t-test p={p:g} min={first}",
-                   base.replace(strategy="ttest", draws=largest, ttest_p=p, min_draws=first,
-                                round_draws=max(1, min(4, first // 4))))
-    keep, draws = li_schedule(num_classes, largest)
-    label = ",".join(f"{k}@{d}" for k, d in zip(keep, draws))
-    yield f"Li schedule {label}", base.replace(strategy="schedule", schedule_keep=keep, schedule_draws=draws)
+                   variances: list[str], base: ScorerSettings) -> Iterator[Configuration]:
+    """Every strategy compared on `num_classes` candidates; the largest fixed budget comes first
+    (it fills the error cache the others replay)."""
+    ordered = sorted(set(budgets), reverse=True)
+    for budget in ordered:
+        yield Configuration(f"fixed {budget}", "fixed", base.replace(draws=budget))
+    for variance in variances:
+        for first in min_draws:
+            for p in p_values:
+                yield Configuration(
+                    f"t-test {variance} p={p:g} min={first}", "t-test",
+                    base.replace(strategy="ttest", draws=ordered[0], ttest_p=p, min_draws=first,
+                                 round_draws=max(1, min(4, first // 4)), ttest_variance=variance))
+    schedules = dict.fromkeys(li_schedule(num_classes, budget) for budget in ordered)
+    for keep, draws in schedules:
+        label = ",".join(f"{k}@{d}" for k, d in zip(keep, draws))
+        yield Configuration(f"Li schedule {label}", "Li",
+                            base.replace(strategy="schedule", schedule_keep=keep, schedule_draws=draws))
 
 
 def task_data(task: str, images: int, seed: int, transform) -> tuple[torch.Tensor, torch.Tensor, list[list[str]]]:
@@ -78,6 +93,29 @@ def task_data(task: str, images: int, seed: int, transform) -> tuple[torch.Tenso
     return pixels, labels, candidates
 
 
+def clip_orders(prefilter: str, pixels: torch.Tensor, candidates: list[list[str]], device: str) -> list[list[int]]:
+    """Each image's classes, best first, by the open_clip model `MODEL,PRETRAINED`."""
+    from ..prefilter import ClipPrefilter
+    from ..reference import register_reference_clip
+
+    register_reference_clip()
+    model, _, pretrained = prefilter.partition(",")
+    return ClipPrefilter(model, pretrained, device=device).rank(pixels, candidates)
+
+
+def evaluate(name: str, task: str, scorer: DiffusionScorer, pixels: torch.Tensor, labels: torch.Tensor,
+             candidates: list[list[str]], image_batch: int, orders: Optional[list[list[int]]], shortlist: int
+             ) -> tuple[np.ndarray, list]:
+    """Per-image correctness and scores of one configuration."""
+    results = []
+    for start in tqdm(range(0, len(pixels), image_batch), desc=f"{task}: {name}", leave=False):
+        batch_orders = orders[start:start + image_batch] if shortlist else None
+        results += scorer.score(pixels[start:start + image_batch], candidates, prior_orders=batch_orders,
+                                shortlist_size=shortlist)
+    correct = np.array([r.prediction == int(y) for r, y in zip(results, labels)])
+    return correct, results
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     backend = load_backend(args.pretrained, device=args.device)
     base = ScorerSettings(batch_size=args.batch_size, seed=args.seed,
@@ -87,35 +125,83 @@ def run(args: argparse.Namespace) -> list[Row]:
     images = dict(zip(args.tasks, args.images * len(args.tasks) if len(args.images) == 1 else args.images))
     for task in args.tasks:
         pixels, labels, candidates = task_data(task, images[task], args.data_seed, backend.image_transform())
+        orders = clip_orders(args.prefilter, pixels, candidates, args.device) if args.prefilter_k else None
+        if orders is not None:
+            correct = np.array([order[0] == int(y) for order, y in zip(orders, labels)])
+            rows.append(Row(task, "CLIP pre-filter model alone (top-1)", "CLIP", 1, float(correct.mean()), 0.0,
+                            float("nan"), float("nan"), float("nan")))
         cache: dict = {}
-        for name, settings in configurations(len(candidates), args.budgets, args.p_values, args.min_draws, base):
-            scorer = DiffusionScorer(backend, settings, error_cache=cache)
-            results = []
-            started = time.time()
-            for start in tqdm(range(0, len(pixels), args.image_batch), desc=f"{task}: {name}", leave=False):
-                results += scorer.score(pixels[start:start + args.image_batch], candidates)
-            correct = np.array([r.prediction == int(y) for r, y in zip(results, labels)])
-            confidence = np.array([r.confidence for r in results])
-            half = len(results) // 2  # calibrate on one half, measure on the other
-            binned = fit_binning(confidence[:half], correct[:half])(confidence[half:])
-            rows.append(Row(task, name, float(correct.mean()), float(np.mean([r.calls for r in results])),
-                            expected_calibration_error(confidence, correct),
-                            expected_calibration_error(binned, correct[half:]),
-                            expected_calibration_error([r.softmax_confidence for r in results], correct)))
-            print(f"{task:13s} {name:28s} acc {rows[-1].accuracy:6.1%}  calls/img {rows[-1].calls_per_image:8.1f}"
-                  f"  ({time.time() - started:.0f} s)", flush=True)
+        shortlists = [0] + [k for k in args.prefilter_k if 1 < k < len(candidates)]
+        for shortlist in shortlists:
+            for config in configurations(len(candidates), args.budgets, args.p_values, args.min_draws,
+                                         args.variances, base):
+                name = config.name if not shortlist else f"CLIP top-{shortlist} + {config.name}"
+                started = time.time()
+                scorer = DiffusionScorer(backend, config.settings, error_cache=cache)
+                correct, results = evaluate(name, task, scorer, pixels, labels, candidates, args.image_batch,
+                                            orders, shortlist)
+                confidence = np.array([r.confidence for r in results])
+                half = len(results) // 2  # calibrate on one half, measure on the other
+                binned = fit_binning(confidence[:half], correct[:half])(confidence[half:])
+                rows.append(Row(task, name, config.family, shortlist, float(correct.mean()),
+                                float(np.mean([r.calls for r in results])),
+                                expected_calibration_error(confidence, correct),
+                                expected_calibration_error(binned, correct[half:]),
+                                expected_calibration_error([r.softmax_confidence for r in results], correct)))
+                print(f"{task:13s} {name:45s} acc {rows[-1].accuracy:6.1%}  calls/img "
+                      f"{rows[-1].calls_per_image:8.1f}  ({time.time() - started:.0f} s)", flush=True)
     return rows
+
+
+def _largest_fixed(rows: list[Row], task: str) -> Row:
+    """The reference of a task: the diffusion classifier alone at its largest fixed budget."""
+    return max((r for r in rows if r.task == task and r.family == "fixed" and not r.shortlist),
+               key=lambda r: r.calls_per_image)
 
 
 def table(rows: list[Row]) -> str:
     lines = ["| task | strategy | accuracy | UNet calls / image | calls vs largest budget | ECE (calls) | "
              "ECE (calls, binned on held-out half) | ECE (softmax) |", "|" + "---|" * 8]
     for row in rows:
-        largest = max((r for r in rows if r.task == row.task and r.name.startswith("fixed")),
-                      key=lambda r: r.calls_per_image)
-        lines.append(f"| {row.task} | {row.name} | {row.accuracy:.1%} | {row.calls_per_image:.0f} | "
-                     f"1/{largest.calls_per_image / row.calls_per_image:.1f} | {row.ece_calls:.3f} | "
-                     f"{row.ece_calls_binned:.3f} | {row.ece_softmax:.3f} |")
+        largest = _largest_fixed(rows, row.task)
+        fraction = f"1/{largest.calls_per_image / row.calls_per_image:.1f}" if row.calls_per_image else "-"
+        lines.append(f"| {row.task} | {row.name} | {row.accuracy:.1%} | {row.calls_per_image:.0f} | {fraction} | "
+                     f"{row.ece_calls:.3f} | {row.ece_calls_binned:.3f} | {row.ece_softmax:.3f} |")
+    return "\n".join(lines).replace("| nan |", "| - |").replace("| nan |", "| - |")
+
+
+def targets(rows: list[Row], tolerance: float = 0.01) -> str:
+    """The issue's two targets, per task and pre-filter setting: the cheapest t-test within
+    `tolerance` of the largest fixed budget's accuracy and its share of that budget's calls;
+    against it, the cheapest Li et al. schedule (same pre-filter) that is at least as accurate,
+    and Li et al.'s schedule scaled to the largest budget (the first Li row)."""
+    lines = ["| task | pre-filter | largest fixed budget: acc, calls | cheapest t-test within 1 point: acc, calls |"
+             " calls saved vs largest (target >= 20x) | cheapest Li schedule at >= its accuracy: acc, calls |"
+             " calls saved (target >= 2x) | Li schedule of the largest budget: acc, calls | calls saved |",
+             "|" + "---|" * 9]
+
+    def describe(row: Row) -> str:
+        return f"{row.name.split(' + ')[-1]}: {row.accuracy:.1%}, {row.calls_per_image:.0f}"
+
+    for task in dict.fromkeys(r.task for r in rows):
+        reference = _largest_fixed(rows, task)
+        for shortlist in sorted({r.shortlist for r in rows if r.task == task and r.family != "CLIP"}):
+            same = [r for r in rows if r.task == task and r.shortlist == shortlist]
+            good = [r for r in same if r.family == "t-test" and r.accuracy >= reference.accuracy - tolerance - 1e-9]
+            line = f"| {task} | {f'CLIP top-{shortlist}' if shortlist else 'none'} | {describe(reference)} |"
+            if not good:
+                lines.append(line + " none | - | - | - | - | - |")
+                continue
+            best = min(good, key=lambda r: r.calls_per_image)
+            line += f" {describe(best)} | {reference.calls_per_image / best.calls_per_image:.1f}x |"
+            li_rows = [r for r in same if r.family == "Li"]
+            as_accurate = [r for r in li_rows if r.accuracy >= best.accuracy - 1e-9]
+            cheapest = min(as_accurate, key=lambda r: r.calls_per_image) if as_accurate else None
+            line += (f" {describe(cheapest)} | {cheapest.calls_per_image / best.calls_per_image:.1f}x |" if cheapest
+                     else " none as accurate | - |")
+            line += (f" {describe(li_rows[0])} | {li_rows[0].calls_per_image / best.calls_per_image:.1f}x |"
+                     if li_rows else " - | - |")
+            lines.append(line)
     return "\n".join(lines)
 
 
@@ -125,20 +211,27 @@ def plot(rows: list[Row], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({r.task for r in rows}, key=[r.task for r in rows].index)
-    figure, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    figure, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.8), squeeze=False)
+    styles = {"fixed": ("o", "-"), "t-test": ("s", ""), "Li": ("^", "")}
     for axis, task in zip(axes[0], tasks):
-        for family, marker in (("fixed", "o-"), ("t-test", "s"), ("Li", "^")):
-            subset = sorted((r for r in rows if r.task == task and r.name.startswith(family)),
-                            key=lambda r: r.calls_per_image)
-            axis.plot([r.calls_per_image for r in subset], [100 * r.accuracy for r in subset], marker,
-                      label=family if family != "Li" else "Li et al. schedule")
-            for r in subset:
-                axis.annotate(r.name.split(" ", 1)[1], (r.calls_per_image, 100 * r.accuracy), fontsize=7)
+        for shortlist in sorted({r.shortlist for r in rows if r.task == task and r.family != "CLIP"}):
+            for family, (marker, line) in styles.items():
+                subset = sorted((r for r in rows if r.task == task and r.family == family and r.shortlist == shortlist),
+                                key=lambda r: r.calls_per_image)
+                label = family if family != "Li" else "Li et al. schedule"
+                axis.plot([r.calls_per_image for r in subset], [100 * r.accuracy for r in subset], marker + line,
+                          label=label + (f" (CLIP top-{shortlist})" if shortlist else ""),
+                          fillstyle="none" if shortlist else "full", alpha=0.8)
+        reference = _largest_fixed(rows, task)
+        axis.axhline(100 * reference.accuracy - 1, color="grey", lw=0.8, ls=":")
+        axis.axvline(reference.calls_per_image / 20, color="grey", lw=0.8, ls=":")
         axis.set_xscale("log")
-        axis.set(title=task, xlabel="UNet calls per image", ylabel="accuracy (%)")
+        axis.set(title=f"{task} (dotted: 1 point below / 1/20 of the largest fixed budget)",
+                 xlabel="UNet calls per image", ylabel="accuracy (%)")
+        axis.title.set_fontsize(9)
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -152,6 +245,12 @@ def main(argv=None) -> None:
     parser.add_argument("--p_values", type=float, nargs="+", default=[1e-1, 2e-2, 2e-3])
     parser.add_argument("--min_draws", type=int, nargs="+", default=[20, 8],
                         help="t-test: draws before the first test (the paper: 20); rounds add min_draws/4 (<= 4)")
+    parser.add_argument("--variances", nargs="+", default=["paired", "pooled"], choices=["paired", "pooled"],
+                        help="t-test variance estimates compared")
+    parser.add_argument("--prefilter", default="ref-world-clip,ref-world", metavar="MODEL,PRETRAINED",
+                        help="open_clip model of the CLIP pre-filter rows")
+    parser.add_argument("--prefilter_k", type=int, nargs="*", default=[5],
+                        help="pre-filter shortlist sizes (none: no pre-filter rows)")
     parser.add_argument("--t_range", type=int, nargs=2, default=None)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--image_batch", type=int, default=8)
@@ -163,7 +262,7 @@ def main(argv=None) -> None:
     os.makedirs(args.out, exist_ok=True)
     started = time.time()
     rows = run(args)
-    text = table(rows)
+    text = table(rows) + "\n\nTargets:\n\n" + targets(rows)
     print(text)
     with open(os.path.join(args.out, "table.md"), "w") as handle:
         handle.write(text + "\n")

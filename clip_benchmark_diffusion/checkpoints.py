@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from .backends import BACKENDS, DiffusionBackend, backend_for_pipeline
+from .backends.speed import SpeedOptions
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,9 @@ def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
 
 
 def load_backend(pretrained: str, device: torch.device | str = "cpu", dtype: str = "auto",
-                 cache_dir: Optional[str] = None) -> DiffusionBackend:
+                 cache_dir: Optional[str] = None, speed: Optional[SpeedOptions] = None) -> DiffusionBackend:
     """Load the model family that the checkpoint's `model_index.json` names."""
     folder, index = locate(pretrained, cache_dir=cache_dir)
     backend_class, _ = backend_for_pipeline(index["_class_name"])
-    return backend_class(folder, device=device, dtype=resolve_dtype(dtype, device), local_files_only=True)
+    return backend_class(folder, device=device, dtype=resolve_dtype(dtype, device), local_files_only=True,
+                         speed=speed or SpeedOptions())

@@ -230,9 +230,11 @@ def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, 
                          run_info: Optional[dict] = None, cache_dir: Optional[str] = None,
                          show_progress: bool = True, task: str = "zeroshot_classification"):
     """clip_benchmark's loader contract: return `(model, transform, tokenizer)`."""
+    from .backends.speed import SpeedOptions
     from .checkpoints import load_backend
 
-    backend = load_backend(pretrained, device=device, dtype=settings.dtype, cache_dir=cache_dir)
+    speed = SpeedOptions(settings.channels_last, settings.compile, static_batch=settings.batch_size)
+    backend = load_backend(pretrained, device=device, dtype=settings.dtype, cache_dir=cache_dir, speed=speed)
     scorer = DiffusionScorer(backend, settings)
     tokenizer = PromptTokenizer()
     header = {"settings": settings.to_dict(), "model": backend.description, "run": run_info or {}}

@@ -26,8 +26,8 @@ import sys
 from typing import Any, Iterator, Optional
 
 from .checkpoints import CheckpointError
-from .settings import (DTYPES, LOSSES, OBJECTIVES, STRATEGIES, TEMPLATE_MODES, TIMESTEP_SAMPLERS, TTEST_VARIANCES,
-                       ScorerSettings)
+from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, STRATEGIES, TEMPLATE_MODES, TIMESTEP_SAMPLERS,
+                       TTEST_VARIANCES, ScorerSettings)
 
 DIFFUSION_MODEL_NAMES = ("sd-diffusion",)
 MODEL_TYPE = "diffusion"
@@ -64,6 +64,10 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
         help="average errors over templates (cost x templates) or condition on the mean text embedding")
     add("--diffusion_batch_size", type=int, default=defaults.batch_size, help="UNet rows per call")
     add("--diffusion_dtype", choices=DTYPES, default=defaults.dtype, help="auto: float16 on CUDA, float32 on CPU")
+    add("--diffusion_channels_last", action="store_true", help="channels_last memory format for the denoiser")
+    add("--diffusion_compile", choices=COMPILE_MODES, default=defaults.compile,
+        help="torch.compile the denoiser in this mode (reduce-overhead: CUDA graphs); batches are padded to "
+             "--diffusion_batch_size")
     add("--diffusion_ttest_p", type=float, default=defaults.ttest_p)
     add("--diffusion_min_draws", type=int, default=defaults.min_draws)
     add("--diffusion_round_draws", type=int, default=defaults.round_draws)
@@ -87,7 +91,8 @@ def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSetti
         draws=options.diffusion_draws, strategy=options.diffusion_strategy, timesteps=options.diffusion_timesteps,
         objective=options.diffusion_objective, heuristic_rate=options.diffusion_heuristic_rate,
         loss=options.diffusion_loss, templates=options.diffusion_templates, batch_size=options.diffusion_batch_size,
-        dtype=options.diffusion_dtype, ttest_p=options.diffusion_ttest_p, min_draws=options.diffusion_min_draws,
+        dtype=options.diffusion_dtype, channels_last=options.diffusion_channels_last,
+        compile=options.diffusion_compile, ttest_p=options.diffusion_ttest_p, min_draws=options.diffusion_min_draws,
         round_draws=options.diffusion_round_draws, ttest_variance=options.diffusion_ttest_variance,
         max_candidates=options.diffusion_max_candidates, seed=seed)
     if options.diffusion_t_range:

@@ -17,6 +17,8 @@ TEMPLATE_MODES = ("average_errors", "average_embeddings")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 STRATEGIES = ("fixed", "ttest", "schedule")
 TTEST_VARIANCES = ("paired", "pooled")
+#: "off", or a `torch.compile` mode; "reduce-overhead" also captures CUDA graphs
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class ScorerSettings:
         variance, n-1 degrees of freedom: Clark & Jaini) or "pooled" (the residual variance of
         the candidates x draws block design, (k-1)(n-1) degrees of freedom: much stronger
         tests after a few draws when many candidates are open; identical for two candidates).
+    channels_last, compile: speed switches of the denoiser (see `backends/speed.py`); off by
+        default until a GPU benchmark shows they help.
     """
 
     draws: int = 64
@@ -53,6 +57,8 @@ class ScorerSettings:
     templates: str = "average_errors"
     batch_size: int = 64
     dtype: str = "auto"
+    channels_last: bool = False
+    compile: str = "off"
     seed: int = 0
     strategy: str = "fixed"
     # t-test elimination (Clark & Jaini, Algorithm 1)
@@ -87,6 +93,7 @@ class ScorerSettings:
         check(self.templates in TEMPLATE_MODES, f"templates must be one of {TEMPLATE_MODES}, got {self.templates!r}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check(self.compile in COMPILE_MODES, f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         check(self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         check(0 < self.ttest_p < 1, f"ttest_p must be in (0, 1), got {self.ttest_p}")
         check(self.min_draws >= 2, f"min_draws must be >= 2 (a t-test needs two draws), got {self.min_draws}")

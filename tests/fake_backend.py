@@ -33,6 +33,7 @@ class FakeBackend(DiffusionBackend):
         self.spread = spread
         self.description = {"backend": "fake"}
         self.predict_rows = 0
+        self.largest_predict = 0  # most rows in one network call
 
     def image_transform(self) -> Callable:
         return transforms.Compose([transforms.Resize(self.resolution), transforms.CenterCrop(self.resolution),
@@ -50,4 +51,5 @@ class FakeBackend(DiffusionBackend):
 
     def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
         self.predict_rows += len(x_t)
+        self.largest_predict = max(self.largest_predict, len(x_t), len(conditioning))
         return x_t * 0 + conditioning.view(-1, 1, 1, 1)

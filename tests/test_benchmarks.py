@@ -57,8 +57,10 @@ def test_targets_pick_the_cheapest_ttest_within_a_point_and_the_cheapest_li_as_a
 
 def test_gpu_throughput_toy_run_reports_its_figures(tmp_path):
     report = gpu_throughput.main(["--toy", "--device", "cpu", "--batch_sizes", "2", "--repeats", "1",
-                                  "--out", str(tmp_path / "t.json")])
-    row = report["rows"][0]
-    assert row["unet_calls_per_s"] > 0 and row["gflop_per_call"] > 0
-    assert row["fraction_of_peak"] == pytest.approx(row["achieved_tflops"] / report["matmul_peak_tflops"], rel=0.05)
-    assert np.isclose(row["seconds_per_10_class_image"], 300 / row["unet_calls_per_s"], rtol=0.01)
+                                  "--variants", "eager", "channels_last", "--out", str(tmp_path / "t.json")])
+    assert [row["variant"] for row in report["rows"]] == ["eager", "channels_last"]
+    assert report["unet_parameters"] > 0 and json.loads((tmp_path / "t.json").read_text()) == report
+    for row in report["rows"]:
+        assert row["unet_calls_per_s"] > 0 and row["gflop_per_call"] > 0
+        assert row["fraction_of_peak"] == pytest.approx(row["achieved_tflops"] / report["matmul_peak_tflops"], rel=0.05)
+        assert np.isclose(row["seconds_per_10_class_image"], 300 / row["unet_calls_per_s"], rtol=0.01)

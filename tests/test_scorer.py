@@ -104,6 +104,18 @@ def test_prompts_are_encoded_once_and_template_modes_cost_what_they_say():
     assert torch.allclose(cheap[0].per_draw[0], reference[0].per_draw[0])
 
 
+def test_network_batches_stay_within_batch_size_for_imagenet_scale_templates():
+    """1000 classes x 80 templates: every UNet call (and the conditioning it is sent) has at
+    most `batch_size` rows, so device memory does not grow with the number of prompts."""
+    backend = FakeBackend(spread=0.5)
+    candidates = [[f"template {t} of class {c}." for t in range(80)] for c in range(1000)]
+    result = DiffusionScorer(backend, ScorerSettings(draws=1, batch_size=48)).score(pixels(1, size=8), candidates)[0]
+    assert backend.predict_rows == 80_000 and result.calls == 80_000
+    assert backend.largest_predict == 48
+    # the prediction is the class whose templates' mean error is lowest, over all 80,000 rows
+    assert result.prediction == int(torch.argmin(result.errors)) and result.errors.shape == (1000,)
+
+
 def test_empty_candidates_are_rejected():
     scorer = DiffusionScorer(FakeBackend(), ScorerSettings(draws=2))
     with pytest.raises(ValueError, match="no candidates"):

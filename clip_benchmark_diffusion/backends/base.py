@@ -3,7 +3,9 @@
 The scorer only needs five things from a model: encode images once, encode prompts once,
 noise a clean latent, predict from a noisy latent and a prompt, and the noise schedule.
 A new family (another pipeline, a flow-matching model) is one subclass registered in
-`backends/__init__.py`; nothing else changes.
+`backends/__init__.py`; nothing else changes. Its constructor takes `(source, device, dtype,
+local_files_only, cache_dir, speed)`, and it runs its denoiser through `speed.run_denoiser`
+so the speed switches work the same for every family.
 """
 from __future__ import annotations
 

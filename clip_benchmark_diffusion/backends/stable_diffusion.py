@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision import transforms
 
 from .base import DiffusionBackend
+from .speed import SpeedOptions, prepare_denoiser, run_denoiser
 
 PIPELINE_CLASSES = (
     "StableDiffusionPipeline",
@@ -26,7 +27,8 @@ class StableDiffusionBackend(DiffusionBackend):
     """VAE latents, CLIP-text cross-attention, epsilon- or v-prediction UNet."""
 
     def __init__(self, source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 local_files_only: bool = False, cache_dir: str | None = None) -> None:
+                 local_files_only: bool = False, cache_dir: str | None = None,
+                 speed: SpeedOptions = SpeedOptions()) -> None:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -40,6 +42,8 @@ class StableDiffusionBackend(DiffusionBackend):
         self.unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **common)
         for module in (self.text_encoder, self.vae, self.unet):
             module.to(self.device).eval().requires_grad_(False)
+        self.speed = speed
+        self._unet = prepare_denoiser(self.unet, speed)
 
         self.prediction_type = self.scheduler.config.prediction_type
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
@@ -54,6 +58,8 @@ class StableDiffusionBackend(DiffusionBackend):
             "resolution": self.resolution,
             "dtype": str(dtype).replace("torch.", ""),
             "unet_parameters": sum(p.numel() for p in self.unet.parameters()),
+            "channels_last": speed.channels_last,
+            "compile": speed.compile_mode,
         }
 
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
@@ -83,5 +89,6 @@ class StableDiffusionBackend(DiffusionBackend):
 
     @torch.no_grad()
     def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
-        return self.unet(x_t.to(self.device, self.dtype), timesteps.to(self.device),
-                         encoder_hidden_states=conditioning.to(self.device, self.dtype)).sample
+        return run_denoiser(lambda x, t, c: self._unet(x, t, encoder_hidden_states=c).sample,
+                            x_t.to(self.device, self.dtype), timesteps.to(self.device),
+                            conditioning.to(self.device, self.dtype), self.speed)

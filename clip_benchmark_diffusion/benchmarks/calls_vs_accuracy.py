@@ -213,14 +213,17 @@ def plot(rows: list[Row], path: str) -> None:
 
     tasks = list(dict.fromkeys(r.task for r in rows))
     figure, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.8), squeeze=False)
-    styles = {"fixed": ("o", "-"), "t-test": ("s", ""), "Li": ("^", "")}
+    colours = {"fixed": "tab:blue", "t-test": "tab:orange", "Li": "tab:green"}  # colour: strategy
+    markers = "osD^v"  # marker: pre-filter setting (filled: none)
     for axis, task in zip(axes[0], tasks):
-        for shortlist in sorted({r.shortlist for r in rows if r.task == task and r.family != "CLIP"}):
-            for family, (marker, line) in styles.items():
+        shortlists = sorted({r.shortlist for r in rows if r.task == task and r.family != "CLIP"})
+        for shortlist, marker in zip(shortlists, markers):
+            for family, colour in colours.items():
                 subset = sorted((r for r in rows if r.task == task and r.family == family and r.shortlist == shortlist),
                                 key=lambda r: r.calls_per_image)
                 label = family if family != "Li" else "Li et al. schedule"
-                axis.plot([r.calls_per_image for r in subset], [100 * r.accuracy for r in subset], marker + line,
+                axis.plot([r.calls_per_image for r in subset], [100 * r.accuracy for r in subset],
+                          marker=marker, linestyle="-" if family == "fixed" else "", color=colour,
                           label=label + (f" (CLIP top-{shortlist})" if shortlist else ""),
                           fillstyle="none" if shortlist else "full", alpha=0.8)
         reference = _largest_fixed(rows, task)

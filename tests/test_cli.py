@@ -46,12 +46,13 @@ def test_console_script_writes_result_json_and_per_image_record(fixture, request
 def test_model_type_flag_and_python_module_entry_point(tiny_epsilon_pipeline, tiny_wds, tmp_path):
     args = eval_args(tiny_epsilon_pipeline, tiny_wds, "--model_type", "diffusion", "--output", "out.json",
                      "--diffusion_templates", "average_embeddings", "--seed", "3", "--diffusion_strategy", "ttest",
-                     "--diffusion_min_draws", "2", "--diffusion_ttest_variance", "pooled")
+                     "--diffusion_min_draws", "2", "--diffusion_ttest_variance", "pooled", "--diffusion_channels_last")
     result = run_cli(args, tmp_path, module=True, env_extra={"CLIP_BENCHMARK_DIFFUSION_AUTOREGISTER": "0"})
     assert result.returncode == 0, result.stderr[-3000:]
     header = json.loads((tmp_path / "out.diffusion.jsonl").open().readline())
     assert header["settings"]["templates"] == "average_embeddings" and header["settings"]["seed"] == 3
     assert header["settings"]["strategy"] == "ttest" and header["settings"]["ttest_variance"] == "pooled"
+    assert header["settings"]["channels_last"] and header["model"]["channels_last"]  # reached the backend
     assert json.loads((tmp_path / "out.json").read_text())["metrics"]["acc1"] >= 0
 
 

@@ -134,7 +134,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["eager"],
                         help="speed switches to measure, each on a fresh UNet")
     parser.add_argument("--calls_per_image", type=float, default=300.0,
-                        help="UNet calls a pruned 10-class decision spends (from calls_vs_accuracy)")
+                        help="UNet calls a pruned 10-class decision spends: Clark & Jaini's t-test needs 10 x 20 "
+                             "first draws plus a few rounds for the contenders")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="results/gpu_throughput.json")
     args = parser.parse_args(argv)

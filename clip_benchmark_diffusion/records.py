@@ -93,10 +93,18 @@ class RunRecorder:
             self._handle.close()
 
 
+#: settings that change how fast images are scored, not their scores (beyond float rounding)
+SPEED_ONLY_FIELDS = ("batch_size", "channels_last", "compile")
+
+
 def _comparable(header: dict[str, Any]) -> str:
     """The header fields that must match for earlier image lines to be reused."""
     keys = ("settings", "model", "candidates")
-    return json.dumps({k: header.get(k) for k in keys}, sort_keys=True)
+    fields = {k: header.get(k) for k in keys}
+    for part in ("settings", "model"):
+        if isinstance(fields[part], dict):
+            fields[part] = {k: v for k, v in fields[part].items() if k not in SPEED_ONLY_FIELDS}
+    return json.dumps(fields, sort_keys=True)
 
 
 def read_records(path: str) -> dict[str, Any]:

@@ -66,8 +66,8 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
     add("--diffusion_dtype", choices=DTYPES, default=defaults.dtype, help="auto: float16 on CUDA, float32 on CPU")
     add("--diffusion_channels_last", action="store_true", help="channels_last memory format for the denoiser")
     add("--diffusion_compile", choices=COMPILE_MODES, default=defaults.compile,
-        help="torch.compile the denoiser in this mode (reduce-overhead: CUDA graphs); batches are padded to "
-             "--diffusion_batch_size")
+        help="torch.compile the denoiser in this mode (reduce-overhead: CUDA graphs); passes are padded to the "
+             "next power of two rows")
     add("--diffusion_ttest_p", type=float, default=defaults.ttest_p)
     add("--diffusion_min_draws", type=int, default=defaults.min_draws)
     add("--diffusion_round_draws", type=int, default=defaults.round_draws)

@@ -1,4 +1,6 @@
 """The clip_benchmark adapter: clip_benchmark's own metric code must see the scorer's ranking."""
+import os
+
 import pytest
 import torch
 from clip_benchmark.metrics import zeroshot_classification
@@ -89,6 +91,27 @@ def test_records_are_written_per_image_and_reused_after_a_crash(tmp_path):
     assert first["prediction"] == first["ranking"][0] and len(first["errors"]) == 3
     assert first["calls"] == 9 and first["draws"] == [3, 3, 3] and len(first["per_draw"][0]) == 3
     assert record["header"]["candidates"] == [["a"], ["b"], ["c"]]
+
+
+def test_resuming_ignores_speed_only_settings_but_not_scoring_settings(tmp_path):
+    from clip_benchmark_diffusion.records import RunRecorder
+
+    path = str(tmp_path / "run.diffusion.jsonl")
+
+    def header(**changes):
+        settings = {**ScorerSettings().to_dict(), **changes}
+        return {"settings": settings, "model": {"backend": "fake", "compile": settings["compile"]},
+                "candidates": [["a"], ["b"]]}
+
+    first = RunRecorder(path, header())
+    first.add({"type": "image", "image_key": f"{0xFF:016x}", "prediction": 1})
+    first.close()
+    again = RunRecorder(path, header(batch_size=7, compile="reduce-overhead", channels_last=True))
+    assert again.cached(0xFF) is not None  # same scores, faster: earlier images are reused
+    again.close()
+    other = RunRecorder(path, header(draws=5))
+    assert other.cached(0xFF) is None and os.path.isfile(path + ".previous")
+    other.close()
 
 
 def test_encode_image_before_encode_text_is_an_error():

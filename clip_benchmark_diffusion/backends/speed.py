@@ -18,8 +18,9 @@ from ..settings import COMPILE_MODES
 class SpeedOptions:
     """channels_last: NHWC weights and inputs (faster convolutions on tensor cores).
     compile_mode: `torch.compile` the denoiser in this mode ("off": eager).
-    static_batch: with compilation, pad every call to this many rows, so one compiled graph
-        (one CUDA graph) serves the short last batch of a round too; 0 = no padding."""
+    static_batch: with compilation, the most rows per call; shorter calls are padded to the
+        next power of two, so a handful of compiled graphs (CUDA graphs) serve every call;
+        0 = no padding."""
 
     channels_last: bool = False
     compile_mode: str = "off"
@@ -36,21 +37,41 @@ def prepare_denoiser(module: torch.nn.Module, options: SpeedOptions) -> Callable
         module.to(memory_format=torch.channels_last)
     if options.compile_mode == "off":
         return module
-    return torch.compile(module, mode=None if options.compile_mode == "default" else options.compile_mode)
+    # static shapes: the calls come in a few padded sizes (see `padded_size`), one graph each
+    return torch.compile(module, mode=None if options.compile_mode == "default" else options.compile_mode,
+                         dynamic=False)
+
+
+def padded_size(rows: int, static_batch: int) -> int:
+    """Rows a compiled call is padded to: the next power of two, at most `static_batch`, so a
+    short last batch does not cost a full one and only ~log2(batch) graphs are ever built."""
+    return min(1 << max(rows - 1, 0).bit_length(), static_batch) if static_batch else rows
 
 
 def run_denoiser(denoise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
                  sample: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                  options: SpeedOptions) -> torch.Tensor:
-    """`denoise(sample, timesteps, context)` for a batch, padded to `static_batch` rows when
-    compiled (the padding repeats the first row and is cut off again)."""
-    rows = len(sample)
-    pad = options.static_batch - rows if options.compile_mode != "off" else 0
-    if pad > 0:
-        sample, timesteps, context = (torch.cat([x, x[:1].expand(pad, *x.shape[1:])]) for x in
-                                      (sample, timesteps, context))
+    """`denoise(sample, timesteps, context)` for a batch. When compiled, calls go in chunks of
+    at most `static_batch` rows, each padded to `padded_size` (repeating its first row; the
+    padding is cut off again)."""
+    timesteps = timesteps.reshape(-1).expand(len(sample))
+    if options.compile_mode == "off" or not options.static_batch:
+        return _call(denoise, sample, timesteps, context, options)
+    outputs = []
+    for start in range(0, len(sample), options.static_batch):
+        chunk = [x[start:start + options.static_batch] for x in (sample, timesteps, context)]
+        rows = len(chunk[0])
+        pad = padded_size(rows, options.static_batch) - rows
+        if pad > 0:
+            chunk = [torch.cat([x, x[:1].expand(pad, *x.shape[1:])]) for x in chunk]
+        outputs.append(_call(denoise, *chunk, options)[:rows])
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def _call(denoise: Callable, sample: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+          options: SpeedOptions) -> torch.Tensor:
     if options.channels_last:
         sample = sample.contiguous(memory_format=torch.channels_last)
-    output = denoise(sample, timesteps, context)[:rows]
+    output = denoise(sample, timesteps, context)
     # a CUDA graph overwrites its output buffer on the next replay: keep our own copy
     return output.clone() if options.compile_mode == "reduce-overhead" else output

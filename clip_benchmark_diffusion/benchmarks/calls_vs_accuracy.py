@@ -13,6 +13,7 @@ the benchmark computes each error once. The pre-filter is the shipped reference 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -217,7 +218,7 @@ def plot(rows: list[Row], path: str) -> None:
     markers = "osD^v"  # marker: pre-filter setting (filled: none)
     for axis, task in zip(axes[0], tasks):
         shortlists = sorted({r.shortlist for r in rows if r.task == task and r.family != "CLIP"})
-        for shortlist, marker in zip(shortlists, markers):
+        for shortlist, marker in zip(shortlists, itertools.cycle(markers)):
             for family, colour in colours.items():
                 subset = sorted((r for r in rows if r.task == task and r.family == family and r.shortlist == shortlist),
                                 key=lambda r: r.calls_per_image)

@@ -99,6 +99,7 @@ def measure_variant(name: str, config: dict, device: str, dtype: torch.dtype, ba
     rows = []
     for batch in batch_sizes:
         speed = dataclasses.replace(VARIANTS[name], static_batch=batch)
+        torch._dynamo.reset()  # each measurement compiles its own fixed-shape graph
         denoiser = prepare_denoiser(unet, speed)
         x = torch.randn(batch, 4, latent, latent, device=device, dtype=dtype)
         t = torch.randint(0, 1000, (batch,), device=device)

@@ -233,7 +233,8 @@ def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, 
     from .backends.speed import SpeedOptions
     from .checkpoints import load_backend
 
-    speed = SpeedOptions(settings.channels_last, settings.compile, static_batch=settings.batch_size)
+    speed = SpeedOptions(channels_last=settings.channels_last, compile_mode=settings.compile,
+                         static_batch=settings.batch_size)
     backend = load_backend(pretrained, device=device, dtype=settings.dtype, cache_dir=cache_dir, speed=speed)
     scorer = DiffusionScorer(backend, settings)
     tokenizer = PromptTokenizer()

@@ -87,7 +87,8 @@ class FixedBudget(Strategy):
 class TTestElimination(Strategy):
     """Clark & Jaini's Algorithm 1: after `min_draws`, add `round_draws` shared draws per
     round and drop every candidate whose one-sided paired t-test against the current best
-    has p < `ttest_p`; stop at one survivor or at `draws` draws."""
+    has p < `ttest_p`; stop at one survivor or at `draws` draws. The variance of a difference
+    is the pair's own (`ttest_variance="paired"`) or pooled over all open candidates."""
 
     def next_round(self, state: ImageState) -> Optional[int]:
         if int(state.active.sum()) <= 1 or state.draws_done >= self.settings.draws:
@@ -102,11 +103,10 @@ class TTestElimination(Strategy):
         others = active[active != best]
         if n < 2 or len(others) == 0:
             return
-        errors = state.per_draw[active, :n]
         differences = state.per_draw[others, :n] - state.per_draw[best, :n]  # > 0: worse than best
         mean = differences.mean(dim=1)
         if self.settings.ttest_variance == "pooled":
-            standard_error, df = _pooled_standard_error(errors)
+            standard_error, df = _pooled_standard_error(state.per_draw[active, :n])
         else:
             standard_error, df = differences.std(dim=1, unbiased=True) / n ** 0.5, n - 1
         p_values = torch.from_numpy(stats.t.sf((mean / standard_error).numpy(), df=df))

@@ -34,7 +34,7 @@ from .calibration import expected_calibration_error, fit_binning
 class Row:
     task: str
     name: str
-    family: str  # "fixed", "t-test" or "Li"
+    family: str  # "fixed", "t-test", "Li", or "CLIP" (the pre-filter model alone)
     shortlist: int  # CLIP pre-filter top-k (0: none)
     accuracy: float
     calls_per_image: float
@@ -166,9 +166,11 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         largest = _largest_fixed(rows, row.task)
         fraction = f"1/{largest.calls_per_image / row.calls_per_image:.1f}" if row.calls_per_image else "-"
+        eces = " | ".join("-" if value != value else f"{value:.3f}"  # NaN: no diffusion scores to calibrate
+                          for value in (row.ece_calls, row.ece_calls_binned, row.ece_softmax))
         lines.append(f"| {row.task} | {row.name} | {row.accuracy:.1%} | {row.calls_per_image:.0f} | {fraction} | "
-                     f"{row.ece_calls:.3f} | {row.ece_calls_binned:.3f} | {row.ece_softmax:.3f} |")
-    return "\n".join(lines).replace("| nan |", "| - |").replace("| nan |", "| - |")
+                     f"{eces} |")
+    return "\n".join(lines)
 
 
 def targets(rows: list[Row], tolerance: float = 0.01) -> str:

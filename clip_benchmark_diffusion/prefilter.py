@@ -19,6 +19,9 @@ class ClipPrefilter:
     def __init__(self, model_name: str, pretrained: str, device: torch.device | str = "cpu") -> None:
         import open_clip
 
+        from .reference import register_reference_clip
+
+        register_reference_clip()  # so the shipped `ref-world-clip` is a name like any open_clip model
         self.device = torch.device(device)
         self.model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
         self.model = self.model.to(self.device).eval()

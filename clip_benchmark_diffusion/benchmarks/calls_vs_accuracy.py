@@ -97,9 +97,7 @@ def task_data(task: str, images: int, seed: int, transform) -> tuple[torch.Tenso
 def clip_orders(prefilter: str, pixels: torch.Tensor, candidates: list[list[str]], device: str) -> list[list[int]]:
     """Each image's classes, best first, by the open_clip model `MODEL,PRETRAINED`."""
     from ..prefilter import ClipPrefilter
-    from ..reference import register_reference_clip
 
-    register_reference_clip()
     model, _, pretrained = prefilter.partition(",")
     return ClipPrefilter(model, pretrained, device=device).rank(pixels, candidates)
 

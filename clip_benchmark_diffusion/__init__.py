@@ -1,18 +1,13 @@
 """Text-to-image diffusion models as zero-shot classifiers inside clip_benchmark.
 
 Public API (imported lazily: this package is imported at every interpreter start by the
-registration hook, so importing it must not pull in torch):
+registration hook, so importing it imports nothing at all, not even `typing`):
 
     from clip_benchmark_diffusion import DiffusionScorer, ScorerSettings, load_backend
     backend = load_backend("sd2-base", device="cuda")
     scorer = DiffusionScorer(backend, ScorerSettings(draws=64))
     scores = scorer.score(pixels, [["a photo of a cat."], ["a photo of a dog."]])
 """
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -27,8 +22,10 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _EXPORTS:
+        import importlib
+
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -15,6 +15,7 @@ import torch
 
 from .backends import BACKENDS, DiffusionBackend, backend_for_pipeline
 from .backends.speed import SpeedOptions
+from .weights import model_files, safetensors_problem, weights_fingerprint
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,11 @@ def locate(pretrained: str, cache_dir: Optional[str] = None) -> tuple[str, dict]
     if missing:
         raise CheckpointError(f"diffusion checkpoint {what}: {folder} lacks the parts {missing} "
                               f"that a {class_name} needs")
+    for relative in model_files(folder, parts):
+        problem = safetensors_problem(os.path.join(folder, relative)) if relative.endswith(".safetensors") else None
+        if problem:
+            raise CheckpointError(f"diffusion checkpoint {what}: {os.path.join(folder, relative)} is damaged "
+                                  f"({problem}); download or save it again")
     return folder, index
 
 
@@ -150,6 +156,18 @@ def load_backend(pretrained: str, device: torch.device | str = "cpu", dtype: str
                  cache_dir: Optional[str] = None, speed: Optional[SpeedOptions] = None) -> DiffusionBackend:
     """Load the model family that the checkpoint's `model_index.json` names."""
     folder, index = locate(pretrained, cache_dir=cache_dir)
-    backend_class, _ = backend_for_pipeline(index["_class_name"])
-    return backend_class(folder, device=device, dtype=resolve_dtype(dtype, device), local_files_only=True,
-                         speed=speed or SpeedOptions())
+    backend_class, parts = backend_for_pipeline(index["_class_name"])
+    torch_dtype = resolve_dtype(dtype, device)
+    try:
+        backend = backend_class(folder, device=device, dtype=torch_dtype, local_files_only=True,
+                                speed=speed or SpeedOptions())
+    except Exception as error:  # diffusers/transformers raise many types for a file they cannot load
+        if os.environ.get("CLIP_BENCHMARK_DIFFUSION_DEBUG"):
+            raise
+        reason = (str(error).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(f"diffusion checkpoint {_describe(pretrained, folder)} could not be loaded: "
+                              f"{type(error).__name__}: {reason} (set CLIP_BENCHMARK_DIFFUSION_DEBUG=1 for the "
+                              "traceback)") from error
+    # the record must name the weights themselves, not only their folder (see `weights.py`)
+    backend.description["weights"] = weights_fingerprint(folder, parts)
+    return backend

@@ -58,6 +58,9 @@ TASKS = ("zeroshot_classification", "image_caption_selection")
 class DiffusionZeroShotModel(torch.nn.Module):
     """`encode_text` / `encode_image` on top of a `DiffusionScorer`."""
 
+    #: how the registration's wrappers of clip_benchmark functions recognise this model
+    is_diffusion_classifier = True
+
     def __init__(self, scorer: DiffusionScorer, tokenizer: PromptTokenizer, record_path: Optional[str] = None,
                  record_header: Optional[dict] = None, show_progress: bool = True,
                  task: str = "zeroshot_classification") -> None:
@@ -82,6 +85,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
         self.show_progress = show_progress
         self.expected_images: Optional[int] = None
         self.images_seen = 0
+        self.images_reused = 0
         self.calls = 0
         self._progress: Optional[tqdm] = None
         self._device_anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
@@ -157,13 +161,20 @@ class DiffusionZeroShotModel(torch.nn.Module):
             candidates = self.candidates if self.task == "zeroshot_classification" else None
             self.recorder = RunRecorder(self.record_path, {**self.record_header, "task": self.task,
                                                            "candidates": candidates})
+            if self.recorder.previous_images:
+                self._say(f"{self.recorder.resumed_from} holds {self.recorder.previous_images} images scored with "
+                          "these settings, weights and candidates; they are reused")
         return self.recorder
+
+    @staticmethod
+    def _say(message: str) -> None:
+        print(f"clip_benchmark_diffusion: {message}", file=sys.stderr)
 
     def _start_new_candidate_set(self) -> None:
         if self.recorder is not None:
             self.recorder.close()
         self.recorder = None
-        self.candidates, self.images_seen = [], 0
+        self.candidates, self.images_seen, self.images_reused = [], 0, 0
 
     # ------------------------------------------------------------ scoring with records
     def rank(self, images: torch.Tensor) -> list[list[int]]:
@@ -184,18 +195,24 @@ class DiffusionZeroShotModel(torch.nn.Module):
         if per_image_candidates:  # caption selection: each record names its own candidates
             records = [r if r is not None and r.get("candidates") == names else None for r in records]
         todo = [i for i, record in enumerate(records) if record is None]
+        self.images_reused += len(images) - len(todo)
         if todo:
-            started = time.perf_counter()
-            priors = self.prefilter.rank(images[todo], candidates) if self.prefilter else None
-            scores = self.scorer.score(images[todo], candidates, [keys[i] for i in todo], on_calls=self._count_calls,
-                                       prior_orders=priors, shortlist_size=self.scorer.settings.prefilter_k)
-            seconds = (time.perf_counter() - started) / len(todo)
-            for i, image_scores in zip(todo, scores):
-                records[i] = image_record(self.images_seen + i, image_scores, names, seconds)
+            previous_decision = [time.perf_counter()]
+
+            def save(position: int, image_scores) -> None:
+                """Write an image's line the moment its decision is made: a kill loses only images in flight."""
+                now = time.perf_counter()
+                i = todo[position]
+                records[i] = image_record(self.images_seen + i, image_scores, names, now - previous_decision[0])
+                previous_decision[0] = now
                 if per_image_candidates:
                     records[i]["candidates"] = names
                 if recorder is not None:
                     recorder.add(records[i])
+
+            priors = self.prefilter.rank(images[todo], candidates) if self.prefilter else None
+            self.scorer.score(images[todo], candidates, [keys[i] for i in todo], on_calls=self._count_calls,
+                              prior_orders=priors, shortlist_size=self.scorer.settings.prefilter_k, on_image=save)
         return records
 
     def _bar(self) -> tqdm:
@@ -221,7 +238,10 @@ class DiffusionZeroShotModel(torch.nn.Module):
         if labels is not None:
             summary["labels"] = [int(v) for v in labels]
         if self.recorder is not None:
+            summary["images_reused"] = self.images_reused
             self.recorder.finish(summary)
+            self._say(f"reused {self.images_reused} of {self.images_seen} images from {self.record_path}; "
+                      f"{self.images_seen - self.images_reused} scored")
             self.recorder = None  # a later pass reopens the file and reuses its records
         return summary
 

@@ -1,25 +1,49 @@
 """Per-image results written as they are produced, and read back to resume a dead run.
 
-One JSON-lines file per run: a header (settings, model, candidates), one line per image,
-and a summary with the true labels once the dataset is done. Lines are flushed as they are
-written, so a run killed after N images keeps N images; rerunning the same command with
-the same settings skips them (images are matched by a hash of their pixels).
+One JSON-lines file per run: a header (settings, model and its weights, candidates), one line
+per image, and a summary with the true labels once the dataset is done. Each image line is
+flushed as soon as that image's decision is made, so a run killed after N images keeps N
+images; rerunning the same command with the same settings, weights and candidates skips them
+(images are matched by a hash of their pixels).
+
+What is guaranteed (and tested):
+
+* earlier image lines are reused only when the header's settings, model (including the hash
+  of its weight files) and candidates are the same, ignoring only `RECORD_IGNORED_SETTINGS`;
+* a record of other settings is never overwritten or deleted: it is moved to
+  `X.diffusion.<fingerprint>.jsonl` when another run first writes to `X.diffusion.jsonl`, and
+  moved back when a run with its settings comes again; a file is only created or moved once an
+  image (or the summary) is written, so a run that fails early leaves every file as it was;
+* one process at a time writes a record (an OS lock on `X.diffusion.jsonl.lock`); a second run
+  on the same record stops with one line;
+* a torn last line (disk full, power loss) is dropped with a warning and the run goes on.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from typing import Any, Optional, Sequence
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Sequence
 
 from .scorer import ImageScores
+from .settings import RECORD_IGNORED_SETTINGS
 
 #: above this many (candidate x draw) values per image, per-draw errors are left out
 PER_DRAW_LIMIT = 20000
+RECORD_SUFFIX = ".diffusion.jsonl"
+
+
+class RecordError(RuntimeError):
+    """A record file cannot be used as it is (held by another run, or unreadable); the
+    message names the file and what to do."""
 
 
 def image_record(index: int, scores: ImageScores, candidate_names: Sequence[str],
                  seconds: Optional[float] = None) -> dict[str, Any]:
-    """The JSON line of one image (`seconds`: its share of the wall time of the scoring call)."""
+    """The JSON line of one image (`seconds`: wall time from the previous image's decision
+    to this one's, so the seconds of a run's images add up to its scoring time)."""
     ranking = scores.ranking
     record = {
         "type": "image",
@@ -48,33 +72,181 @@ def _round(value: float) -> Optional[float]:
     return None if value != value else float(f"{value:.7g}")  # NaN -> null
 
 
+def _warn(message: str) -> None:
+    print(f"clip_benchmark_diffusion: warning: {message}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------ locking
+#: locks this process holds: real path -> [open lock file, how many holders]
+_HELD_LOCKS: dict[str, list] = {}
+
+
+@contextmanager
+def record_lock(path: str) -> Iterator[None]:
+    """Hold the OS lock of record `path` (re-entrant within a process). Another process holding
+    it raises RecordError at once: two runs appending to one record would interleave lines."""
+    key = os.path.realpath(path)
+    held = _HELD_LOCKS.get(key)
+    if held is None:
+        held = [_acquire(path), 0]
+        _HELD_LOCKS[key] = held
+    held[1] += 1
+    try:
+        yield
+    finally:
+        held[1] -= 1
+        if held[1] == 0:
+            del _HELD_LOCKS[key]
+            held[0].close()  # closing the descriptor releases the lock
+
+
+def _acquire(path: str):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    handle = open(path + ".lock", "a+", encoding="utf-8")
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no OS lock available
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise RecordError(f"the record {path} is being written by another run ({owner}); wait for it to finish "
+                          "(then rerun to reuse its images) or pass --diffusion_records with another path") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
+
+
+# ------------------------------------------------------------------------------ reading
+def _read_lines(path: str) -> tuple[list[dict], int]:
+    """The parsed lines of a record and the byte length of its intact part. A torn last line
+    (unterminated, or not JSON with nothing after it) is dropped with a warning; a broken line
+    anywhere else is a RecordError naming the file and line."""
+    with open(path, "rb") as handle:
+        pieces = handle.read().split(b"\n")
+    lines: list[dict] = []
+    offset = intact = 0
+    for number, raw in enumerate(pieces, start=1):
+        terminated = number < len(pieces)
+        offset += len(raw) + terminated
+        if raw.strip():
+            try:
+                if not terminated:
+                    raise ValueError("no newline")
+                lines.append(json.loads(raw))
+            except ValueError:
+                if any(rest.strip() for rest in pieces[number:]):
+                    raise RecordError(f"{path}, line {number}: not valid JSON (the file was changed by hand or "
+                                      "damaged); move it away to start this record afresh") from None
+                _warn(f"{path}, line {number}: dropped a torn last line (the run writing it was interrupted)")
+                break
+        intact = offset
+    return lines, intact
+
+
+def read_records(path: str) -> dict[str, Any]:
+    """Load a run's record file: {"header": ..., "images": [...], "summary": ... or None}."""
+    header, images, summary = None, [], None
+    for record in _read_lines(path)[0]:
+        kind = record.get("type")
+        if kind == "header":
+            header = record
+        elif kind == "image":
+            images.append(record)
+        elif kind == "summary":
+            summary = record
+    return {"header": header, "images": images, "summary": summary}
+
+
+def _comparable(header: dict[str, Any]) -> str:
+    """The header fields that must match for earlier image lines to be reused."""
+    keys = ("settings", "model", "candidates", "task")
+    fields = {k: header.get(k) for k in keys}
+    for part in ("settings", "model"):
+        if isinstance(fields[part], dict):
+            fields[part] = {k: v for k, v in fields[part].items() if k not in RECORD_IGNORED_SETTINGS}
+    return json.dumps(fields, sort_keys=True)
+
+
+def settings_fingerprint(header: dict[str, Any]) -> str:
+    """A short name for what makes records reusable (settings, model weights, candidates)."""
+    return hashlib.blake2b(_comparable(header).encode(), digest_size=5).hexdigest()
+
+
+def archive_path(path: str, fingerprint: str) -> str:
+    """Where the record of other settings is kept: `X.diffusion.<fingerprint>.jsonl`."""
+    stem = path[: -len(RECORD_SUFFIX)] if path.endswith(RECORD_SUFFIX) else os.path.splitext(path)[0]
+    return f"{stem}.diffusion.{fingerprint}.jsonl"
+
+
+# ------------------------------------------------------------------------------ writing
 class RunRecorder:
     """Appends a run's records to `path`; remembers images already scored with the same header."""
 
     def __init__(self, path: str, header: dict[str, Any]) -> None:
         self.path = path
         self.header = {"type": "header", **header}
+        self.fingerprint = settings_fingerprint(self.header)
         self.done: dict[str, dict] = {}
-        self._comparable = _comparable(self.header)
-        if os.path.isfile(path):
-            self._load_previous()
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fresh = not self.done
-        self._handle = open(path, "w" if fresh else "a", encoding="utf-8")
-        if fresh:
+        self._lock = record_lock(path)
+        self._lock.__enter__()
+        self._handle = None
+        try:
+            #: the file our earlier images come from (`path` itself or our archive), if any
+            self.resumed_from: Optional[str] = None
+            self._intact_bytes = 0
+            for candidate in (path, archive_path(path, self.fingerprint)):
+                if os.path.isfile(candidate) and self._load(candidate):
+                    break
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        self.previous_images = len(self.done)
+
+    def _load(self, path: str) -> bool:
+        lines, intact = _read_lines(path)
+        if not lines or lines[0].get("type") != "header" or settings_fingerprint(lines[0]) != self.fingerprint:
+            return False
+        self.done = {line["image_key"]: line for line in lines if line.get("type") == "image"}
+        self.resumed_from, self._intact_bytes = path, intact
+        return True
+
+    def _open(self) -> None:
+        """First write: put another run's record aside, bring ours back, then append."""
+        if os.path.isfile(self.path) and self.resumed_from != self.path:
+            self._set_aside(self.path)
+        if self.resumed_from is not None and self.resumed_from != self.path:
+            os.replace(self.resumed_from, self.path)
+        if self.resumed_from is not None:
+            self._handle = open(self.path, "r+b")
+            self._handle.truncate(self._intact_bytes)  # drops a torn last line
+            self._handle.seek(self._intact_bytes)
+        else:
+            self._handle = open(self.path, "wb")
             self._write(self.header)
 
-    def _load_previous(self) -> None:
-        with open(self.path, encoding="utf-8") as handle:
-            lines = [json.loads(line) for line in handle if line.strip()]
-        if not lines or lines[0].get("type") != "header" or _comparable(lines[0]) != self._comparable:
-            os.replace(self.path, self.path + ".previous")  # another run's records: keep them aside
+    def _set_aside(self, path: str) -> None:
+        lines, _ = _read_lines(path)
+        has_header = bool(lines) and lines[0].get("type") == "header"
+        if has_header and not any(line.get("type") == "image" for line in lines):
+            os.remove(path)  # a header without images holds nothing to keep
             return
-        self.done = {line["image_key"]: line for line in lines if line.get("type") == "image"}
+        fingerprint = settings_fingerprint(lines[0]) if has_header else "unknown"
+        target, n = archive_path(path, fingerprint), 1
+        while os.path.exists(target):
+            target, n = archive_path(path, f"{fingerprint}-{n}"), n + 1
+        os.replace(path, target)
+        _warn(f"{path} held a record of other settings (or another model or candidates); it is kept as {target}")
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record) + "\n")
+        if self._handle is None:
+            self._open()
+        self._handle.write((json.dumps(record) + "\n").encode("utf-8"))
         self._handle.flush()
 
     def cached(self, image_key: int) -> Optional[dict]:
@@ -89,37 +261,8 @@ class RunRecorder:
         self.close()
 
     def close(self) -> None:
-        if not self._handle.closed:
+        if self._handle is not None and not self._handle.closed:
             self._handle.close()
-
-
-#: settings that change how fast images are scored, not their scores (beyond float rounding)
-SPEED_ONLY_FIELDS = ("batch_size", "channels_last", "compile")
-
-
-def _comparable(header: dict[str, Any]) -> str:
-    """The header fields that must match for earlier image lines to be reused."""
-    keys = ("settings", "model", "candidates")
-    fields = {k: header.get(k) for k in keys}
-    for part in ("settings", "model"):
-        if isinstance(fields[part], dict):
-            fields[part] = {k: v for k, v in fields[part].items() if k not in SPEED_ONLY_FIELDS}
-    return json.dumps(fields, sort_keys=True)
-
-
-def read_records(path: str) -> dict[str, Any]:
-    """Load a run's record file: {"header": ..., "images": [...], "summary": ... or None}."""
-    header, images, summary = None, [], None
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            kind = record.get("type")
-            if kind == "header":
-                header = record
-            elif kind == "image":
-                images.append(record)
-            elif kind == "summary":
-                summary = record
-    return {"header": header, "images": images, "summary": summary}
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None

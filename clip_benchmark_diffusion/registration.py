@@ -2,16 +2,19 @@
 
 What `register()` changes, all in memory (clip_benchmark's files are never touched):
 
-* `clip_benchmark.models`: a `diffusion` model type, and the `open_clip` loader answers
-  the diffusion model names (`sd-diffusion`) itself, so `--model sd-diffusion` works under
-  the default model type while every other open_clip model loads exactly as before;
-  the reference-world CLIP config is registered with open_clip.
+* `clip_benchmark.models`: a `diffusion` entry in its model-type registry (`TYPE2FUNC`,
+  `MODEL_TYPES`: clip_benchmark's one extension point); the reference-world CLIP is
+  registered with open_clip.
 * `clip_benchmark.cli`: `--diffusion_*` flags are taken off the command line before
-  clip_benchmark parses it; each diffusion run is checked before any compute (task,
-  `--load_clfs`, checkpoint), gets an output name without `/`, and writes its per-image
-  record beside the result JSON.
-* `clip_benchmark.metrics.zeroshot_classification.run_classification`: after a diffusion
-  run, the true labels are added to the record.
+  clip_benchmark parses it; a diffusion run (`--model_type diffusion`, or `--model sd-diffusion`
+  under any model type) is checked before any compute (task, `--load_clfs`, checkpoint),
+  gets an output name without `/`, and writes its per-image record beside the result JSON.
+* `run_classification` / `image_caption_selection.evaluate`: for diffusion models only, the
+  true labels are added to the record (and caption batches report their layout).
+
+Every wrapper takes `*args, **kwargs` and passes other models' calls through untouched. If
+anything expected is missing (clip_benchmark changed), every patch is undone and one warning
+says what changed: clip_benchmark keeps working, without diffusion models.
 
 It runs automatically through a `.pth` import hook (see `_autoregister.py`; switch off with
 CLIP_BENCHMARK_DIFFUSION_AUTOREGISTER=0), or explicitly via `python -m clip_benchmark_diffusion`.
@@ -20,19 +23,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
+import inspect
 import os
 import sys
 from typing import Any, Iterator, Optional
 
 from .checkpoints import CheckpointError
+from .records import RecordError, record_lock
 from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, STRATEGIES, TEMPLATE_MODES, TIMESTEP_SAMPLERS,
-                       TTEST_VARIANCES, ScorerSettings)
+                       TTEST_VARIANCES, ScorerSettings, UnsupportedSettings)
 
 DIFFUSION_MODEL_NAMES = ("sd-diffusion",)
 MODEL_TYPE = "diffusion"
 SUPPORTED_TASKS = ("zeroshot_classification", "image_caption_selection")
-_MARK = "_clip_benchmark_diffusion_patched"
 
 
 class DiffusionUsageError(RuntimeError):
@@ -49,8 +52,9 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
     add = group.add_argument
     add("--diffusion_draws", type=int, default=defaults.draws,
         help="(t, noise) draws per candidate (maximum with --diffusion_strategy ttest)")
-    add("--diffusion_strategy", choices=STRATEGIES, default=defaults.strategy,
-        help="fixed budget, paired t-test elimination, or multi-stage schedule")
+    add("--diffusion_strategy", choices=STRATEGIES, default=None,
+        help=f"fixed budget, paired t-test elimination, or multi-stage schedule (default: {defaults.strategy}, "
+             "or schedule when --diffusion_schedule is given)")
     add("--diffusion_timesteps", choices=TIMESTEP_SAMPLERS, default=defaults.timesteps, help="timestep sampling")
     add("--diffusion_t_range", type=int, nargs=2, metavar=("T_MIN", "T_MAX"), default=None,
         help="restrict timesteps to [T_MIN, T_MAX]")
@@ -103,8 +107,13 @@ def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSetti
         model, _, pretrained = options.diffusion_prefilter.partition(",")
         values.update(prefilter_model=model, prefilter_pretrained=pretrained, prefilter_k=options.diffusion_prefilter_k)
     if options.diffusion_schedule:
+        if values["strategy"] not in (None, "schedule"):
+            raise DiffusionUsageError(f"--diffusion_schedule is only used by --diffusion_strategy schedule, not "
+                                      f"{values['strategy']}; drop one of the two")
         keep, draws = parse_schedule(options.diffusion_schedule)
-        values.update(schedule_keep=keep, schedule_draws=draws)
+        values.update(schedule_keep=keep, schedule_draws=draws, strategy="schedule")
+    if values["strategy"] is None:
+        del values["strategy"]
     try:
         return ScorerSettings(**values)
     except ValueError as error:
@@ -143,31 +152,30 @@ def load_diffusion(model_name: str, pretrained: str, cache_dir: Optional[str] = 
 
 
 def _patch_models(models_module) -> None:
-    if getattr(models_module, _MARK, False):
-        return
-    open_clip_loader = models_module.TYPE2FUNC["open_clip"]
-
-    @functools.wraps(open_clip_loader)
-    def open_clip_or_diffusion(model_name: str = "ViT-B-32-quickgelu", pretrained: str = "laion400m_e32",
-                               cache_dir: Optional[str] = None, device: Any = "cpu"):
-        if model_name in DIFFUSION_MODEL_NAMES:
-            return load_diffusion(model_name, pretrained, cache_dir=cache_dir, device=device)
-        return open_clip_loader(model_name=model_name, pretrained=pretrained, cache_dir=cache_dir, device=device)
-
-    models_module.TYPE2FUNC["open_clip"] = open_clip_or_diffusion
-    models_module.TYPE2FUNC[MODEL_TYPE] = load_diffusion
-    if MODEL_TYPE not in models_module.MODEL_TYPES:
-        models_module.MODEL_TYPES.append(MODEL_TYPE)  # the same list object the CLI's --model_type choices use
+    """Use clip_benchmark's one real extension point: a new key in its model-type registry."""
+    type_to_loader = _expect(models_module, "TYPE2FUNC", dict)
+    model_types = _expect(models_module, "MODEL_TYPES", list)
+    _set_item(type_to_loader, MODEL_TYPE, load_diffusion)
+    if MODEL_TYPE not in model_types:
+        model_types.append(MODEL_TYPE)  # the same list object the CLI's --model_type choices use
+        _UNDO.append(lambda: model_types.remove(MODEL_TYPE) if MODEL_TYPE in model_types else None)
     _register_reference_clip()
-    setattr(models_module, _MARK, True)
+
+
+def effective_model_type(model_type: str, model_name: str) -> str:
+    """`--model sd-diffusion` works under clip_benchmark's default model type too."""
+    return MODEL_TYPE if is_diffusion_model(model_type, model_name) else model_type
 
 
 def _register_reference_clip() -> None:
+    """Optional: `--model ref-world-clip --pretrained ref-world` (a shipped file path works without it)."""
     try:
         from .reference import register_reference_clip
-    except ImportError:
-        return
-    register_reference_clip()
+
+        register_reference_clip()
+    except Exception as error:  # an open_clip change must not cost the diffusion models
+        _warn(f"the reference CLIP could not be registered with open_clip ({type(error).__name__}: {error}); "
+              "pass its file path as --pretrained instead")
 
 
 @contextlib.contextmanager
@@ -182,7 +190,9 @@ def diffusion_run(options: Optional[argparse.Namespace], seed: int, record_path:
     _state["options"] = options
     _state["run"] = {"settings": settings, "record_path": record_path, "info": info}
     try:
-        yield settings
+        # locked before the model loads: a second run on the same record stops in seconds
+        with record_lock(record_path) if record_path else contextlib.nullcontext():
+            yield settings
     finally:
         _state.update(saved)
 
@@ -227,18 +237,22 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
 
 
 def _patch_cli(cli_module) -> None:
-    if getattr(cli_module, _MARK, False):
-        return
-    original_parse = cli_module.get_parser_args
-    original_run = cli_module.run
+    """Wrap the CLI's parse and run and two metric functions; every wrapper passes any call it
+    does not serve (a non-diffusion model) through unchanged, whatever its arguments."""
+    from clip_benchmark.metrics import image_caption_selection, zeroshot_classification
 
-    def get_parser_args():
+    original_parse = _expect(cli_module, "get_parser_args")
+    original_run = _expect(cli_module, "run")
+    original_classification = _expect(zeroshot_classification, "run_classification")
+    original_selection = _expect(image_caption_selection, "evaluate")
+
+    def get_parser_args(*args, **kwargs):
         options, rest = diffusion_argument_parser().parse_known_args(sys.argv[1:])
         _state["options"] = options
         saved = sys.argv
         sys.argv = [saved[0]] + rest
         try:
-            return original_parse()
+            return original_parse(*args, **kwargs)
         except SystemExit:
             if any(flag in rest for flag in ("-h", "--help")) and rest and rest[0] == "eval":
                 print()
@@ -247,10 +261,10 @@ def _patch_cli(cli_module) -> None:
         finally:
             sys.argv = saved
 
-    def run(args):
-        if not is_diffusion_model(args.model_type, args.model):
+    def run(args, *more, **kwargs):
+        if not is_diffusion_model(getattr(args, "model_type", None), getattr(args, "model", None)):
             _state["run"] = None
-            return original_run(args)
+            return original_run(args, *more, **kwargs)
         try:
             task = _check_diffusion_run(args)
             output = _output_path(args, task)
@@ -260,39 +274,46 @@ def _patch_cli(cli_module) -> None:
                     "model_name": args.model, "language": args.language}
             with diffusion_run(options, args.seed, record_path, info):
                 args.output = output.replace("{", "{{").replace("}", "}}")
-                return original_run(args)
-        except (CheckpointError, DiffusionUsageError) as error:
+                args.model_type = MODEL_TYPE
+                return original_run(args, *more, **kwargs)
+        except (CheckpointError, DiffusionUsageError, UnsupportedSettings, RecordError) as error:
             print(f"clip_benchmark_diffusion: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
 
-    cli_module.get_parser_args = get_parser_args
-    cli_module.run = run
-    _patch_zeroshot_metric()
-    _patch_caption_selection_metric()
-    setattr(cli_module, _MARK, True)
+    def run_classification(model, *args, **kwargs):
+        if not getattr(model, "is_diffusion_classifier", False):
+            return original_classification(model, *args, **kwargs)
+        dataloader = _bound_arguments(original_classification, model, args, kwargs).get("dataloader")
+        try:
+            model.expected_images = len(dataloader.dataset)
+        except (TypeError, AttributeError):
+            pass  # iterable (webdataset) datasets have no length
+        result = original_classification(model, *args, **kwargs)
+        target = result[1] if isinstance(result, tuple) and len(result) == 2 else None
+        model.finish(labels=target.tolist() if getattr(target, "dim", lambda: 0)() == 1 else None)
+        return result
+
+    def evaluate(model, *args, **kwargs):
+        if not (getattr(model, "is_diffusion_classifier", False) and model.task == "image_caption_selection"):
+            return original_selection(model, *args, **kwargs)
+        bound = inspect.signature(original_selection).bind(model, *args, **kwargs)
+        bound.arguments["dataloader"] = _LayoutReportingLoader(bound.arguments["dataloader"], model)
+        metrics = original_selection(*bound.args, **bound.kwargs)
+        model.finish()
+        return metrics
+
+    _set_attribute(cli_module, "get_parser_args", get_parser_args)
+    _set_attribute(cli_module, "run", run)
+    _set_attribute(zeroshot_classification, "run_classification", run_classification)
+    _set_attribute(image_caption_selection, "evaluate", evaluate)
 
 
-def _patch_zeroshot_metric() -> None:
-    from clip_benchmark.metrics import zeroshot_classification
-
-    if getattr(zeroshot_classification, _MARK, False):
-        return
-    original = zeroshot_classification.run_classification
-
-    def run_classification(model, classifier, dataloader, device, amp=True):
-        finish = getattr(model, "finish", None)
-        if finish is not None:
-            try:
-                model.expected_images = len(dataloader.dataset)
-            except TypeError:
-                pass  # iterable (webdataset) datasets have no length
-        logits, target = original(model, classifier, dataloader, device, amp=amp)
-        if finish is not None:
-            finish(labels=target.tolist() if target.dim() == 1 else None)
-        return logits, target
-
-    zeroshot_classification.run_classification = run_classification
-    setattr(zeroshot_classification, _MARK, True)
+def _bound_arguments(function, first: Any, args: tuple, kwargs: dict) -> dict:
+    """{parameter: value} of the call `function(first, *args, **kwargs)` ({} if it does not bind)."""
+    try:
+        return dict(inspect.signature(function).bind(first, *args, **kwargs).arguments)
+    except (TypeError, ValueError):
+        return {}
 
 
 class _LayoutReportingLoader:
@@ -312,37 +333,76 @@ class _LayoutReportingLoader:
         return len(self.dataloader)
 
 
-def _patch_caption_selection_metric() -> None:
-    from clip_benchmark.metrics import image_caption_selection
+# --------------------------------------------------------------------------- patching safely
+class HostChanged(RuntimeError):
+    """clip_benchmark (or open_clip) no longer has what the plugin expects."""
 
-    if getattr(image_caption_selection, _MARK, False):
+
+#: how to restore everything patched so far, newest last
+_UNDO: list = []
+_registration: dict[str, Any] = {"disabled": None, "patched": set()}
+
+
+def _expect(owner: Any, name: str, kind: type | None = None) -> Any:
+    value = getattr(owner, name, None)
+    if value is None or (kind is not None and not isinstance(value, kind)) or (kind is None and not callable(value)):
+        what = f"a {kind.__name__}" if kind else "a function"
+        raise HostChanged(f"{owner.__name__}.{name} is missing or no longer {what}")
+    return value
+
+
+def _set_attribute(owner: Any, name: str, value: Any) -> None:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    _UNDO.append(lambda: setattr(owner, name, original))
+
+
+def _set_item(table: dict, key: str, value: Any) -> None:
+    had, original = key in table, table.get(key)
+    table[key] = value
+    _UNDO.append(lambda: table.__setitem__(key, original) if had else table.pop(key, None))
+
+
+def _warn(message: str) -> None:
+    print(f"clip_benchmark_diffusion: warning: {message}", file=sys.stderr)
+
+
+def _disable(reason: str) -> None:
+    """Undo every patch and stay off: clip_benchmark works as if the plugin were not installed."""
+    while _UNDO:
+        _UNDO.pop()()
+    _registration["disabled"] = reason
+    _warn(f"diffusion models are disabled, clip_benchmark itself works as usual: {reason}. "
+          "Update clip-benchmark-diffusion, or install the clip-benchmark version it supports (1.6.x)")
+
+
+def _patch_once(module) -> None:
+    """Patch one clip_benchmark module; never raises (a failure disables the plugin instead)."""
+    name = getattr(module, "__name__", "")
+    if _registration["disabled"] or name in _registration["patched"]:
         return
-    original = image_caption_selection.evaluate
-
-    def evaluate(model, dataloader, tokenizer, device, amp=True):
-        if getattr(model, "task", None) != "image_caption_selection":
-            return original(model, dataloader, tokenizer, device, amp=amp)
-        metrics = original(model, _LayoutReportingLoader(dataloader, model), tokenizer, device, amp=amp)
-        model.finish()
-        return metrics
-
-    image_caption_selection.evaluate = evaluate
-    setattr(image_caption_selection, _MARK, True)
+    try:
+        (_patch_models if name == "clip_benchmark.models" else _patch_cli)(module)
+        _registration["patched"].add(name)
+    except HostChanged as error:
+        _disable(str(error))
+    except Exception as error:  # anything unexpected in someone else's program: step aside
+        _disable(f"registering with {name} failed ({type(error).__name__}: {error})")
 
 
 # --------------------------------------------------------------------------- entry points
 def register_module(module) -> None:
     """Patch one freshly imported clip_benchmark module (called by the import hook)."""
-    if module.__name__ == "clip_benchmark.models":
-        _patch_models(module)
-    elif module.__name__ == "clip_benchmark.cli":
-        _patch_cli(module)
+    if getattr(module, "__name__", "") in ("clip_benchmark.models", "clip_benchmark.cli"):
+        _patch_once(module)
 
 
-def register() -> None:
-    """Register explicitly (idempotent): for `python -m clip_benchmark_diffusion` and Python use."""
+def register() -> bool:
+    """Register explicitly (idempotent): for `python -m clip_benchmark_diffusion` and Python use.
+    Returns False (after one warning) when this clip_benchmark cannot be served."""
     import clip_benchmark.cli
     import clip_benchmark.models
 
-    _patch_models(clip_benchmark.models)
-    _patch_cli(clip_benchmark.cli)
+    _patch_once(clip_benchmark.models)
+    _patch_once(clip_benchmark.cli)
+    return _registration["disabled"] is None

@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
 from .backends.base import DiffusionBackend
-from .objectives import denoising_error, draw_noise, draw_timesteps, mix_seed
-from .settings import ScorerSettings
+from .objectives import PREDICTION_TYPES, denoising_error, draw_noise, draw_timesteps, mix_seed
+from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings, UnsupportedSettings
 from .strategies import ImageState, make_strategy
-
-
-#: settings that change where calls go but not the error of a given (image, draw, prompt)
-STRATEGY_FIELDS = ("strategy", "draws", "ttest_p", "min_draws", "round_draws", "ttest_variance", "schedule_keep",
-                   "schedule_draws", "batch_size", "max_candidates")
 
 
 @dataclass
@@ -74,6 +69,20 @@ def image_key_from_pixels(pixels: torch.Tensor) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") & 0x7FFFFFFFFFFFFFFF
 
 
+def check_compatible(settings: ScorerSettings, backend: DiffusionBackend) -> None:
+    """Raise UnsupportedSettings for settings this model cannot serve, before any image is read
+    (otherwise they would only fail at the first network pass, after a dataset was opened)."""
+    steps = backend.num_train_timesteps
+    if settings.t_max is not None and settings.t_max >= steps:
+        raise UnsupportedSettings(f"timestep range [{settings.t_min}, {settings.t_max}] is outside this model's "
+                                  f"{steps} training timesteps (0 to {steps - 1})")
+    if settings.t_min >= steps:
+        raise UnsupportedSettings(f"t_min={settings.t_min} is outside this model's {steps} training timesteps")
+    if backend.prediction_type not in PREDICTION_TYPES:
+        raise UnsupportedSettings(f"the model's scheduler has prediction_type {backend.prediction_type!r}, which "
+                                  f"the scorer cannot turn into an error; supported: {', '.join(PREDICTION_TYPES)}")
+
+
 class DiffusionScorer:
     """Scores candidates (each a list of prompts, e.g. one class's templates) for images."""
 
@@ -84,14 +93,13 @@ class DiffusionScorer:
         strategies on identical draws without recomputing them."""
         self.backend = backend
         self.settings = settings or ScorerSettings()
+        check_compatible(self.settings, backend)
         self.error_cache = error_cache
         if error_cache is not None:
-            fingerprint = self.settings.to_dict()
-            for name in STRATEGY_FIELDS:
-                fingerprint.pop(name)
+            fingerprint = {k: v for k, v in self.settings.to_dict().items() if k not in ERROR_CACHE_IGNORED_SETTINGS}
             if error_cache.setdefault("__settings__", fingerprint) != fingerprint:
-                raise ValueError("an error cache may only be shared by scorers whose settings differ only in "
-                                 f"their strategy fields {STRATEGY_FIELDS}")
+                raise ValueError("an error cache may only be shared by scorers whose settings differ only in settings "
+                                 f"that do not change an error: {sorted(ERROR_CACHE_IGNORED_SETTINGS)}")
         self._conditioning_names: list = []
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._mean_cache: dict[tuple, torch.Tensor] = {}
@@ -135,15 +143,17 @@ class DiffusionScorer:
     def score(self, pixels: torch.Tensor, candidates: Sequence[Sequence[str]],
               image_keys: Optional[Sequence[int]] = None,
               on_calls: Optional[Callable[[int], None]] = None,
-              prior_orders: Optional[Sequence[Sequence[int]]] = None, shortlist_size: int = 0
-              ) -> list[ImageScores]:
+              prior_orders: Optional[Sequence[Sequence[int]]] = None, shortlist_size: int = 0,
+              on_image: Optional[Callable[[int, ImageScores], None]] = None) -> list[ImageScores]:
         """Score every candidate for each image of a pixel batch (from the backend's transform).
 
         `image_keys` seed each image's draws (default: a hash of the pixels). `on_calls`
         is told about network evaluations as they happen (for progress bars). `prior_orders`
         (optional, per image, every candidate best first, e.g. by a CLIP model) with
         `shortlist_size` k restricts scoring to each image's first k; the others are ranked
-        after them in the prior's order.
+        after them in the prior's order. `on_image(i, scores)` is called the moment image i's
+        decision is made (rows are evaluated image by image, and adaptive strategies finish
+        images at different rounds), so a caller can save it before the batch is done.
         """
         if len(candidates) == 0:
             raise ValueError("no candidates to score")
@@ -165,47 +175,72 @@ class DiffusionScorer:
             calls = [0] * len(states)
             rows_per_draw = [sum(len(groups[c]) for c in torch.nonzero(state.active).flatten().tolist())
                              * self.backend.calls_per_prediction for state in states]
-            first_round = None
+            results: list[Optional[ImageScores]] = [None] * len(states)
+            first_round = 0
+
+            def decide(i: int) -> None:
+                bounds = (rows_per_draw[i] * first_round, rows_per_draw[i] * strategy.max_draws())
+                results[i] = self._result(image_keys[i], states[i], all_timesteps[i], calls[i], bounds)
+                if prior_orders is not None:
+                    results[i].prior = list(prior_orders[i])
+                if on_image is not None:
+                    on_image(i, results[i])
+
             while True:
-                plans = [(i, strategy.next_round(state)) for i, state in enumerate(states)]
-                plans = [(i, target) for i, target in plans if target is not None]
+                plans = {}
+                for i, state in enumerate(states):
+                    if results[i] is None:
+                        target = strategy.next_round(state)
+                        if target is None:
+                            decide(i)
+                        else:
+                            plans[i] = target
                 if not plans:
                     break
-                first_round = first_round or max(target for _, target in plans)
-                jobs = []  # (image, draw, conditioning) rows of this round
-                for i, target in plans:
+                first_round = first_round or max(plans.values())
+                jobs = []  # (image, draw, conditioning) rows of this round, image by image
+                for i, target in plans.items():
                     state = states[i]
                     needed = sorted({g for c in torch.nonzero(state.active).flatten().tolist() for g in groups[c]})
                     jobs.extend((i, j, g) for j in range(state.draws_done, target) for g in needed)
-                errors = _group_by_image(jobs, self._evaluate(jobs, x0, conditionings, seeds, all_timesteps, on_calls))
-                for i, target in plans:
-                    per_job = errors.get(i, [])
-                    self._record_round(states[i], groups, per_job, target)
+                for i, per_job in self._evaluate(jobs, x0, conditionings, seeds, all_timesteps, on_calls):
+                    self._record_round(states[i], groups, per_job, plans[i])
                     calls[i] += len(per_job) * self.backend.calls_per_prediction
                     strategy.after_round(states[i])
                     states[i].survivors_per_round.append(int(states[i].active.sum()))
-        results = [self._result(key, state, timesteps, n_calls, (rows * (first_round or 0), rows * strategy.max_draws()))
-                   for key, state, timesteps, n_calls, rows in zip(image_keys, states, all_timesteps, calls,
-                                                                   rows_per_draw)]
-        for result, order in zip(results, prior_orders or []):
-            result.prior = list(order)
+                    if strategy.next_round(states[i]) is None:
+                        decide(i)
         return results
 
     def _evaluate(self, jobs: list, x0: torch.Tensor, conditionings: list[torch.Tensor], seeds: list,
-                  all_timesteps: list, on_calls: Optional[Callable[[int], None]]) -> torch.Tensor:
+                  all_timesteps: list, on_calls: Optional[Callable[[int], None]]) -> Iterator[tuple[int, list]]:
         """Errors of (image, draw, conditioning) rows, `batch_size` rows per network call.
-        Noise is regenerated per batch from its seed, so memory is bounded by the batch."""
+        Yields (image, [(draw, conditioning, error), ...]) as soon as all of an image's rows
+        are done. Noise is regenerated per batch from its seed, so memory is bounded by the batch."""
         backend = self.backend
         errors = torch.empty(len(jobs), dtype=torch.float64)
         sample_shape = tuple(x0.shape[1:])
         cache_keys = [(seeds[i], j, self._conditioning_names[g]) for i, j, g in jobs] if self.error_cache is not None \
             else None
+        positions_of: dict[int, list[int]] = {}
+        for n, (i, _, _) in enumerate(jobs):
+            positions_of.setdefault(i, []).append(n)
+        remaining = {i: len(positions) for i, positions in positions_of.items()}
         todo = list(range(len(jobs)))
         if cache_keys is not None:
             todo = [n for n, key in enumerate(cache_keys) if key not in self.error_cache]
             for n, key in enumerate(cache_keys):
                 if key in self.error_cache:
                     errors[n] = self.error_cache[key]
+                    remaining[jobs[n][0]] -= 1
+
+        def completed(finished_rows: list[int]) -> Iterator[tuple[int, list]]:
+            for i in dict.fromkeys(jobs[n][0] for n in finished_rows):
+                if remaining[i] == 0:
+                    yield i, [(jobs[n][1], jobs[n][2], float(errors[n])) for n in positions_of[i]]
+
+        pending = set(todo)
+        yield from completed([n for n in range(len(jobs)) if n not in pending])
         for start in range(0, len(todo), self.settings.batch_size):
             positions = todo[start:start + self.settings.batch_size]
             chunk = [jobs[n] for n in positions]
@@ -228,7 +263,9 @@ class DiffusionScorer:
                 self.error_cache.update((cache_keys[n], e) for n, e in zip(positions, chunk_errors.tolist()))
             if on_calls is not None:
                 on_calls(len(chunk) * backend.calls_per_prediction)
-        return errors
+            for i, _, _ in chunk:
+                remaining[i] -= 1
+            yield from completed(positions)
 
     @staticmethod
     def _record_round(state: ImageState, groups: list, per_job: list, target: int) -> None:
@@ -252,10 +289,3 @@ class DiffusionScorer:
             dropped_round=list(state.dropped_round), survivors_per_round=list(state.survivors_per_round),
             confidence=confidence)
 
-
-def _group_by_image(jobs: list, errors: torch.Tensor) -> dict[int, list]:
-    """(draw, conditioning, error) triples of each image."""
-    grouped: dict[int, list] = {}
-    for (i, j, g), e in zip(jobs, errors.tolist()):
-        grouped.setdefault(i, []).append((j, g, e))
-    return grouped

@@ -20,6 +20,41 @@ TTEST_VARIANCES = ("paired", "pooled")
 #: "off", or a `torch.compile` mode; "reduce-overhead" also captures CUDA graphs
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
+#: Which layer each setting belongs to. Everything that compares runs (resuming a record,
+#: sharing an error cache) derives what it may ignore from this one table. A setting not
+#: listed is a *scoring* setting: it can change the error of a given (image, draw, prompt),
+#: so nothing scored under another value of it is ever reused.
+SETTING_LAYERS: dict[str, tuple[str, ...]] = {
+    # where UNet calls go (which candidates get how many draws), not what one draw's error is
+    "allocation": ("strategy", "draws", "ttest_p", "min_draws", "round_draws", "ttest_variance", "schedule_keep",
+                   "schedule_draws", "prefilter_model", "prefilter_pretrained", "prefilter_k"),
+    # how fast the denoiser runs; errors equal up to float rounding (see README, "Reproducibility")
+    "speed": ("batch_size", "channels_last", "compile"),
+    # how the adapter hands rankings to clip_benchmark; no error or ranking depends on it
+    "adapter": ("max_candidates",),
+}
+
+
+def settings_in_layers(*layers: str) -> frozenset[str]:
+    """Names of the settings in the given layers ("allocation", "speed", "adapter")."""
+    unknown = set(layers) - set(SETTING_LAYERS)
+    if unknown:
+        raise ValueError(f"unknown setting layers {sorted(unknown)}; known: {sorted(SETTING_LAYERS)}")
+    return frozenset(name for layer in layers for name in SETTING_LAYERS[layer])
+
+
+#: settings that never change a record's contents beyond float rounding: records made under
+#: other values of these are reused when a run resumes
+RECORD_IGNORED_SETTINGS = settings_in_layers("speed", "adapter")
+#: settings an error cache may differ in (they change where calls go, not any one error)
+ERROR_CACHE_IGNORED_SETTINGS = settings_in_layers("allocation", "speed", "adapter")
+
+
+class UnsupportedSettings(ValueError):
+    """Settings that are valid on their own but that this model cannot serve (e.g. a
+    timestep range beyond its schedule); raised before any data is read."""
+
+
 
 @dataclass(frozen=True)
 class ScorerSettings:
@@ -100,6 +135,8 @@ class ScorerSettings:
         check(self.ttest_variance in TTEST_VARIANCES,
               f"ttest_variance must be one of {TTEST_VARIANCES}, got {self.ttest_variance!r}")
         check(self.round_draws >= 1, f"round_draws must be >= 1, got {self.round_draws}")
+        check(self.strategy == "schedule" or not (self.schedule_keep or self.schedule_draws),
+              f"schedule_keep/schedule_draws are only used by strategy 'schedule', not {self.strategy!r}")
         if self.strategy == "schedule":
             check(len(self.schedule_keep) == len(self.schedule_draws) > 0,
                   "strategy 'schedule' needs schedule_keep and schedule_draws of equal, non-zero length")

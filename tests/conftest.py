@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# weight-file hashes are cached per user; the tests keep theirs to themselves
+os.environ["CLIP_BENCHMARK_DIFFUSION_CACHE"] = tempfile.mkdtemp(prefix="cbd-hash-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(__file__))
 

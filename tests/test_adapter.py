@@ -94,7 +94,7 @@ def test_records_are_written_per_image_and_reused_after_a_crash(tmp_path):
 
 
 def test_resuming_ignores_speed_only_settings_but_not_scoring_settings(tmp_path):
-    from clip_benchmark_diffusion.records import RunRecorder
+    from clip_benchmark_diffusion.records import RunRecorder, archive_path, settings_fingerprint
 
     path = str(tmp_path / "run.diffusion.jsonl")
 
@@ -110,8 +110,14 @@ def test_resuming_ignores_speed_only_settings_but_not_scoring_settings(tmp_path)
     assert again.cached(0xFF) is not None  # same scores, faster: earlier images are reused
     again.close()
     other = RunRecorder(path, header(draws=5))
-    assert other.cached(0xFF) is None and os.path.isfile(path + ".previous")
+    assert other.cached(0xFF) is None
+    other.add({"type": "image", "image_key": f"{0xEE:016x}", "prediction": 0})
     other.close()
+    kept = archive_path(path, settings_fingerprint({"type": "header", **header()}))
+    assert read_records(kept)["images"][0]["image_key"] == f"{0xFF:016x}"  # the first record is kept aside
+    back = RunRecorder(path, header())
+    assert back.cached(0xFF) is not None and back.cached(0xEE) is None  # ... and comes back with its settings
+    back.close()
 
 
 def test_encode_image_before_encode_text_is_an_error():

@@ -121,7 +121,7 @@ def test_error_cache_replays_identical_draws_without_new_calls():
         assert a.calls == b.calls and a.ranking == b.ranking  # calls are counted as if computed
         assert torch.allclose(a.errors, b.errors)
     assert fixed[0].calls == 6 * 64
-    with pytest.raises(ValueError, match="only in their strategy"):
+    with pytest.raises(ValueError, match="only in settings that do not change an error"):
         DiffusionScorer(backend, ScorerSettings(objective="x0_heuristic"), error_cache=cache)
 
 

@@ -68,7 +68,8 @@ def run_shape_bias(model: str, pretrained: str, dataset_root: str, layout: str =
     """
     from clip_benchmark.models import load_clip
 
-    from ..registration import diffusion_argument_parser, diffusion_run, is_diffusion_model, register
+    from ..registration import (diffusion_argument_parser, diffusion_run, effective_model_type, is_diffusion_model,
+                                register)
 
     register()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,7 +88,8 @@ def run_shape_bias(model: str, pretrained: str, dataset_root: str, layout: str =
         context = diffusion_run(options, seed, options.diffusion_records or stem + ".diffusion.jsonl", info)
     with context:
         started = time.perf_counter()
-        clip_model, transform, tokenizer = load_clip(model_type=model_type, model_name=model, pretrained=pretrained,
+        clip_model, transform, tokenizer = load_clip(model_type=effective_model_type(model_type, model),
+                                                     model_name=model, pretrained=pretrained,
                                                      cache_dir=cache_dir, device=device)
         clip_model.eval()
         dataset = load_cue_conflict(layout, dataset_root, transform, templates)

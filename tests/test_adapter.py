@@ -1,5 +1,4 @@
 """The clip_benchmark adapter: clip_benchmark's own metric code must see the scorer's ranking."""
-import os
 
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """Records that cannot be trusted wrongly: every way found to reuse stale scores or lose finished
 work, reproduced through the CLI (in this process: `python -m clip_benchmark_diffusion eval`) or
 the record API."""
-import json
 import os
 import shutil
 import subprocess

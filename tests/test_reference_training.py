@@ -76,7 +76,7 @@ def test_train_diffusion_writes_a_loadable_pipeline(tmp_path):
     assert len(rows) == 1 + 2 + 3
     assert json.loads((out / "training_summary.json").read_text())["unet_steps"] == 3
     accuracy = quick_eval.evaluate(str(out), tasks=("binding",), n=2, draws=2, device="cpu", verbose=False)
-    assert 0.0 <= accuracy["binding"] <= 1.0
+    assert accuracy["binding"] * 2 in (0, 1, 2)  # a fraction of exactly the 2 instances asked for
 
 
 def test_train_clip_writes_a_loadable_open_clip_model(tmp_path):

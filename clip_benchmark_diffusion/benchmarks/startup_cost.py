@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         print("the start-up hook did not run: is the package installed, and "
               "CLIP_BENCHMARK_DIFFUSION_AUTOREGISTER unset?")
         return
-    print(f"| module | min ms | median ms | runs |\n| --- | --- | --- | --- |")
+    print("| module | min ms | median ms | runs |\n| --- | --- | --- | --- |")
     for module, values in sorted(times.items()):
         label = module if module == HOOK_MODULE else f"{module} (setuptools, editable installs only)"
         print(f"| {label} | {min(values):.2f} | {statistics.median(values):.2f} | {len(values)} |")

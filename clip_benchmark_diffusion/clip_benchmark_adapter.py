@@ -16,6 +16,7 @@ Nothing here knows about UNets: the scorer and its backend do the work.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -24,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from . import rank_codec
-from .records import RunRecorder, image_record
+from .records import RunRecorder, image_record, read_records
+from .sharding import Shard, other_rank_records, rank_record_path
 from .scorer import DiffusionScorer, image_key_from_pixels
 
 
@@ -63,8 +65,12 @@ class DiffusionZeroShotModel(torch.nn.Module):
 
     def __init__(self, scorer: DiffusionScorer, tokenizer: PromptTokenizer, record_path: Optional[str] = None,
                  record_header: Optional[dict] = None, show_progress: bool = True,
-                 task: str = "zeroshot_classification") -> None:
+                 task: str = "zeroshot_classification", shard: Optional[Shard] = None) -> None:
+        """`shard`: this process's place in a multi-process run (see `sharding.py`); `record_path` is
+        then the run's record, and this rank writes to its own file beside it."""
         super().__init__()
+        self.shard = shard
+        self.shard_stats: Optional[dict] = None  # rank 0: what the first pass did, once ranks are merged
         if task not in TASKS:
             raise ValueError(f"unsupported task {task!r}; supported: {TASKS}")
         self.task = task
@@ -72,6 +78,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
         self.scorer = scorer
         self.tokenizer = tokenizer
         self.record_path = record_path
+        self.rank_record_path = rank_record_path(record_path, shard.rank) if shard and record_path else record_path
         self.record_header = record_header or {}
         self.recorder: Optional[RunRecorder] = None
         self.capacity = scorer.settings.max_candidates
@@ -86,6 +93,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
         self.expected_images: Optional[int] = None
         self.images_seen = 0
         self.images_reused = 0
+        self.images_elsewhere = 0  # left to other ranks (their rankings here are placeholders)
         self.calls = 0
         self._progress: Optional[tqdm] = None
         self._device_anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
@@ -159,8 +167,12 @@ class DiffusionZeroShotModel(torch.nn.Module):
         what makes earlier records reusable; in caption selection each record carries its own)."""
         if self.record_path and self.recorder is None:
             candidates = self.candidates if self.task == "zeroshot_classification" else None
-            self.recorder = RunRecorder(self.record_path, {**self.record_header, "task": self.task,
-                                                           "candidates": candidates})
+            others = []
+            if self.shard is not None:  # every rank's earlier images count, whatever the world size was
+                others = [p for p in [self.record_path] + other_rank_records(self.record_path)
+                          if os.path.abspath(p) != os.path.abspath(self.rank_record_path)]
+            self.recorder = RunRecorder(self.rank_record_path, {**self.record_header, "task": self.task,
+                                                                "candidates": candidates}, also_read=others)
             if self.recorder.previous_images:
                 self._say(f"{self.recorder.resumed_from} holds {self.recorder.previous_images} images scored with "
                           "these settings, weights and candidates; they are reused")
@@ -174,7 +186,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
         if self.recorder is not None:
             self.recorder.close()
         self.recorder = None
-        self.candidates, self.images_seen, self.images_reused = [], 0, 0
+        self.candidates, self.images_seen, self.images_reused, self.images_elsewhere = [], 0, 0, 0
 
     # ------------------------------------------------------------ scoring with records
     def rank(self, images: torch.Tensor) -> list[list[int]]:
@@ -196,6 +208,12 @@ class DiffusionZeroShotModel(torch.nn.Module):
             records = [r if r is not None and r.get("candidates") == names else None for r in records]
         todo = [i for i, record in enumerate(records) if record is None]
         self.images_reused += len(images) - len(todo)
+        if self.shard is not None and self.shard_stats is None:  # another rank may have claimed some of them
+            mine = [i for i in todo if self.shard.claim(keys[i])]
+            for i in set(todo) - set(mine):
+                records[i] = {"ranking": list(range(len(candidates))), "errors": [0.0] * len(candidates)}
+            self.images_elsewhere += len(todo) - len(mine)
+            todo = mine
         if todo:
             previous_decision = [time.perf_counter()]
 
@@ -230,6 +248,27 @@ class DiffusionZeroShotModel(torch.nn.Module):
         bar.update(images)
         bar.set_postfix(unet_calls=self.calls, calls_per_image=round(self.calls / max(self.images_seen, 1), 1))
 
+    def complete_shards(self) -> bool:
+        """After clip_benchmark's pass over the dataset. On rank 0 of a multi-process run: wait for
+        every rank, merge their images into the record, and return True: clip_benchmark must pass
+        over the dataset once more (every image now comes from the record) for metrics over all
+        images. False everywhere else."""
+        if self.shard is None or self.shard.rank != 0 or self.shard_stats is not None:
+            return False
+        self.shard.wait_for_other_ranks()
+        rank_files = other_rank_records(self.record_path)
+        other_calls = sum((read_records(path)["summary"] or {}).get("unet_calls_this_session", 0)
+                          for path in rank_files)
+        merged = self._recorder().merge(rank_files) if self._recorder() is not None else 0
+        self.shard_stats = {"images": self.images_seen, "reused": self.images_reused,
+                            "scored_here": self.images_seen - self.images_reused - self.images_elsewhere,
+                            "merged_from_ranks": merged, "unet_calls_other_ranks": other_calls}
+        self.images_seen = self.images_reused = self.images_elsewhere = 0
+        if self._progress is not None:
+            self._progress.reset(total=self.expected_images)
+            self._progress.set_description("diffusion: collecting all ranks' images")
+        return True
+
     def finish(self, labels: Optional[Sequence[int]] = None) -> dict[str, Any]:
         """Close the progress bar and write the run summary (with true labels if known)."""
         if self._progress is not None:
@@ -238,17 +277,32 @@ class DiffusionZeroShotModel(torch.nn.Module):
         if labels is not None:
             summary["labels"] = [int(v) for v in labels]
         if self.recorder is not None:
-            summary["images_reused"] = self.images_reused
+            if self.shard_stats is not None:  # rank 0 of a multi-process run
+                stats = self.shard_stats
+                summary.update(images_reused=stats["reused"], world_size=self.shard.world_size,
+                               unet_calls_all_ranks=self.calls + stats["unet_calls_other_ranks"])
+                message = (f"reused {stats['reused']} of {stats['images']} images from earlier runs; "
+                           f"{stats['scored_here']} scored on rank 0, {stats['merged_from_ranks']} on the other "
+                           f"{self.shard.world_size - 1} ranks, merged into {self.record_path}")
+            else:
+                summary["images_reused"] = self.images_reused
+                if self.shard is not None:
+                    summary.update(rank=self.shard.rank, images_left_to_other_ranks=self.images_elsewhere)
+                message = (f"reused {self.images_reused} of {self.images_seen} images from {self.rank_record_path}; "
+                           f"{self.images_seen - self.images_reused - self.images_elsewhere} scored"
+                           + (f" on rank {self.shard.rank}" if self.shard is not None else ""))
             self.recorder.finish(summary)
-            self._say(f"reused {self.images_reused} of {self.images_seen} images from {self.record_path}; "
-                      f"{self.images_seen - self.images_reused} scored")
+            self._say(message)
             self.recorder = None  # a later pass reopens the file and reuses its records
+        if self.shard is not None and self.shard.rank != 0:
+            self.shard.finished()  # after this rank's summary is on disk: rank 0 reads it
         return summary
 
 
 def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, record_path: Optional[str] = None,
                          run_info: Optional[dict] = None, cache_dir: Optional[str] = None,
-                         show_progress: bool = True, task: str = "zeroshot_classification"):
+                         show_progress: bool = True, task: str = "zeroshot_classification",
+                         shard: Optional[Shard] = None):
     """clip_benchmark's loader contract: return `(model, transform, tokenizer)`."""
     from .backends.speed import SpeedOptions
     from .checkpoints import load_backend
@@ -260,5 +314,6 @@ def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, 
     tokenizer = PromptTokenizer()
     header = {"settings": settings.to_dict(), "model": backend.description, "run": run_info or {}}
     model = DiffusionZeroShotModel(scorer, tokenizer, record_path=record_path, record_header=header,
-                                   show_progress=show_progress, task=task)
+                                   show_progress=show_progress and (shard is None or shard.rank == 0), task=task,
+                                   shard=shard)
     return model, backend.image_transform(), tokenizer

@@ -178,21 +178,28 @@ def settings_fingerprint(header: dict[str, Any]) -> str:
     return hashlib.blake2b(_comparable(header).encode(), digest_size=5).hexdigest()
 
 
+def record_stem(path: str) -> str:
+    """`X` of `X.diffusion.jsonl` (or of any other record file name `X.ext`)."""
+    return path[: -len(RECORD_SUFFIX)] if path.endswith(RECORD_SUFFIX) else os.path.splitext(path)[0]
+
+
 def archive_path(path: str, fingerprint: str) -> str:
     """Where the record of other settings is kept: `X.diffusion.<fingerprint>.jsonl`."""
-    stem = path[: -len(RECORD_SUFFIX)] if path.endswith(RECORD_SUFFIX) else os.path.splitext(path)[0]
-    return f"{stem}.diffusion.{fingerprint}.jsonl"
+    return f"{record_stem(path)}.diffusion.{fingerprint}.jsonl"
 
 
 # ------------------------------------------------------------------------------ writing
 class RunRecorder:
     """Appends a run's records to `path`; remembers images already scored with the same header."""
 
-    def __init__(self, path: str, header: dict[str, Any]) -> None:
+    def __init__(self, path: str, header: dict[str, Any], also_read: Sequence[str] = ()) -> None:
+        """`also_read`: other records of the same run (other ranks' files): their images of these
+        settings count as done here too, but are never written to."""
         self.path = path
         self.header = {"type": "header", **header}
         self.fingerprint = settings_fingerprint(self.header)
         self.done: dict[str, dict] = {}
+        self._in_file: set[str] = set()  # image keys in this record's own file
         self._lock = record_lock(path)
         self._lock.__enter__()
         self._handle = None
@@ -201,19 +208,47 @@ class RunRecorder:
             self.resumed_from: Optional[str] = None
             self._intact_bytes = 0
             for candidate in (path, archive_path(path, self.fingerprint)):
-                if os.path.isfile(candidate) and self._load(candidate):
+                if self._load(candidate):
                     break
+            for other in also_read:
+                images = (self._matching(other) or ({}, 0))[0]
+                self.done.update((key, line) for key, line in images.items() if key not in self.done)
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
         self.previous_images = len(self.done)
 
-    def _load(self, path: str) -> bool:
+    def merge(self, paths: Sequence[str]) -> int:
+        """Append the images of other records of these settings that this one lacks, then delete
+        those files (everything in them is now here). Returns how many images were added."""
+        added = 0
+        for path in paths:
+            images = (self._matching(path) or ({}, 0))[0]
+            for key, line in images.items():
+                if key not in self._in_file:
+                    self.add(line)
+                    added += 1
+            if images:
+                os.remove(path)
+        return added
+
+    def _matching(self, path: str) -> Optional[tuple[dict[str, dict], int]]:
+        """({image key: line}, intact byte length) of a record file written with these settings,
+        or None if there is no such file or it holds other settings."""
+        if not os.path.isfile(path):
+            return None
         lines, intact = _read_lines(path)
         if not lines or lines[0].get("type") != "header" or settings_fingerprint(lines[0]) != self.fingerprint:
+            return None
+        return {line["image_key"]: line for line in lines if line.get("type") == "image"}, intact
+
+    def _load(self, path: str) -> bool:
+        found = self._matching(path)
+        if found is None:
             return False
-        self.done = {line["image_key"]: line for line in lines if line.get("type") == "image"}
-        self.resumed_from, self._intact_bytes = path, intact
+        self.done, self._intact_bytes = found
+        self._in_file = set(self.done)
+        self.resumed_from = path
         return True
 
     def _open(self) -> None:
@@ -254,6 +289,7 @@ class RunRecorder:
 
     def add(self, record: dict[str, Any]) -> None:
         self.done[record["image_key"]] = record
+        self._in_file.add(record["image_key"])
         self._write(record)
 
     def finish(self, summary: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from typing import Any, Iterator, Optional
 
 from .checkpoints import CheckpointError
 from .records import RecordError, record_lock
+from .sharding import rank_record_path
 from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, STRATEGIES, TEMPLATE_MODES, TIMESTEP_SAMPLERS,
                        TTEST_VARIANCES, ScorerSettings, UnsupportedSettings)
 
@@ -148,7 +149,7 @@ def load_diffusion(model_name: str, pretrained: str, cache_dir: Optional[str] = 
     task = (run.get("info") or {}).get("task", "zeroshot_classification")
     return load_zero_shot_model(pretrained, device, settings, record_path=run.get("record_path"),
                                 run_info=run.get("info"), cache_dir=cache_dir,
-                                show_progress=not options.diffusion_no_progress, task=task)
+                                show_progress=not options.diffusion_no_progress, task=task, shard=run.get("shard"))
 
 
 def _patch_models(models_module) -> None:
@@ -180,7 +181,7 @@ def _register_reference_clip() -> None:
 
 @contextlib.contextmanager
 def diffusion_run(options: Optional[argparse.Namespace], seed: int, record_path: Optional[str],
-                  info: dict) -> Iterator[Any]:
+                  info: dict, shard: Any = None) -> Iterator[Any]:
     """Within this block, diffusion models loaded through clip_benchmark's `load_clip` use the
     settings of `options` (parsed `--diffusion_*` flags; None = defaults) and `seed`, write their
     per-image record to `record_path`, and serve `info["task"]`. Yields the settings."""
@@ -188,10 +189,11 @@ def diffusion_run(options: Optional[argparse.Namespace], seed: int, record_path:
     settings = settings_from_options(options, seed=seed)
     saved = dict(_state)
     _state["options"] = options
-    _state["run"] = {"settings": settings, "record_path": record_path, "info": info}
+    _state["run"] = {"settings": settings, "record_path": record_path, "info": info, "shard": shard}
+    own_record = rank_record_path(record_path, shard.rank) if shard is not None and record_path else record_path
     try:
         # locked before the model loads: a second run on the same record stops in seconds
-        with record_lock(record_path) if record_path else contextlib.nullcontext():
+        with record_lock(own_record) if own_record else contextlib.nullcontext():
             yield settings
     finally:
         _state.update(saved)
@@ -272,7 +274,13 @@ def _patch_cli(cli_module) -> None:
             record_path = (options and options.diffusion_records) or (os.path.splitext(output)[0] + ".diffusion.jsonl")
             info = {"dataset": args.dataset, "pretrained": args.pretrained, "task": task, "result_json": output,
                     "model_name": args.model, "language": args.language}
-            with diffusion_run(options, args.seed, record_path, info):
+            shard = _shard_for(args, record_path)
+            if shard is not None and shard.rank != 0:
+                if args.skip_existing and os.path.exists(output):
+                    return None  # rank 0 skips this run too
+                # every rank runs clip_benchmark's evaluation; only rank 0's result JSON is the result
+                output, args.skip_existing = os.devnull, False
+            with diffusion_run(options, args.seed, record_path, info, shard=shard):
                 args.output = output.replace("{", "{{").replace("}", "}}")
                 args.model_type = MODEL_TYPE
                 return original_run(args, *more, **kwargs)
@@ -289,6 +297,8 @@ def _patch_cli(cli_module) -> None:
         except (TypeError, AttributeError):
             pass  # iterable (webdataset) datasets have no length
         result = original_classification(model, *args, **kwargs)
+        if model.complete_shards():  # rank 0 of a multi-process run: once more, every image from the record
+            result = original_classification(model, *args, **kwargs)
         target = result[1] if isinstance(result, tuple) and len(result) == 2 else None
         model.finish(labels=target.tolist() if getattr(target, "dim", lambda: 0)() == 1 else None)
         return result
@@ -299,6 +309,8 @@ def _patch_cli(cli_module) -> None:
         bound = inspect.signature(original_selection).bind(model, *args, **kwargs)
         bound.arguments["dataloader"] = _LayoutReportingLoader(bound.arguments["dataloader"], model)
         metrics = original_selection(*bound.args, **bound.kwargs)
+        if model.complete_shards():
+            metrics = original_selection(*bound.args, **bound.kwargs)
         model.finish()
         return metrics
 
@@ -306,6 +318,26 @@ def _patch_cli(cli_module) -> None:
     _set_attribute(cli_module, "run", run)
     _set_attribute(zeroshot_classification, "run_classification", run_classification)
     _set_attribute(image_caption_selection, "evaluate", evaluate)
+
+
+def _shard_for(args: argparse.Namespace, record_path: str):
+    """This process's shard of the run when launched as several processes (torchrun, srun), else None."""
+    from .sharding import shard_from_env
+
+    try:
+        shard = shard_from_env()
+    except RuntimeError as error:
+        raise DiffusionUsageError(str(error)) from None
+    if shard is None:
+        return None
+    if getattr(args, "distributed", False):
+        raise DiffusionUsageError("--distributed spreads whole runs over ranks; a diffusion run is split image by "
+                                  "image across the ranks that torchrun/srun started: drop --distributed")
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(shard.local_rank)  # clip_benchmark's "cuda" is then this rank's own GPU
+    return shard.for_run(os.path.abspath(record_path))
 
 
 def _bound_arguments(function, first: Any, args: tuple, kwargs: dict) -> dict:

@@ -37,7 +37,7 @@ def run_in_process(args, cwd, capsys, monkeypatch):
         code = main(list(args))
     except SystemExit as stop:
         code = stop.code
-    return code, capsys.readouterr().err
+    return code, capsys.readouterr().err if capsys is not None else ""
 
 
 def summary(cwd):

@@ -14,8 +14,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .backends.base import DiffusionBackend
-from .objectives import denoising_error, draw_noise, draw_timesteps, mix_seed
+from .backends.base import DiffusionBackend, mean_rows, split_rows, stack_rows
+from .objectives import draw_noise, draw_timesteps, mix_seed
 from .settings import ScorerSettings
 from .strategies import ImageState, make_strategy
 
@@ -84,6 +84,8 @@ class DiffusionScorer:
         strategies on identical draws without recomputing them."""
         self.backend = backend
         self.settings = settings or ScorerSettings()
+        #: the family's noise process for these settings: noising and errors go through it
+        self.schedule = backend.noise_schedule(self.settings)
         self.error_cache = error_cache
         if error_cache is not None:
             fingerprint = self.settings.to_dict()
@@ -93,8 +95,8 @@ class DiffusionScorer:
                 raise ValueError("an error cache may only be shared by scorers whose settings differ only in "
                                  f"their strategy fields {STRATEGY_FIELDS}")
         self._conditioning_names: list = []
-        self._prompt_cache: dict[str, torch.Tensor] = {}
-        self._mean_cache: dict[tuple, torch.Tensor] = {}
+        self._prompt_cache: dict[str, object] = {}  # prompt -> its conditioning row (CPU)
+        self._mean_cache: dict[tuple, object] = {}
 
     # ---------------------------------------------------------------- conditionings
     def encode_prompts(self, prompts: Sequence[str]) -> None:
@@ -103,11 +105,11 @@ class DiffusionScorer:
         step = max(self.settings.batch_size, 1)
         for start in range(0, len(missing), step):
             chunk = missing[start:start + step]
-            for prompt, embedding in zip(chunk, self.backend.encode_prompts(chunk)):
+            for prompt, embedding in zip(chunk, split_rows(self.backend.encode_prompts(chunk))):
                 self._prompt_cache[prompt] = embedding
 
-    def _conditionings(self, candidates: Sequence[Sequence[str]]) -> tuple[list[torch.Tensor], list[list[int]]]:
-        """The distinct conditionings needed (the cached tensors themselves, not a stacked copy:
+    def _conditionings(self, candidates: Sequence[Sequence[str]]) -> tuple[list, list[list[int]]]:
+        """The distinct conditionings needed (the cached rows themselves, not a stacked copy:
         1000 classes x 80 templates of SD 2 text states are ~12 GB of host memory in float16)
         and, per candidate, which of them it averages."""
         if any(len(c) == 0 for c in candidates):
@@ -118,7 +120,7 @@ class DiffusionScorer:
             for prompts in candidates:
                 key = tuple(prompts)
                 if key not in self._mean_cache:
-                    self._mean_cache[key] = torch.stack([self._prompt_cache[p] for p in prompts]).mean(dim=0)
+                    self._mean_cache[key] = mean_rows([self._prompt_cache[p] for p in prompts])
                 tensors.append(self._mean_cache[key])
             self._conditioning_names = [("mean",) + tuple(prompts) for prompts in candidates]
             return tensors, [[i] for i in range(len(candidates))]
@@ -160,7 +162,7 @@ class DiffusionScorer:
                 for state, order in zip(states, prior_orders):
                     state.restrict(list(order)[:shortlist_size])
             seeds = [self.image_seed(k) for k in image_keys]
-            all_timesteps = [draw_timesteps(self.settings, self.backend.num_train_timesteps,
+            all_timesteps = [draw_timesteps(self.settings, self.schedule.num_train_timesteps,
                                             torch.arange(strategy.max_draws()), s) for s in seeds]
             calls = [0] * len(states)
             rows_per_draw = [sum(len(groups[c]) for c in torch.nonzero(state.active).flatten().tolist())
@@ -191,7 +193,7 @@ class DiffusionScorer:
             result.prior = list(order)
         return results
 
-    def _evaluate(self, jobs: list, x0: torch.Tensor, conditionings: list[torch.Tensor], seeds: list,
+    def _evaluate(self, jobs: list, x0: torch.Tensor, conditionings: list, seeds: list,
                   all_timesteps: list, on_calls: Optional[Callable[[int], None]]) -> torch.Tensor:
         """Errors of (image, draw, conditioning) rows, `batch_size` rows per network call.
         Noise is regenerated per batch from its seed, so memory is bounded by the batch."""
@@ -217,12 +219,11 @@ class DiffusionScorer:
             timesteps = torch.stack([all_timesteps[i][j] for i, j, _ in chunk])
             clean = x0[images.to(x0.device)]
             noise = torch.stack([noises[(i, j)] for i, j, _ in chunk]).to(clean.device)
-            x_t = backend.add_noise(clean, noise, timesteps)
-            conditioning = torch.stack([conditionings[g] for _, _, g in chunk])
-            output = backend.predict(x_t, timesteps, conditioning)
-            chunk_errors = denoising_error(
-                self.settings, output, clean, noise, x_t, timesteps, backend.alphas_cumprod,
-                backend.prediction_type, backend.num_train_timesteps).to("cpu", torch.float64)
+            x_t = self.schedule.add_noise(clean, noise, timesteps)
+            conditioning = stack_rows([conditionings[g] for _, _, g in chunk])
+            output = backend.predict(x_t, self.schedule.network_time(timesteps), conditioning)
+            chunk_errors = self.schedule.errors(self.settings, output, clean, noise, x_t, timesteps
+                                                ).to("cpu", torch.float64)
             errors[positions] = chunk_errors
             if cache_keys is not None:
                 self.error_cache.update((cache_keys[n], e) for n, e in zip(positions, chunk_errors.tolist()))

@@ -68,6 +68,10 @@ class CheckpointError(RuntimeError):
     what was looked for and how to provide it."""
 
 
+class UnsupportedPromptError(CheckpointError):
+    """The checkpoint cannot score these prompts (a class-conditional model given free text)."""
+
+
 def _packaged_checkpoints() -> dict[str, str]:
     found = dict(PACKAGED)
     try:

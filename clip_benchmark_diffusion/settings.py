@@ -53,6 +53,8 @@ class ScorerSettings:
         with encoder dropout); saves ~9 GB.
     guidance: FLUX.1-dev's guidance-embedding input (1.0 = plain conditional); ignored by
         models without a guidance embedding.
+    resolution: pixel size images are scored at (None = the model's own; the families after SD
+        1/2 also accept others, e.g. FLUX and SDXL at 512, with FLUX's shift following it).
     channels_last, compile: speed switches of the denoiser (see `backends/speed.py`); off by
         default until a GPU benchmark shows they help.
     """
@@ -76,6 +78,7 @@ class ScorerSettings:
     logit_normal_std: float = 1.0
     drop_t5: bool = False
     guidance: float = 1.0
+    resolution: Optional[int] = None
     strategy: str = "fixed"
     # t-test elimination (Clark & Jaini, Algorithm 1)
     ttest_p: float = 2e-3
@@ -107,6 +110,7 @@ class ScorerSettings:
         check(all(w >= 0 for w in self.bucket_weights), "bucket weights must be >= 0")
         check(self.sigma_distribution in SIGMA_DISTRIBUTIONS,
               f"sigma_distribution must be one of {SIGMA_DISTRIBUTIONS}, got {self.sigma_distribution!r}")
+        check(self.resolution is None or self.resolution >= 8, f"resolution must be >= 8, got {self.resolution}")
         check(self.logit_normal_std > 0, f"logit_normal_std must be > 0, got {self.logit_normal_std}")
         check(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
         check(self.templates in TEMPLATE_MODES, f"templates must be one of {TEMPLATE_MODES}, got {self.templates!r}")

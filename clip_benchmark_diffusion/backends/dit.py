@@ -16,9 +16,10 @@ LOG = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
-def imagenet_prompts() -> dict[str, int]:
+def imagenet_prompts() -> tuple[dict[str, int], frozenset]:
     """clip_benchmark's imagenet1k class names and every template rendering of them -> class index
-    (clip_benchmark's index of imagenet1k is DiT's label). A name used by two classes keeps the first."""
+    (clip_benchmark's index of imagenet1k is DiT's label; a name two classes share keeps the first),
+    and the set of bare names (prompts that are not template renderings)."""
     import clip_benchmark.datasets as datasets
 
     folder = os.path.dirname(datasets.__file__)
@@ -31,7 +32,7 @@ def imagenet_prompts() -> dict[str, int]:
         lookup.setdefault(name, label)
         for template in templates:
             lookup.setdefault(template.format(c=name), label)
-    return lookup
+    return lookup, frozenset(names)
 
 
 class DiTBackend(PipelineBackend):
@@ -56,12 +57,13 @@ class DiTBackend(PipelineBackend):
         from ..checkpoints import UnsupportedPromptError
 
         key = prompt.strip()
-        label = imagenet_prompts().get(key, self.pipe.labels.get(key))
+        lookup, names = imagenet_prompts()
+        label = lookup.get(key, self.pipe.labels.get(key))
         if label is None or label >= self.num_classes:
             raise UnsupportedPromptError(
                 f"DiT is class-conditional on ImageNet labels: prompt {prompt!r} is not an imagenet1k class name "
                 "(or a clip_benchmark template of one); use it with --dataset imagenet1k")
-        if key not in self.pipe.labels and not self._said_templates and key not in imagenet_prompts_names():
+        if not self._said_templates and key not in names and key not in self.pipe.labels:
             LOG.warning("DiT: prompt templates do not apply to a class-conditional model; every template of a "
                         "class gives the same class id (use one template, or --diffusion_templates "
                         "average_embeddings, to avoid repeating identical rows)")
@@ -75,11 +77,3 @@ class DiTBackend(PipelineBackend):
     def denoise(self, x: torch.Tensor, t: torch.Tensor, c: Conditioning) -> torch.Tensor:
         return self._denoiser(x, timestep=t, class_labels=c.class_ids).sample
 
-
-@functools.lru_cache(maxsize=1)
-def imagenet_prompts_names() -> frozenset:
-    """The bare imagenet1k class names (prompts that are not template renderings)."""
-    import clip_benchmark.datasets as datasets
-
-    with open(os.path.join(os.path.dirname(datasets.__file__), "en_classnames.json")) as handle:
-        return frozenset(json.load(handle)["imagenet1k"])

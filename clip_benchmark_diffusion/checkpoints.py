@@ -127,7 +127,11 @@ def locate(pretrained: str, cache_dir: Optional[str] = None, settings: Optional[
     with open(index_file) as handle:
         index = json.load(handle)
     class_name = index.get("_class_name", "?")
-    parts = family(class_name, what).required_parts(index, settings)
+    backend_class = family(class_name, what)
+    problem = backend_class.settings_problem(settings) if settings is not None else None
+    if problem:
+        raise CheckpointError(f"diffusion checkpoint {what} ({class_name}): {problem}")
+    parts = backend_class.required_parts(index, settings)
     missing = [part for part in parts if not os.path.isdir(os.path.join(folder, part))]
     if missing:
         raise CheckpointError(f"diffusion checkpoint {what}: {folder} lacks the parts {missing} "

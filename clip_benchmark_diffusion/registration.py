@@ -234,7 +234,8 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
     if args.load_clfs:
         raise DiffusionUsageError("--load_clfs cannot be used with diffusion models: their class scores are not a "
                                   "fixed linear classifier; drop --load_clfs")
-    locate(args.pretrained, cache_dir=args.model_cache_dir)
+    options = _state["options"] or diffusion_argument_parser().parse_args([])
+    locate(args.pretrained, cache_dir=args.model_cache_dir, settings=settings_from_options(options, seed=args.seed))
     return task
 
 

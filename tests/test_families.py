@@ -249,3 +249,15 @@ def test_flow_defaults_to_bfloat16_and_unet_families_to_float16_on_cuda():
                            ("StableDiffusionPipeline", torch.float16)]:
         assert resolve_dtype("auto", cuda, backend_for_pipeline(name)) == expected, name
         assert resolve_dtype("auto", cpu, backend_for_pipeline(name)) == torch.float32
+
+
+@pytest.mark.parametrize("family, flags, expected", [
+    ("sdxl", ["--diffusion_sigma_distribution", "uniform"], "applies to flow-matching models only"),
+    ("flux", ["--diffusion_no_t5"], "--diffusion_no_t5 applies to SD3/SD3.5 only"),
+])
+def test_settings_a_family_cannot_use_stop_before_any_compute(family_folders, tiny_wds, tmp_path, capsys, monkeypatch,
+                                                              family, flags, expected):
+    message = in_process_error(["eval", "--model", "sd-diffusion", "--pretrained", family_folders[family], "--dataset",
+                                "wds/animals", "--dataset_root", tiny_wds, "--diffusion_no_progress", *flags],
+                               tmp_path, capsys, monkeypatch)
+    assert expected in message and not list(tmp_path.glob("*.json*"))

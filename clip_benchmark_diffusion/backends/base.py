@@ -117,6 +117,10 @@ class DiffusionBackend(ABC):
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
     #: checkpoint subfolders it needs (also what is downloaded from the hub)
     parts: ClassVar[tuple[str, ...]] = ()
+    #: rectified-flow family (sigma distributions apply)
+    flow_matching: ClassVar[bool] = False
+    #: the T5 encoder may be left out (`drop_t5`)
+    t5_optional: ClassVar[bool] = False
     #: pixel size the model was trained at (the transform resizes/crops to it)
     resolution: int
     device: torch.device
@@ -129,6 +133,17 @@ class DiffusionBackend(ABC):
     def required_parts(cls, index: dict, settings: Optional[ScorerSettings] = None) -> tuple[str, ...]:
         """Subfolders to fetch and check for this checkpoint (its `model_index.json`) and settings."""
         return cls.parts
+
+    @classmethod
+    def settings_problem(cls, settings: ScorerSettings) -> Optional[str]:
+        """Why these settings cannot be used with this family (None if they can), checked before
+        anything is loaded."""
+        if settings.sigma_distribution != "model" and not cls.flow_matching:
+            return (f"--diffusion_sigma_distribution {settings.sigma_distribution} applies to flow-matching models "
+                    "only (SD3, FLUX); this model has a discrete DDPM schedule")
+        if settings.drop_t5 and not cls.t5_optional:
+            return "--diffusion_no_t5 applies to SD3/SD3.5 only (this model has no T5, or cannot run without it)"
+        return None
 
     @classmethod
     def auto_dtype(cls, device: torch.device) -> torch.dtype:

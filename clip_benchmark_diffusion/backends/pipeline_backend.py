@@ -27,8 +27,6 @@ class PipelineBackend(DiffusionBackend):
     denoiser_name: ClassVar[str] = "transformer"
     #: short family name recorded with every run
     family: ClassVar[str]
-    #: flow-matching families build a `FlowSchedule`, the others a DDPM one
-    flow_matching: ClassVar[bool] = False
     #: families whose text encoder is T5 (overflows in float16)
     uses_t5: ClassVar[bool] = False
 

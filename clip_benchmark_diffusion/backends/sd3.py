@@ -26,6 +26,7 @@ class StableDiffusion3Backend(PipelineBackend):
     family = "sd3"
     flow_matching = True
     uses_t5 = True
+    t5_optional = True
     parts = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "scheduler") \
         + T5_PARTS
 

@@ -53,7 +53,8 @@ class StableDiffusionBackend(DiffusionBackend):
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
         self.alphas_cumprod = self.schedule.alphas_cumprod
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.resolution = int(self.unet.config.sample_size) * self.vae_scale_factor
+        native = int(self.unet.config.sample_size) * self.vae_scale_factor
+        self.resolution = int((settings and settings.resolution) or native)
         self.latent_scaling = float(self.vae.config.scaling_factor)
         self.description = {
             "backend": "stable-diffusion",

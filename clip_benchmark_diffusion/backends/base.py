@@ -213,8 +213,3 @@ class DiffusionBackend(ABC):
     def calls_per_prediction(self) -> int:
         """Network evaluations one `predict` row costs (1 for a plain denoiser)."""
         return 1
-
-
-def text_encoder_dtype(dtype: torch.dtype) -> torch.dtype:
-    """T5 overflows in float16: run it in bfloat16 instead (float32 stays float32)."""
-    return torch.bfloat16 if dtype == torch.float16 else dtype

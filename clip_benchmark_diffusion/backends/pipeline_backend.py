@@ -43,9 +43,11 @@ class PipelineBackend(DiffusionBackend):
         pipeline_class = getattr(diffusers, self.diffusers_class)
         self.pipe = pipeline_class.from_pretrained(source, torch_dtype=dtype, local_files_only=local_files_only,
                                                    cache_dir=cache_dir, **self.load_overrides())
-        for name, module in self.pipe.components.items():
+        for module in self.pipe.components.values():
             if isinstance(module, torch.nn.Module):
                 module.to(self.device).eval().requires_grad_(False)
+                if dtype == torch.float16 and type(module).__name__.startswith("T5"):
+                    module.to(torch.bfloat16)  # T5 overflows in float16; its states are cast back per pass
         vae = getattr(self.pipe, "vae", None)
         if vae is not None and dtype == torch.float16 and vae.config.get("force_upcast", False):
             vae.to(torch.float32)  # the fp16 VAE of SDXL overflows: encode in float32

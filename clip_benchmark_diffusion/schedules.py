@@ -75,6 +75,7 @@ class NoiseSchedule(ABC):
         """Reject settings that do not apply to this process."""
 
     def describe(self) -> dict[str, Any]:
+        """What a run's record says about the noise process."""
         return {"process": self.kind, "num_train_timesteps": self.num_train_timesteps}
 
 

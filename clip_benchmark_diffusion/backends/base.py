@@ -45,6 +45,7 @@ class Conditioning:
     class_ids: Optional[torch.Tensor] = None
 
     def fields(self) -> dict[str, torch.Tensor]:
+        """The present (non-None) fields by name."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
     def map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> "Conditioning":
@@ -70,6 +71,7 @@ class Conditioning:
 
     @staticmethod
     def stack(rows: Sequence["Conditioning"]) -> "Conditioning":
+        """A batch from rows of `rows()` (a pass's rows, gathered from the prompt cache)."""
         names = rows[0].fields()
         return Conditioning(**{name: torch.stack([getattr(row, name) for row in rows]) for name in names})
 

@@ -78,10 +78,12 @@ class PipelineBackend(DiffusionBackend):
         return int(self.denoiser.config.sample_size) * self.vae_scale_factor
 
     def describe_extra(self) -> dict[str, Any]:
+        """Family-specific entries of the run record's model description."""
         return {}
 
     @property
     def vae_scale_factor(self) -> int:
+        """Pixels per latent cell."""
         return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
 
     @classmethod
@@ -107,6 +109,7 @@ class PipelineBackend(DiffusionBackend):
         return None
 
     def noise_schedule(self, settings: ScorerSettings) -> NoiseSchedule:
+        """A schedule for the scorer's own settings (its sigma distribution), not the load-time ones."""
         schedule = self.build_schedule(settings)
         schedule.check(settings)
         return schedule

@@ -15,6 +15,7 @@ import torch
 
 from .backends import BACKENDS, DiffusionBackend, backend_for_pipeline
 from .backends.speed import SpeedOptions
+from .settings import ScorerSettings
 from .weights import model_files, safetensors_problem, weights_fingerprint
 
 
@@ -34,8 +35,26 @@ ALIASES: dict[str, CheckpointAlias] = {
     "sd2": CheckpointAlias("stabilityai/stable-diffusion-2", "SD 2.0, 768 px, v-prediction"),
     "sd2.1": CheckpointAlias("stabilityai/stable-diffusion-2-1", "SD 2.1, 768 px, v-prediction"),
 }
+ALIASES.update({
+    "sdxl": CheckpointAlias("stabilityai/stable-diffusion-xl-base-1.0", "SDXL base 1.0, 1024 px, epsilon"),
+    "sd3-medium": CheckpointAlias("stabilityai/stable-diffusion-3-medium-diffusers", "SD3-medium, 1024 px, flow"),
+    "sd3.5-medium": CheckpointAlias("stabilityai/stable-diffusion-3.5-medium", "SD3.5-medium, 1024 px, flow"),
+    "sd3.5-large": CheckpointAlias("stabilityai/stable-diffusion-3.5-large", "SD3.5-large, 1024 px, flow"),
+    "flux-dev": CheckpointAlias("black-forest-labs/FLUX.1-dev", "FLUX.1-dev, 1024 px, flow, guidance input"),
+    "flux-schnell": CheckpointAlias("black-forest-labs/FLUX.1-schnell", "FLUX.1-schnell, 1024 px, flow"),
+    "pixart-alpha": CheckpointAlias("PixArt-alpha/PixArt-XL-2-512x512", "PixArt-alpha 512 px, epsilon, T5"),
+    "pixart-alpha-1024": CheckpointAlias("PixArt-alpha/PixArt-XL-2-1024-MS", "PixArt-alpha 1024 px, epsilon, T5"),
+    "pixart-sigma": CheckpointAlias("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "PixArt-Sigma 1024 px, epsilon, T5"),
+    "pixart-sigma-512": CheckpointAlias("PixArt-alpha/PixArt-Sigma-XL-2-512-MS", "PixArt-Sigma 512 px, epsilon, T5"),
+    "dit-xl-2-256": CheckpointAlias("facebook/DiT-XL-2-256", "DiT-XL/2 256 px, class-conditional ImageNet"),
+    "dit-xl-2-512": CheckpointAlias("facebook/DiT-XL-2-512", "DiT-XL/2 512 px, class-conditional ImageNet"),
+    "if-i-xl": CheckpointAlias("DeepFloyd/IF-I-XL-v1.0", "DeepFloyd IF stage I XL, 64 px pixels, T5"),
+    "if-i-l": CheckpointAlias("DeepFloyd/IF-I-L-v1.0", "DeepFloyd IF stage I L, 64 px pixels, T5"),
+    "if-i-m": CheckpointAlias("DeepFloyd/IF-I-M-v1.0", "DeepFloyd IF stage I M, 64 px pixels, T5"),
+})
 ALIASES["sd2.0-base"] = ALIASES["sd2-base"]
 ALIASES["sd2.0"] = ALIASES["sd2"]
+ALIASES["sdxl-base"] = ALIASES["sdxl"]
 
 #: what `--pretrained` means when the user leaves clip_benchmark's own default in place
 CLIP_BENCHMARK_DEFAULT_PRETRAINED = "laion400m_e32"
@@ -48,6 +67,10 @@ PACKAGED: dict[str, str] = {}
 class CheckpointError(RuntimeError):
     """A checkpoint could not be found or is not a supported pipeline; the message says
     what was looked for and how to provide it."""
+
+
+class UnsupportedPromptError(CheckpointError):
+    """The checkpoint cannot score these prompts (a class-conditional model given free text)."""
 
 
 def _packaged_checkpoints() -> dict[str, str]:
@@ -83,8 +106,10 @@ def _describe(pretrained: str, source: str) -> str:
     return f"'{pretrained}'" if pretrained == source else f"'{pretrained}' (-> {source})"
 
 
-def locate(pretrained: str, cache_dir: Optional[str] = None) -> tuple[str, dict]:
-    """Find the checkpoint folder and read its `model_index.json`, or raise CheckpointError."""
+def locate(pretrained: str, cache_dir: Optional[str] = None, settings: Optional[ScorerSettings] = None
+           ) -> tuple[str, dict]:
+    """Find the checkpoint folder and read its `model_index.json`, or raise CheckpointError.
+    Only the parts the family (with these settings) needs are fetched and checked."""
     source = resolve(pretrained)
     what = _describe(pretrained, source)
     how = ("pass --pretrained with a local diffusers folder (one containing model_index.json), "
@@ -92,7 +117,7 @@ def locate(pretrained: str, cache_dir: Optional[str] = None) -> tuple[str, dict]
     if os.path.isdir(source):
         folder = source
     elif _looks_like_hub_id(source):
-        folder = _download_or_cached(source, what, cache_dir)
+        folder = _download_or_cached(source, what, cache_dir, settings)
     else:
         raise CheckpointError(f"diffusion checkpoint {what}: no such folder, and not an alias or a hub id "
                               f"(owner/name); {how}")
@@ -103,11 +128,11 @@ def locate(pretrained: str, cache_dir: Optional[str] = None) -> tuple[str, dict]
     with open(index_file) as handle:
         index = json.load(handle)
     class_name = index.get("_class_name", "?")
-    try:
-        _, parts = backend_for_pipeline(class_name)
-    except KeyError:
-        raise CheckpointError(f"diffusion checkpoint {what}: pipeline type {class_name} is not supported "
-                              f"(supported: {sorted(BACKENDS)})") from None
+    backend_class = family(class_name, what)
+    problem = backend_class.settings_problem(settings) if settings is not None else None
+    if problem:
+        raise CheckpointError(f"diffusion checkpoint {what} ({class_name}): {problem}")
+    parts = backend_class.required_parts(index, settings)
     missing = [part for part in parts if not os.path.isdir(os.path.join(folder, part))]
     if missing:
         raise CheckpointError(f"diffusion checkpoint {what}: {folder} lacks the parts {missing} "
@@ -125,26 +150,55 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(pieces) == 2 and all(pieces) and not name.startswith(("/", ".", "~"))
 
 
-def _download_or_cached(hub_id: str, what: str, cache_dir: Optional[str]) -> str:
-    from huggingface_hub import snapshot_download
-
-    patterns = ["model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*", "vae/*", "unet/*"]
+def family(class_name: str, what: str) -> type:
+    """The backend class of a pipeline class, or one CheckpointError line naming the supported ones."""
     try:
-        return snapshot_download(hub_id, allow_patterns=patterns, cache_dir=cache_dir,
+        return backend_for_pipeline(class_name)
+    except KeyError:
+        raise CheckpointError(f"diffusion checkpoint {what}: pipeline type {class_name} is not supported "
+                              f"(supported: {sorted(BACKENDS)})") from None
+
+
+def _download_or_cached(hub_id: str, what: str, cache_dir: Optional[str],
+                        settings: Optional[ScorerSettings] = None) -> str:
+    """The index first, then only the subfolders its family needs (`required_parts`)."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        with open(hf_hub_download(hub_id, "model_index.json", cache_dir=cache_dir,
+                                  local_files_only=_hub_offline())) as handle:
+            index = json.load(handle)
+    except Exception as error:  # huggingface_hub raises many types; all mean "not available"
+        raise _unavailable(hub_id, what, error) from None
+    parts = family(index.get("_class_name", "?"), what).required_parts(index, settings)
+    try:
+        return snapshot_download(hub_id, allow_patterns=hub_patterns(parts), cache_dir=cache_dir,
                                  local_files_only=_hub_offline())
     except Exception as error:  # huggingface_hub raises many types; all mean "not available"
-        reason = "the hub is switched off (HF_HUB_OFFLINE=1) and it is not in the local cache" if _hub_offline() \
-            else f"it could not be downloaded ({type(error).__name__})"
-        raise CheckpointError(
-            f"diffusion checkpoint {what}: no local folder of that name, and as a hub id {reason}; download it on a connected machine with "
-            f"`huggingface-cli download {hub_id}` (same HF_HOME), or pass --pretrained /path/to/diffusers/folder"
-        ) from None
+        raise _unavailable(hub_id, what, error) from None
 
 
-def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
-    """"auto" = float16 on CUDA (with PyTorch SDPA attention), float32 on CPU."""
+def hub_patterns(parts: tuple[str, ...]) -> list[str]:
+    """`allow_patterns` fetching the index and the given subfolders."""
+    return ["model_index.json"] + [f"{part}/*" for part in parts]
+
+
+def _unavailable(hub_id: str, what: str, error: Exception) -> CheckpointError:
+    reason = "the hub is switched off (HF_HUB_OFFLINE=1) and it is not in the local cache" if _hub_offline() \
+        else f"it could not be downloaded ({type(error).__name__})"
+    return CheckpointError(
+        f"diffusion checkpoint {what}: no local folder of that name, and as a hub id {reason}; download it on a "
+        f"connected machine with `huggingface-cli download {hub_id}` (same HF_HOME), or pass --pretrained "
+        "/path/to/diffusers/folder")
+
+
+def resolve_dtype(dtype: str, device: torch.device | str, backend_class: Optional[type] = None) -> torch.dtype:
+    """"auto" = the family's choice (`auto_dtype`): float16 on CUDA for UNet families, bfloat16 for
+    flow-matching and T5 families; float32 on CPU."""
     device = torch.device(device)
     if dtype == "auto":
+        if backend_class is not None:
+            return backend_class.auto_dtype(device)
         return torch.float16 if device.type == "cuda" else torch.float32
     resolved = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     if device.type == "cpu" and resolved == torch.float16:
@@ -153,14 +207,15 @@ def resolve_dtype(dtype: str, device: torch.device | str) -> torch.dtype:
 
 
 def load_backend(pretrained: str, device: torch.device | str = "cpu", dtype: str = "auto",
-                 cache_dir: Optional[str] = None, speed: Optional[SpeedOptions] = None) -> DiffusionBackend:
-    """Load the model family that the checkpoint's `model_index.json` names."""
-    folder, index = locate(pretrained, cache_dir=cache_dir)
-    backend_class, parts = backend_for_pipeline(index["_class_name"])
-    torch_dtype = resolve_dtype(dtype, device)
+                 cache_dir: Optional[str] = None, speed: Optional[SpeedOptions] = None,
+                 settings: Optional[ScorerSettings] = None) -> DiffusionBackend:
+    """Load the model family that the checkpoint's `model_index.json` names; `settings` carry the
+    load-time options (`drop_t5`, `guidance`)."""
+    folder, index = locate(pretrained, cache_dir=cache_dir, settings=settings)
+    backend_class = backend_for_pipeline(index["_class_name"])
     try:
-        backend = backend_class(folder, device=device, dtype=torch_dtype, local_files_only=True,
-                                speed=speed or SpeedOptions())
+        backend = backend_class.from_pretrained(folder, device=device, dtype=resolve_dtype(dtype, device, backend_class),
+                                                local_files_only=True, speed=speed or SpeedOptions(), settings=settings)
     except Exception as error:  # diffusers/transformers raise many types for a file they cannot load
         if os.environ.get("CLIP_BENCHMARK_DIFFUSION_DEBUG"):
             raise
@@ -169,5 +224,5 @@ def load_backend(pretrained: str, device: torch.device | str = "cpu", dtype: str
                               f"{type(error).__name__}: {reason} (set CLIP_BENCHMARK_DIFFUSION_DEBUG=1 for the "
                               "traceback)") from error
     # the record must name the weights themselves, not only their folder (see `weights.py`)
-    backend.description["weights"] = weights_fingerprint(folder, parts)
+    backend.description["weights"] = weights_fingerprint(folder, backend_class.required_parts(index, settings))
     return backend

@@ -1,17 +1,20 @@
-"""The denoising-error math in one place: timesteps, error spaces, weightings and losses.
+"""The scoring math shared by every family: timestep draws, objectives, weightings and losses.
 
-Everything here is pure tensor arithmetic on a noise schedule (`alphas_cumprod`), so it is
-shared by every backend and testable without a model. Noising itself is done by the
-backend's diffusers scheduler (`add_noise`); this module only turns a model output into a
-weighted error against the draw that produced it.
+Parameterisation (what a network output means, how x_t is made) belongs to the family's noise
+schedule (`schedules.py`); this module only combines a schedule's estimates of eps, x0 and the
+flow velocity into the weighted error of an objective, and seeds the draws.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .settings import ScorerSettings
+
+if TYPE_CHECKING:
+    from .schedules import NoiseSchedule
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -60,40 +63,23 @@ def unit_float(bits: int) -> float:
     return (bits >> 10) / float(1 << 53)
 
 
-def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+def objective_weight(settings: ScorerSettings, schedule: "NoiseSchedule", timesteps: torch.Tensor) -> torch.Tensor:
+    """w of the chosen objective for each timestep index, float32.
 
-
-def predicted_epsilon_and_x0(model_output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor,
-                             prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Convert a raw model output into (epsilon_hat, x0_hat) for its parameterisation."""
-    a = _broadcast(alpha_bar.sqrt(), x_t)
-    s = _broadcast((1 - alpha_bar).sqrt(), x_t)
-    if prediction_type == "epsilon":
-        eps_hat = model_output
-        x0_hat = (x_t - s * eps_hat) / a
-    elif prediction_type == "v_prediction":
-        x0_hat = a * x_t - s * model_output
-        eps_hat = s * x_t + a * model_output
-    else:
-        raise ValueError(f"unsupported prediction_type {prediction_type!r}; supported: {PREDICTION_TYPES}")
-    return eps_hat, x0_hat
-
-
-def timestep_weight(settings: ScorerSettings, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
-                    num_train_timesteps: int) -> torch.Tensor:
-    """w(t) of the chosen objective (1 for the unweighted epsilon objective)."""
-    alpha_bar = alphas_cumprod[timesteps].to(torch.float64)
-    if settings.objective == "epsilon":
-        weight = torch.ones_like(alpha_bar)
+    Defined through the schedule's SNR and its unit-time axis, so an objective means the same on
+    a discrete DDPM model and on a flow-matching one: "x0_snr" weighs the x0 error by SNR (which
+    equals the epsilon error), "x0_heuristic" by exp(-rate * u) and "x0_buckets" by the bucket of u,
+    where u is t / T (DDPM) or sigma (flow); "epsilon" and "velocity" are unweighted.
+    """
+    if settings.objective in ("epsilon", "velocity"):
+        weight = torch.ones(timesteps.shape, dtype=torch.float64)
     elif settings.objective == "x0_snr":
-        weight = alpha_bar / (1 - alpha_bar)
+        weight = schedule.snr(timesteps)
     elif settings.objective == "x0_heuristic":
-        weight = torch.exp(-settings.heuristic_rate * timesteps.to(torch.float64) / num_train_timesteps)
+        weight = torch.exp(-settings.heuristic_rate * schedule.unit_time(timesteps))
     elif settings.objective == "x0_buckets":
         buckets = torch.tensor(settings.bucket_weights, dtype=torch.float64)
-        index = (timesteps.to(torch.int64) * len(buckets)) // num_train_timesteps
-        weight = buckets[index.clamp(0, len(buckets) - 1)]
+        weight = buckets[schedule.bucket(timesteps, len(buckets))]
     else:
         raise ValueError(f"unknown objective {settings.objective!r}")
     return weight.to(torch.float32)
@@ -112,19 +98,52 @@ def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str) 
     return values.flatten(1).mean(dim=1)
 
 
+def weighted_error(settings: ScorerSettings, estimates: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                   noise: torch.Tensor, x0: torch.Tensor, schedule: "NoiseSchedule",
+                   timesteps: torch.Tensor) -> torch.Tensor:
+    """Per-row weighted error of the objective, from a schedule's (eps_hat, x0_hat, v_hat).
+
+    "epsilon" compares eps_hat with the noise, "velocity" v_hat with eps - x0 (the flow target,
+    Self-Bench's score), the x0 objectives x0_hat with x0.
+    """
+    eps_hat, x0_hat, v_hat = estimates
+    if settings.objective == "epsilon":
+        error = elementwise_loss(eps_hat, noise, settings.loss)
+    elif settings.objective == "velocity":
+        error = elementwise_loss(v_hat, noise - x0, settings.loss)
+    else:
+        error = elementwise_loss(x0_hat, x0, settings.loss)
+    return error * objective_weight(settings, schedule, timesteps).to(error.device)
+
+
+# ---------------------------------------------------------------- the DDPM-table signatures of 0.1
+def predicted_epsilon_and_x0(model_output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor,
+                             prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(epsilon_hat, x0_hat) of a DDPM model output, given each row's alpha_bar (kept for callers
+    of the first API; the math lives in `schedules.DiscreteSchedule`)."""
+    from .schedules import DiscreteSchedule
+
+    eps_hat, x0_hat, _ = DiscreteSchedule(alpha_bar, prediction_type).estimates(
+        model_output, x_t, torch.arange(len(alpha_bar), device=x_t.device))
+    return eps_hat, x0_hat
+
+
+def timestep_weight(settings: ScorerSettings, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
+                    num_train_timesteps: int) -> torch.Tensor:
+    """w(t) of the objective on a DDPM table (see `objective_weight`)."""
+    from .schedules import DiscreteSchedule
+
+    return objective_weight(settings, DiscreteSchedule(alphas_cumprod[:num_train_timesteps], "epsilon"), timesteps)
+
+
 def denoising_error(settings: ScorerSettings, model_output: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
                     x_t: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
                     prediction_type: str, num_train_timesteps: int) -> torch.Tensor:
-    """Weighted per-draw error, in float32, of a batch of model outputs."""
-    model_output, x0, noise, x_t = (v.to(torch.float32) for v in (model_output, x0, noise, x_t))
-    alpha_bar = alphas_cumprod.to(x_t.device)[timesteps.to(x_t.device)].to(torch.float32)
-    eps_hat, x0_hat = predicted_epsilon_and_x0(model_output, x_t, alpha_bar, prediction_type)
-    if settings.objective == "epsilon":
-        error = elementwise_loss(eps_hat, noise, settings.loss)
-    else:
-        error = elementwise_loss(x0_hat, x0, settings.loss)
-    weight = timestep_weight(settings, timesteps.cpu(), alphas_cumprod.cpu(), num_train_timesteps)
-    return error * weight.to(error.device)
+    """Weighted per-draw error, float32, of DDPM model outputs (see `NoiseSchedule.errors`)."""
+    from .schedules import DiscreteSchedule
+
+    schedule = DiscreteSchedule(alphas_cumprod[:num_train_timesteps], prediction_type)
+    return schedule.errors(settings, model_output, x0, noise, x_t, timesteps)
 
 
 def mix_seed(*parts: int) -> int:
@@ -149,6 +168,6 @@ def draw_noise(image_seed: int, draw_index: int, shape: tuple, device: torch.dev
 
 
 __all__ = [
-    "van_der_corput", "draw_timesteps", "predicted_epsilon_and_x0", "timestep_weight",
-    "elementwise_loss", "denoising_error", "mix_seed", "unit_float", "draw_noise",
+    "van_der_corput", "draw_timesteps", "objective_weight", "weighted_error", "predicted_epsilon_and_x0",
+    "timestep_weight", "elementwise_loss", "denoising_error", "mix_seed", "unit_float", "draw_noise",
 ]

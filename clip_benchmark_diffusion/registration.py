@@ -31,8 +31,8 @@ from typing import Any, Iterator, Optional
 from .checkpoints import CheckpointError
 from .records import RecordError, record_lock
 from .sharding import rank_record_path
-from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, STRATEGIES, TEMPLATE_MODES, TIMESTEP_SAMPLERS,
-                       TTEST_VARIANCES, ScorerSettings, UnsupportedSettings)
+from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, SIGMA_DISTRIBUTIONS, STRATEGIES, TEMPLATE_MODES,
+                       TIMESTEP_SAMPLERS, TTEST_VARIANCES, ScorerSettings, UnsupportedSettings)
 
 DIFFUSION_MODEL_NAMES = ("sd-diffusion",)
 MODEL_TYPE = "diffusion"
@@ -65,10 +65,18 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
     add("--diffusion_heuristic_rate", type=float, default=defaults.heuristic_rate,
         help="k in the x0_heuristic weight exp(-k t)")
     add("--diffusion_loss", choices=LOSSES, default=defaults.loss)
+    add("--diffusion_sigma_distribution", choices=SIGMA_DISTRIBUTIONS, default=defaults.sigma_distribution,
+        help="flow-matching models: sigma from the model's own shift, uniform, or logit-normal")
+    add("--diffusion_logit_normal", type=float, nargs=2, metavar=("MEAN", "STD"), default=None,
+        help="mean and std of --diffusion_sigma_distribution logit_normal (default 0 1)")
+    add("--diffusion_no_t5", action="store_true", help="SD3/SD3.5: run without the T5 text encoder (~9 GB less)")
+    add("--diffusion_guidance", type=float, default=defaults.guidance,
+        help="FLUX.1-dev guidance input (1.0 = plain conditional)")
+    add("--diffusion_resolution", type=int, default=None, help="score at this pixel size (default: the model's)")
     add("--diffusion_templates", choices=TEMPLATE_MODES, default=defaults.templates,
         help="average errors over templates (cost x templates) or condition on the mean text embedding")
     add("--diffusion_batch_size", type=int, default=defaults.batch_size, help="UNet rows per call")
-    add("--diffusion_dtype", choices=DTYPES, default=defaults.dtype, help="auto: float16 on CUDA, float32 on CPU")
+    add("--diffusion_dtype", choices=DTYPES, default=defaults.dtype, help="auto: on CUDA float16 (UNet families) or bfloat16 (flow/T5 families); float32 on CPU")
     add("--diffusion_channels_last", action="store_true", help="channels_last memory format for the denoiser")
     add("--diffusion_compile", choices=COMPILE_MODES, default=defaults.compile,
         help="torch.compile the denoiser in this mode (reduce-overhead: CUDA graphs); passes are padded to the "
@@ -99,7 +107,11 @@ def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSetti
         dtype=options.diffusion_dtype, channels_last=options.diffusion_channels_last,
         compile=options.diffusion_compile, ttest_p=options.diffusion_ttest_p, min_draws=options.diffusion_min_draws,
         round_draws=options.diffusion_round_draws, ttest_variance=options.diffusion_ttest_variance,
-        max_candidates=options.diffusion_max_candidates, seed=seed)
+        max_candidates=options.diffusion_max_candidates, seed=seed,
+        sigma_distribution=options.diffusion_sigma_distribution, drop_t5=options.diffusion_no_t5,
+        guidance=options.diffusion_guidance, resolution=options.diffusion_resolution)
+    if options.diffusion_logit_normal:
+        values["logit_normal_mean"], values["logit_normal_std"] = options.diffusion_logit_normal
     if options.diffusion_t_range:
         values["t_min"], values["t_max"] = options.diffusion_t_range
     if options.diffusion_bucket_weights:
@@ -234,7 +246,8 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
     if args.load_clfs:
         raise DiffusionUsageError("--load_clfs cannot be used with diffusion models: their class scores are not a "
                                   "fixed linear classifier; drop --load_clfs")
-    locate(args.pretrained, cache_dir=args.model_cache_dir)
+    options = _state["options"] or diffusion_argument_parser().parse_args([])
+    locate(args.pretrained, cache_dir=args.model_cache_dir, settings=settings_from_options(options, seed=args.seed))
     return task
 
 

@@ -14,8 +14,9 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from .backends.base import DiffusionBackend
-from .objectives import PREDICTION_TYPES, denoising_error, draw_noise, draw_timesteps, mix_seed
+from .backends.base import DiffusionBackend, mean_rows, split_rows, stack_rows
+from .objectives import draw_noise, draw_timesteps, mix_seed
+from .schedules import NoiseSchedule
 from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings, UnsupportedSettings
 from .strategies import ImageState, make_strategy
 
@@ -69,18 +70,15 @@ def image_key_from_pixels(pixels: torch.Tensor) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") & 0x7FFFFFFFFFFFFFFF
 
 
-def check_compatible(settings: ScorerSettings, backend: DiffusionBackend) -> None:
+def check_compatible(settings: ScorerSettings, schedule: NoiseSchedule) -> None:
     """Raise UnsupportedSettings for settings this model cannot serve, before any image is read
     (otherwise they would only fail at the first network pass, after a dataset was opened)."""
-    steps = backend.num_train_timesteps
+    steps = schedule.num_train_timesteps
     if settings.t_max is not None and settings.t_max >= steps:
         raise UnsupportedSettings(f"timestep range [{settings.t_min}, {settings.t_max}] is outside this model's "
                                   f"{steps} training timesteps (0 to {steps - 1})")
     if settings.t_min >= steps:
         raise UnsupportedSettings(f"t_min={settings.t_min} is outside this model's {steps} training timesteps")
-    if backend.prediction_type not in PREDICTION_TYPES:
-        raise UnsupportedSettings(f"the model's scheduler has prediction_type {backend.prediction_type!r}, which "
-                                  f"the scorer cannot turn into an error; supported: {', '.join(PREDICTION_TYPES)}")
 
 
 class DiffusionScorer:
@@ -93,7 +91,9 @@ class DiffusionScorer:
         strategies on identical draws without recomputing them."""
         self.backend = backend
         self.settings = settings or ScorerSettings()
-        check_compatible(self.settings, backend)
+        #: the family's noise process for these settings: noising and errors go through it
+        self.schedule = backend.noise_schedule(self.settings)
+        check_compatible(self.settings, self.schedule)
         self.error_cache = error_cache
         if error_cache is not None:
             fingerprint = {k: v for k, v in self.settings.to_dict().items() if k not in ERROR_CACHE_IGNORED_SETTINGS}
@@ -101,8 +101,8 @@ class DiffusionScorer:
                 raise ValueError("an error cache may only be shared by scorers whose settings differ only in settings "
                                  f"that do not change an error: {sorted(ERROR_CACHE_IGNORED_SETTINGS)}")
         self._conditioning_names: list = []
-        self._prompt_cache: dict[str, torch.Tensor] = {}
-        self._mean_cache: dict[tuple, torch.Tensor] = {}
+        self._prompt_cache: dict[str, object] = {}  # prompt -> its conditioning row (CPU)
+        self._mean_cache: dict[tuple, object] = {}
 
     # ---------------------------------------------------------------- conditionings
     def encode_prompts(self, prompts: Sequence[str]) -> None:
@@ -111,11 +111,11 @@ class DiffusionScorer:
         step = max(self.settings.batch_size, 1)
         for start in range(0, len(missing), step):
             chunk = missing[start:start + step]
-            for prompt, embedding in zip(chunk, self.backend.encode_prompts(chunk)):
+            for prompt, embedding in zip(chunk, split_rows(self.backend.encode_prompts(chunk))):
                 self._prompt_cache[prompt] = embedding
 
-    def _conditionings(self, candidates: Sequence[Sequence[str]]) -> tuple[list[torch.Tensor], list[list[int]]]:
-        """The distinct conditionings needed (the cached tensors themselves, not a stacked copy:
+    def _conditionings(self, candidates: Sequence[Sequence[str]]) -> tuple[list, list[list[int]]]:
+        """The distinct conditionings needed (the cached rows themselves, not a stacked copy:
         1000 classes x 80 templates of SD 2 text states are ~12 GB of host memory in float16)
         and, per candidate, which of them it averages."""
         if any(len(c) == 0 for c in candidates):
@@ -126,7 +126,7 @@ class DiffusionScorer:
             for prompts in candidates:
                 key = tuple(prompts)
                 if key not in self._mean_cache:
-                    self._mean_cache[key] = torch.stack([self._prompt_cache[p] for p in prompts]).mean(dim=0)
+                    self._mean_cache[key] = mean_rows([self._prompt_cache[p] for p in prompts])
                 tensors.append(self._mean_cache[key])
             self._conditioning_names = [("mean",) + tuple(prompts) for prompts in candidates]
             return tensors, [[i] for i in range(len(candidates))]
@@ -170,7 +170,7 @@ class DiffusionScorer:
                 for state, order in zip(states, prior_orders):
                     state.restrict(list(order)[:shortlist_size])
             seeds = [self.image_seed(k) for k in image_keys]
-            all_timesteps = [draw_timesteps(self.settings, self.backend.num_train_timesteps,
+            all_timesteps = [draw_timesteps(self.settings, self.schedule.num_train_timesteps,
                                             torch.arange(strategy.max_draws()), s) for s in seeds]
             calls = [0] * len(states)
             rows_per_draw = [sum(len(groups[c]) for c in torch.nonzero(state.active).flatten().tolist())
@@ -212,7 +212,7 @@ class DiffusionScorer:
                         decide(i)
         return results
 
-    def _evaluate(self, jobs: list, x0: torch.Tensor, conditionings: list[torch.Tensor], seeds: list,
+    def _evaluate(self, jobs: list, x0: torch.Tensor, conditionings: list, seeds: list,
                   all_timesteps: list, on_calls: Optional[Callable[[int], None]]) -> Iterator[tuple[int, list]]:
         """Errors of (image, draw, conditioning) rows, `batch_size` rows per network call.
         Yields (image, [(draw, conditioning, error), ...]) as soon as all of an image's rows
@@ -252,12 +252,11 @@ class DiffusionScorer:
             timesteps = torch.stack([all_timesteps[i][j] for i, j, _ in chunk])
             clean = x0[images.to(x0.device)]
             noise = torch.stack([noises[(i, j)] for i, j, _ in chunk]).to(clean.device)
-            x_t = backend.add_noise(clean, noise, timesteps)
-            conditioning = torch.stack([conditionings[g] for _, _, g in chunk])
-            output = backend.predict(x_t, timesteps, conditioning)
-            chunk_errors = denoising_error(
-                self.settings, output, clean, noise, x_t, timesteps, backend.alphas_cumprod,
-                backend.prediction_type, backend.num_train_timesteps).to("cpu", torch.float64)
+            x_t = self.schedule.add_noise(clean, noise, timesteps)
+            conditioning = stack_rows([conditionings[g] for _, _, g in chunk])
+            output = backend.predict(x_t, self.schedule.network_time(timesteps), conditioning)
+            chunk_errors = self.schedule.errors(self.settings, output, clean, noise, x_t, timesteps
+                                                ).to("cpu", torch.float64)
             errors[positions] = chunk_errors
             if cache_keys is not None:
                 self.error_cache.update((cache_keys[n], e) for n, e in zip(positions, chunk_errors.tolist()))

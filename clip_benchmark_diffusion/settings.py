@@ -10,7 +10,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-OBJECTIVES = ("epsilon", "x0_snr", "x0_heuristic", "x0_buckets")
+OBJECTIVES = ("epsilon", "x0_snr", "x0_heuristic", "x0_buckets", "velocity")
+#: how a flow-matching model's sigma is drawn: its own timestep shift, uniform, or logit-normal
+SIGMA_DISTRIBUTIONS = ("model", "uniform", "logit_normal")
 LOSSES = ("l2", "l1", "huber")
 TIMESTEP_SAMPLERS = ("stratified", "uniform")
 TEMPLATE_MODES = ("average_errors", "average_embeddings")
@@ -67,7 +69,9 @@ class ScorerSettings:
     objective: error space and weighting: "epsilon" (unweighted epsilon error, Li et al.),
         "x0_snr" (x0 error weighted by SNR(t)), "x0_heuristic" (x0 error weighted by
         exp(-heuristic_rate * t/T), Clark & Jaini), "x0_buckets" (x0 error with one
-        user weight per equal-width timestep bucket).
+        user weight per equal-width timestep bucket), "velocity" (unweighted error against
+        eps - x0, the flow-matching target: Self-Bench's score). On flow-matching models the
+        weights are the same functions of the SNR; "t/T" is sigma there.
     loss: per-element loss averaged over the latent: "l2", "l1" or "huber".
     templates: "average_errors" scores each template of a class and averages the errors
         (cost x templates); "average_embeddings" conditions once on the mean text embedding.
@@ -77,6 +81,15 @@ class ScorerSettings:
         variance, n-1 degrees of freedom: Clark & Jaini) or "pooled" (the residual variance of
         the candidates x draws block design, (k-1)(n-1) degrees of freedom: much stronger
         tests after a few draws when many candidates are open; identical for two candidates).
+    sigma_distribution: flow-matching models only: "model" (the model's own timestep shift:
+        SD3's `shift`, FLUX's resolution-dependent shift), "uniform" sigma, or "logit_normal"
+        (`logit_normal_mean`, `logit_normal_std`, SD3's training distribution).
+    drop_t5: SD3/SD3.5 only: do not load the T5 encoder (zeros in its place; SD3 was trained
+        with encoder dropout); saves ~9 GB.
+    guidance: FLUX.1-dev's guidance-embedding input (1.0 = plain conditional); ignored by
+        models without a guidance embedding.
+    resolution: pixel size images are scored at (None = the model's own; the families after SD
+        1/2 also accept others, e.g. FLUX and SDXL at 512, with FLUX's shift following it).
     channels_last, compile: speed switches of the denoiser (see `backends/speed.py`); off by
         default until a GPU benchmark shows they help.
     """
@@ -95,6 +108,12 @@ class ScorerSettings:
     channels_last: bool = False
     compile: str = "off"
     seed: int = 0
+    sigma_distribution: str = "model"
+    logit_normal_mean: float = 0.0
+    logit_normal_std: float = 1.0
+    drop_t5: bool = False
+    guidance: float = 1.0
+    resolution: Optional[int] = None
     strategy: str = "fixed"
     # t-test elimination (Clark & Jaini, Algorithm 1)
     ttest_p: float = 2e-3
@@ -124,6 +143,10 @@ class ScorerSettings:
         check(self.objective != "x0_buckets" or len(self.bucket_weights) > 0,
               "objective 'x0_buckets' needs bucket_weights (one weight per equal-width timestep bucket)")
         check(all(w >= 0 for w in self.bucket_weights), "bucket weights must be >= 0")
+        check(self.sigma_distribution in SIGMA_DISTRIBUTIONS,
+              f"sigma_distribution must be one of {SIGMA_DISTRIBUTIONS}, got {self.sigma_distribution!r}")
+        check(self.resolution is None or self.resolution >= 8, f"resolution must be >= 8, got {self.resolution}")
+        check(self.logit_normal_std > 0, f"logit_normal_std must be > 0, got {self.logit_normal_std}")
         check(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
         check(self.templates in TEMPLATE_MODES, f"templates must be one of {TEMPLATE_MODES}, got {self.templates!r}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")

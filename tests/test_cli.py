@@ -128,10 +128,11 @@ def test_wrong_pipeline_type_gives_one_clear_line(tiny_epsilon_pipeline, tiny_wd
     folder = tmp_path / "other"
     shutil.copytree(tiny_epsilon_pipeline, folder)
     index = json.loads((folder / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusion3Pipeline"
+    index["_class_name"] = "StableCascadePriorPipeline"
     (folder / "model_index.json").write_text(json.dumps(index))
     message = in_process_error(eval_args(str(folder), tiny_wds), tmp_path, capsys, monkeypatch)
-    assert "StableDiffusion3Pipeline is not supported" in message
+    assert "StableCascadePriorPipeline is not supported" in message
+    assert all(name in message for name in ("StableDiffusion3Pipeline", "FluxPipeline", "DiTPipeline", "IFPipeline"))
 
 
 def test_folder_that_is_not_a_pipeline_gives_one_clear_line(tiny_wds, tmp_path, capsys, monkeypatch):

@@ -1,21 +1,51 @@
-"""Registry of model families: pipeline class name in `model_index.json` -> backend class."""
+"""Registry of model families: pipeline `_class_name` in `model_index.json` -> backend.
+
+Lazy: a family's module (and the diffusers/transformers classes it uses) is imported only when a
+checkpoint of that family is loaded.
+"""
 from __future__ import annotations
 
-from typing import Type
+import importlib
+from typing import TYPE_CHECKING, Any, Type
 
-from .base import DiffusionBackend
-from .stable_diffusion import PIPELINE_CLASSES as _SD_PIPELINES, REQUIRED_PARTS as _SD_PARTS, StableDiffusionBackend
+if TYPE_CHECKING:
+    from .base import DiffusionBackend
 
-#: pipeline `_class_name` -> (backend class, parts the folder must contain)
-BACKENDS: dict[str, tuple[Type[DiffusionBackend], tuple[str, ...]]] = {
-    name: (StableDiffusionBackend, _SD_PARTS) for name in _SD_PIPELINES
+_SD = "stable_diffusion:StableDiffusionBackend"
+#: pipeline `_class_name` -> "module:BackendClass" inside this package
+BACKENDS: dict[str, str] = {
+    "StableDiffusionPipeline": _SD,
+    "StableDiffusionImg2ImgPipeline": _SD,
+    "StableDiffusionInpaintPipeline": _SD,
+    "AltDiffusionPipeline": _SD,
+    "StableDiffusionXLPipeline": "sdxl:StableDiffusionXLBackend",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl:StableDiffusionXLBackend",
+    "StableDiffusion3Pipeline": "sd3:StableDiffusion3Backend",
+    "StableDiffusion3Img2ImgPipeline": "sd3:StableDiffusion3Backend",
+    "FluxPipeline": "flux:FluxBackend",
+    "FluxImg2ImgPipeline": "flux:FluxBackend",
+    "PixArtAlphaPipeline": "pixart:PixArtAlphaBackend",
+    "PixArtSigmaPipeline": "pixart:PixArtSigmaBackend",
+    "DiTPipeline": "dit:DiTBackend",
+    "IFPipeline": "deepfloyd_if:IFBackend",
+    "IFImg2ImgPipeline": "deepfloyd_if:IFBackend",
 }
 
 
-def backend_for_pipeline(class_name: str) -> tuple[Type[DiffusionBackend], tuple[str, ...]]:
+def backend_for_pipeline(class_name: str) -> "Type[DiffusionBackend]":
+    """The backend class of a pipeline class name; KeyError if the family is not supported."""
     if class_name not in BACKENDS:
         raise KeyError(class_name)
-    return BACKENDS[class_name]
+    module_name, _, attribute = BACKENDS[class_name].partition(":")
+    return getattr(importlib.import_module(f".{module_name}", __name__), attribute)
 
 
-__all__ = ["DiffusionBackend", "StableDiffusionBackend", "BACKENDS", "backend_for_pipeline"]
+def __getattr__(name: str) -> Any:
+    if name in ("DiffusionBackend", "Conditioning"):
+        return getattr(importlib.import_module(".base", __name__), name)
+    if name == "StableDiffusionBackend":
+        return backend_for_pipeline("StableDiffusionPipeline")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DiffusionBackend", "Conditioning", "StableDiffusionBackend", "BACKENDS", "backend_for_pipeline"]

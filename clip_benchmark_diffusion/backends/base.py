@@ -1,59 +1,217 @@
 """The small interface every diffusion model family implements.
 
-The scorer only needs five things from a model: encode images once, encode prompts once,
-noise a clean latent, predict from a noisy latent and a prompt, and the noise schedule.
-A new family (another pipeline, a flow-matching model) is one subclass registered in
-`backends/__init__.py`; nothing else changes. Its constructor takes `(source, device, dtype,
-local_files_only, cache_dir, speed)`, and it runs its denoiser through `speed.run_denoiser`
-so the speed switches work the same for every family.
+The scorer only needs a few things from a model: encode images once, encode prompts once into
+a `Conditioning`, predict from a noisy sample and a batch of conditionings, and the family's noise
+process (a `schedules.NoiseSchedule`, which also turns outputs into errors). A family is one
+subclass in its own module, registered by pipeline class name in `backends/__init__.py` (imported
+only when a checkpoint of that family is loaded). It lists the checkpoint parts it needs, builds
+itself with `from_pretrained`, and runs its denoiser through `speed.run_denoiser` so the speed
+switches work the same for every family.
 """
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 
 import torch
 from PIL import Image
+from torchvision import transforms
+
+from ..schedules import DiscreteSchedule, NoiseSchedule
+from ..settings import ScorerSettings
+
+
+@dataclass
+class Conditioning:
+    """A batch of conditioning rows: whatever the family's denoiser takes besides x_t and t.
+
+    Every present field has the batch as its first dimension. Encoded prompts live on the CPU;
+    the scorer stacks a pass's rows and the backend moves them (`to`) to its device.
+    """
+
+    #: (B, L, D) text states for cross-/joint attention
+    states: Optional[torch.Tensor] = None
+    #: (B, D) pooled text embedding (SDXL, SD3, FLUX)
+    pooled: Optional[torch.Tensor] = None
+    #: (B, 6) SDXL micro-conditioning (original size, crop, target size)
+    time_ids: Optional[torch.Tensor] = None
+    #: (B, L) attention mask of `states` (PixArt, IF)
+    mask: Optional[torch.Tensor] = None
+    #: (B, L, 3) FLUX text position ids
+    text_ids: Optional[torch.Tensor] = None
+    #: (B,) class labels of a class-conditional model (DiT)
+    class_ids: Optional[torch.Tensor] = None
+
+    def fields(self) -> dict[str, torch.Tensor]:
+        """The present (non-None) fields by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    def map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> "Conditioning":
+        """The same conditioning with `function` applied to every present field."""
+        return Conditioning(**{name: function(value) for name, value in self.fields().items()})
+
+    def __getitem__(self, index: Any) -> "Conditioning":
+        """Rows `index` (a slice or index tensor) of every field."""
+        return self.map(lambda v: v[index])
+
+    def __len__(self) -> int:
+        return len(next(iter(self.fields().values())))
+
+    def to(self, device: torch.device | str, dtype: Optional[torch.dtype] = None) -> "Conditioning":
+        """On `device`; floating fields also in `dtype` (ids and masks keep theirs)."""
+        return self.map(lambda v: v.to(device, dtype) if dtype is not None and v.is_floating_point()
+                        else v.to(device))
+
+    def rows(self) -> list["Conditioning"]:
+        """One conditioning per batch row (without the batch dimension)."""
+        fields = self.fields()
+        return [Conditioning(**{name: value[i] for name, value in fields.items()}) for i in range(len(self))]
+
+    @staticmethod
+    def stack(rows: Sequence["Conditioning"]) -> "Conditioning":
+        """A batch from rows of `rows()` (a pass's rows, gathered from the prompt cache)."""
+        names = rows[0].fields()
+        return Conditioning(**{name: torch.stack([getattr(row, name) for row in rows]) for name in names})
+
+    @staticmethod
+    def mean(rows: Sequence["Conditioning"]) -> "Conditioning":
+        """One row standing for several (`templates=average_embeddings`): floating fields are
+        averaged, masks united; ids must agree (a class label cannot be averaged)."""
+        stacked = Conditioning.stack(rows)
+        merged = {}
+        for name, value in stacked.fields().items():
+            if value.is_floating_point():
+                merged[name] = value.mean(dim=0)
+            elif name == "mask":
+                merged[name] = value.amax(dim=0)
+            else:
+                if not bool((value == value[:1]).all()):
+                    raise ValueError(f"cannot average conditionings whose {name} differ")
+                merged[name] = value[0]
+        return Conditioning(**merged)
+
+
+#: what `encode_prompts` may return: a Conditioning, or (first API) one tensor of text states
+Encoded = Union[Conditioning, torch.Tensor]
+
+
+def split_rows(encoded: Encoded) -> list:
+    """Per-prompt rows of an `encode_prompts` result."""
+    return encoded.rows() if isinstance(encoded, Conditioning) else list(encoded)
+
+
+def stack_rows(rows: Sequence) -> Encoded:
+    """A batch from rows of `split_rows`."""
+    return Conditioning.stack(rows) if isinstance(rows[0], Conditioning) else torch.stack(list(rows))
+
+
+def mean_rows(rows: Sequence) -> Any:
+    """One row averaging several rows of `split_rows`."""
+    return Conditioning.mean(rows) if isinstance(rows[0], Conditioning) else torch.stack(list(rows)).mean(dim=0)
 
 
 class DiffusionBackend(ABC):
-    """A text-conditioned denoiser, seen as a likelihood proxy for prompts."""
+    """A conditional denoiser, seen as a likelihood proxy for prompts."""
 
+    #: `_class_name`s of `model_index.json` this backend loads
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    #: checkpoint subfolders it needs (also what is downloaded from the hub)
+    parts: ClassVar[tuple[str, ...]] = ()
+    #: rectified-flow family (sigma distributions apply)
+    flow_matching: ClassVar[bool] = False
+    #: the T5 encoder may be left out (`drop_t5`)
+    t5_optional: ClassVar[bool] = False
     #: pixel size the model was trained at (the transform resizes/crops to it)
     resolution: int
-    #: "epsilon" or "v_prediction", read from the checkpoint's scheduler config
-    prediction_type: str
-    #: number of discrete training timesteps (t in [0, T-1])
-    num_train_timesteps: int
-    #: cumulative alpha products of the training schedule, float64, on CPU
-    alphas_cumprod: torch.Tensor
     device: torch.device
     dtype: torch.dtype
     #: a short description recorded with every run
     description: dict
 
-    @abstractmethod
+    # ---------------------------------------------------------------- checkpoint
+    @classmethod
+    def required_parts(cls, index: dict, settings: Optional[ScorerSettings] = None) -> tuple[str, ...]:
+        """Subfolders to fetch and check for this checkpoint (its `model_index.json`) and settings."""
+        return cls.parts
+
+    @classmethod
+    def settings_problem(cls, settings: ScorerSettings) -> Optional[str]:
+        """Why these settings cannot be used with this family (None if they can), checked before
+        anything is loaded."""
+        if settings.sigma_distribution != "model" and not cls.flow_matching:
+            return (f"--diffusion_sigma_distribution {settings.sigma_distribution} applies to flow-matching models "
+                    "only (SD3, FLUX); this model has a discrete DDPM schedule")
+        if settings.drop_t5 and not cls.t5_optional:
+            return "--diffusion_no_t5 applies to SD3/SD3.5 only (this model has no T5, or cannot run without it)"
+        return None
+
+    @classmethod
+    def auto_dtype(cls, device: torch.device) -> torch.dtype:
+        """What `--diffusion_dtype auto` means for this family: float16 on CUDA, float32 on CPU."""
+        return torch.float16 if device.type == "cuda" else torch.float32
+
+    @classmethod
+    def from_pretrained(cls, source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                        local_files_only: bool = False, cache_dir: Optional[str] = None, speed: Any = None,
+                        settings: Optional[ScorerSettings] = None) -> "DiffusionBackend":
+        """Load the family's parts from a diffusers folder or hub id."""
+        from .speed import SpeedOptions
+
+        return cls(source, device=device, dtype=dtype, local_files_only=local_files_only, cache_dir=cache_dir,
+                   speed=speed or SpeedOptions(), settings=settings or ScorerSettings())
+
+    # ---------------------------------------------------------------- noise process
+    @property
+    def schedule(self) -> NoiseSchedule:
+        """The family's noise process. A backend that only sets `alphas_cumprod` and
+        `prediction_type` (the first version of this interface) gets a DDPM schedule of them."""
+        found = self.__dict__.get("_schedule")
+        if found is None:
+            found = self._schedule = DiscreteSchedule(self.alphas_cumprod, self.prediction_type)
+        return found
+
+    @schedule.setter
+    def schedule(self, value: NoiseSchedule) -> None:
+        self._schedule = value
+
+    def noise_schedule(self, settings: ScorerSettings) -> NoiseSchedule:
+        """The schedule a scorer with these settings uses (flow families choose sigma's
+        distribution from them); rejects settings that do not apply."""
+        self.schedule.check(settings)
+        return self.schedule
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Forward-diffuse x0 to x_t with the model's own training schedule."""
+        return self.schedule.add_noise(x0, noise, timesteps)
+
+    # ---------------------------------------------------------------- the model
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        """PIL image -> tensor in the model's pixel input range, at `resolution`."""
+        """PIL image -> tensor in [-1, 1] at `resolution` (resize the short side, centre crop)."""
+        return transforms.Compose([
+            transforms.Lambda(lambda image: image.convert("RGB")),
+            transforms.Resize(self.resolution, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(self.resolution),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),  # [0, 1] -> [-1, 1], the VAE's range
+        ])
 
     @abstractmethod
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixel batch (from `image_transform`) -> clean model-space samples x0 (float32)."""
 
     @abstractmethod
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Prompts -> conditioning tensors (one per prompt), kept on CPU so a cache of many
-        prompts never occupies accelerator memory."""
+    def encode_prompts(self, prompts: Sequence[str]) -> Encoded:
+        """Prompts -> a batch of conditionings (one row per prompt), kept on CPU so a cache of
+        many prompts never occupies accelerator memory."""
 
     @abstractmethod
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward-diffuse x0 to x_t with the model's own training schedule."""
-
-    @abstractmethod
-    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
-        """Raw model output (in `prediction_type` parameterisation) for a batch."""
+    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Encoded) -> torch.Tensor:
+        """Model output for a batch, in the schedule's parameterisation, mean channels only.
+        `timesteps` are what the schedule's `network_time` gives (t, or sigma for flow)."""
 
     @property
     def calls_per_prediction(self) -> int:
-        """Network evaluations one `predict` row costs (1 for a plain UNet)."""
+        """Network evaluations one `predict` row costs (1 for a plain denoiser)."""
         return 1

@@ -7,7 +7,7 @@ default: none has been measured to help on this project's hardware yet, and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -48,10 +48,11 @@ def padded_size(rows: int, static_batch: int) -> int:
     return min(1 << max(rows - 1, 0).bit_length(), static_batch) if static_batch else rows
 
 
-def run_denoiser(denoise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-                 sample: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+def run_denoiser(denoise: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+                 sample: torch.Tensor, timesteps: torch.Tensor, context: Any,
                  options: SpeedOptions) -> torch.Tensor:
-    """`denoise(sample, timesteps, context)` for a batch. When compiled, calls go in chunks of
+    """`denoise(sample, timesteps, context)` for a batch (`context`: a tensor or a
+    `Conditioning`, sliced row-wise). When compiled, calls go in chunks of
     at most `static_batch` rows, each padded to `padded_size` (repeating its first row; the
     padding is cut off again)."""
     timesteps = timesteps.reshape(-1).expand(len(sample))
@@ -63,12 +64,19 @@ def run_denoiser(denoise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
         rows = len(chunk[0])
         pad = padded_size(rows, options.static_batch) - rows
         if pad > 0:
-            chunk = [torch.cat([x, x[:1].expand(pad, *x.shape[1:])]) for x in chunk]
+            chunk = [_pad(x, pad) for x in chunk]
         outputs.append(_call(denoise, *chunk, options)[:rows])
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
-def _call(denoise: Callable, sample: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+def _pad(x: Any, pad: int) -> Any:
+    """`x` with its first row repeated `pad` more times (a tensor, or every field of a Conditioning)."""
+    if hasattr(x, "map"):
+        return x.map(lambda v: _pad(v, pad))
+    return torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
+
+
+def _call(denoise: Callable, sample: torch.Tensor, timesteps: torch.Tensor, context: Any,
           options: SpeedOptions) -> torch.Tensor:
     if options.channels_last:
         sample = sample.contiguous(memory_format=torch.channels_last)

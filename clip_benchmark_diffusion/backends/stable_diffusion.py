@@ -5,13 +5,13 @@ config): no safety checker, no sampling loop.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Optional, Sequence
 
 import torch
-from PIL import Image
-from torchvision import transforms
 
-from .base import DiffusionBackend
+from ..schedules import DiscreteSchedule
+from ..settings import ScorerSettings
+from .base import Conditioning, DiffusionBackend
 from .speed import SpeedOptions, prepare_denoiser, run_denoiser
 
 PIPELINE_CLASSES = (
@@ -26,9 +26,12 @@ REQUIRED_PARTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 class StableDiffusionBackend(DiffusionBackend):
     """VAE latents, CLIP-text cross-attention, epsilon- or v-prediction UNet."""
 
+    pipeline_classes = PIPELINE_CLASSES
+    parts = REQUIRED_PARTS
+
     def __init__(self, source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  local_files_only: bool = False, cache_dir: str | None = None,
-                 speed: SpeedOptions = SpeedOptions()) -> None:
+                 speed: SpeedOptions = SpeedOptions(), settings: Optional[ScorerSettings] = None) -> None:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -45,11 +48,13 @@ class StableDiffusionBackend(DiffusionBackend):
         self.speed = speed
         self._unet = prepare_denoiser(self.unet, speed)
 
+        self.schedule = DiscreteSchedule.from_scheduler(self.scheduler)
         self.prediction_type = self.scheduler.config.prediction_type
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
-        self.alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float64).cpu()
+        self.alphas_cumprod = self.schedule.alphas_cumprod
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.resolution = int(self.unet.config.sample_size) * self.vae_scale_factor
+        native = int(self.unet.config.sample_size) * self.vae_scale_factor
+        self.resolution = int((settings and settings.resolution) or native)
         self.latent_scaling = float(self.vae.config.scaling_factor)
         self.description = {
             "backend": "stable-diffusion",
@@ -62,15 +67,6 @@ class StableDiffusionBackend(DiffusionBackend):
             "compile": speed.compile_mode,
         }
 
-    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        return transforms.Compose([
-            transforms.Lambda(lambda image: image.convert("RGB")),
-            transforms.Resize(self.resolution, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(self.resolution),
-            transforms.ToTensor(),
-            transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),  # [0, 1] -> [-1, 1], the VAE's range
-        ])
-
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         posterior = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
@@ -78,17 +74,14 @@ class StableDiffusionBackend(DiffusionBackend):
         return (posterior.mean * self.latent_scaling).to(torch.float32)
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
         hidden = self.text_encoder(tokens.input_ids.to(self.device))[0]
-        return hidden.to("cpu")
-
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.scheduler.add_noise(x0, noise, timesteps.to(x0.device))
+        return Conditioning(states=hidden.to("cpu"))
 
     @torch.no_grad()
-    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
-        return run_denoiser(lambda x, t, c: self._unet(x, t, encoder_hidden_states=c).sample,
+    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        return run_denoiser(lambda x, t, c: self._unet(x, t, encoder_hidden_states=c.states).sample,
                             x_t.to(self.device, self.dtype), timesteps.to(self.device),
                             conditioning.to(self.device, self.dtype), self.speed)

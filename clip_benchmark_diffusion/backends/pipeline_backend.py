@@ -1,0 +1,140 @@
+"""What the families after Stable Diffusion share: a diffusers pipeline object as the source of truth.
+
+Each family loads its own diffusers pipeline class (so prompts are encoded by the pipeline's own
+`encode_prompt`, latents packed by its own helpers) and keeps only what scoring needs: the
+denoiser, the encoders and the noise schedule. This base does the common parts: loading, moving to
+the device, VAE encoding with the checkpoint's scaling and shift, the description record, and the
+noise schedule (DDPM from the scheduler's betas, or flow matching with its shift).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional
+
+import torch
+
+from ..schedules import DiscreteSchedule, FlowSchedule, NoiseSchedule
+from ..settings import ScorerSettings
+from .base import Conditioning, DiffusionBackend
+from .speed import SpeedOptions, prepare_denoiser, run_denoiser
+
+
+class PipelineBackend(DiffusionBackend):
+    """A family backed by one diffusers pipeline class (`diffusers_class`)."""
+
+    #: name of the diffusers pipeline class to load the folder with
+    diffusers_class: ClassVar[str]
+    #: "unet" or "transformer": the pipeline attribute holding the denoiser
+    denoiser_name: ClassVar[str] = "transformer"
+    #: short family name recorded with every run
+    family: ClassVar[str]
+    #: families whose text encoder is T5 (overflows in float16)
+    uses_t5: ClassVar[bool] = False
+
+    def __init__(self, source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 local_files_only: bool = False, cache_dir: Optional[str] = None,
+                 speed: SpeedOptions = SpeedOptions(), settings: Optional[ScorerSettings] = None) -> None:
+        import diffusers
+
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.speed = speed
+        self.settings = settings or ScorerSettings()
+        self.source = str(source)
+        pipeline_class = getattr(diffusers, self.diffusers_class)
+        self.pipe = pipeline_class.from_pretrained(source, torch_dtype=dtype, local_files_only=local_files_only,
+                                                   cache_dir=cache_dir, **self.load_overrides())
+        for module in self.pipe.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.to(self.device).eval().requires_grad_(False)
+                if dtype == torch.float16 and type(module).__name__.startswith("T5"):
+                    module.to(torch.bfloat16)  # T5 overflows in float16; its states are cast back per pass
+        vae = getattr(self.pipe, "vae", None)
+        if vae is not None and dtype == torch.float16 and vae.config.get("force_upcast", False):
+            vae.to(torch.float32)  # the fp16 VAE of SDXL overflows: encode in float32
+        self.denoiser = getattr(self.pipe, self.denoiser_name)
+        self._denoiser = prepare_denoiser(self.denoiser, speed)
+        self.resolution = int(self.settings.resolution or self.native_resolution())
+        self.schedule = self.build_schedule()
+        self.description = {
+            "backend": self.family,
+            "source": self.source,
+            "pipeline": self.diffusers_class,
+            "resolution": self.resolution,
+            "dtype": str(dtype).replace("torch.", ""),
+            "denoiser_parameters": sum(p.numel() for p in self.denoiser.parameters()),
+            "channels_last": speed.channels_last,
+            "compile": speed.compile_mode,
+            **self.schedule.describe(),
+            **self.describe_extra(),
+        }
+
+    # ---------------------------------------------------------------- hooks for the families
+    def load_overrides(self) -> dict[str, Any]:
+        """Extra keyword arguments of `from_pretrained` (components to leave out)."""
+        return {}
+
+    def native_resolution(self) -> int:
+        """Pixel size the model was trained at."""
+        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
+
+    def describe_extra(self) -> dict[str, Any]:
+        """Family-specific entries of the run record's model description."""
+        return {}
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell."""
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def auto_dtype(cls, device: torch.device) -> torch.dtype:
+        """bfloat16 on CUDA for flow-matching and T5 families (T5 overflows in float16)."""
+        if device.type == "cuda" and (cls.flow_matching or cls.uses_t5):
+            return torch.bfloat16
+        return super().auto_dtype(device)
+
+    # ---------------------------------------------------------------- noise process
+    def build_schedule(self, settings: Optional[ScorerSettings] = None) -> NoiseSchedule:
+        """DDPM from the scheduler config's betas (any DDPM-type scheduler class), or flow
+        matching from `FlowMatchEulerDiscreteScheduler`'s shift."""
+        settings = settings or self.settings
+        if self.flow_matching:
+            return FlowSchedule.from_scheduler(self.pipe.scheduler, settings, mu=self.flow_mu())
+        from diffusers import DDPMScheduler
+
+        return DiscreteSchedule.from_scheduler(DDPMScheduler.from_config(self.pipe.scheduler.config))
+
+    def flow_mu(self) -> Optional[float]:
+        """The resolution-dependent shift of models with `use_dynamic_shifting` (FLUX)."""
+        return None
+
+    def noise_schedule(self, settings: ScorerSettings) -> NoiseSchedule:
+        """A schedule for the scorer's own settings (its sigma distribution), not the load-time ones."""
+        schedule = self.build_schedule(settings)
+        schedule.check(settings)
+        return schedule
+
+    # ---------------------------------------------------------------- images
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """VAE posterior mean (not a sample), shifted and scaled as the pipeline's decoder expects."""
+        vae = self.pipe.vae
+        posterior = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
+        latents = posterior.mean.to(torch.float32)
+        shift = vae.config.get("shift_factor", None) or 0.0
+        return (latents - shift) * float(vae.config.scaling_factor)
+
+    # ---------------------------------------------------------------- the denoiser
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        """One network call on device tensors; the family's own keyword arguments."""
+        raise NotImplementedError
+
+    def mean_channels(self, output: torch.Tensor, channels: int) -> torch.Tensor:
+        """Models with learned variance output [mean, variance] channels: score the mean only."""
+        return output[:, :channels]
+
+    @torch.no_grad()
+    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        output = run_denoiser(self.denoise, x_t.to(self.device, self.dtype), timesteps.to(self.device),
+                              conditioning.to(self.device, self.dtype), self.speed)
+        return self.mean_channels(output, x_t.shape[1])

@@ -1,0 +1,171 @@
+"""Tiny random pipelines of every supported family, built from configs and saved as diffusers folders.
+
+All parts are real (tokenizers included: CLIP's BPE from the package's bundled vocabulary, a T5
+Unigram tokenizer from a small local vocabulary), so loading goes through each pipeline's own
+`from_pretrained`. Random weights: they check plumbing and math, never accuracy.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+CLIP_LENGTH = 16
+T5_LENGTH = 16
+T5_WORDS = ("a photo of the cat dog bird tench goldfish great white shark bad many small large and with in on "
+            "picture rendering").split()
+
+
+def t5_tokenizer(length: int = T5_LENGTH):
+    """A genuine T5 tokenizer (Unigram pieces with scores, no sentencepiece file)."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + word, -5.0) for word in T5_WORDS]
+    pieces += [(letter, -8.0) for letter in "abcdefghijklmnopqrstuvwxyz.,"]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=length)
+
+
+def t5_encoder(tokenizer, width: int = 32):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=32, num_layers=1,
+                                   num_heads=2, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1))
+
+
+def clip_tokenizer():
+    from clip_benchmark_diffusion.reference.tokenizer import build_clip_tokenizer
+
+    return build_clip_tokenizer(model_max_length=CLIP_LENGTH)
+
+
+def clip_encoder(tokenizer, width: int, projection: int = 0):
+    """CLIPTextModel, or CLIPTextModelWithProjection when `projection` > 0."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=tokenizer.vocab_size + len(tokenizer.get_added_vocab()), hidden_size=width,
+                            intermediate_size=2 * width, num_hidden_layers=2, num_attention_heads=2,
+                            max_position_embeddings=CLIP_LENGTH, projection_dim=projection or width,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def vae(latent_channels: int = 4, **config):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 16),
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         layers_per_block=1, norm_num_groups=8, sample_size=16, **config)
+
+
+def _save(pipeline, folder: str, **kwargs) -> str:
+    os.makedirs(folder, exist_ok=True)
+    pipeline.save_pretrained(folder, safe_serialization=True, **kwargs)
+    return folder
+
+
+def build_sdxl(folder: str) -> str:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    tokenizer = clip_tokenizer()
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=8, addition_embed_type="text_time",
+                                addition_time_embed_dim=4, projection_class_embeddings_input_dim=16 + 6 * 4,
+                                transformer_layers_per_block=1)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       prediction_type="epsilon", steps_offset=1)
+    pipeline = StableDiffusionXLPipeline(vae=vae(scaling_factor=0.13025, force_upcast=True),
+                                         text_encoder=clip_encoder(tokenizer, 16),
+                                         text_encoder_2=clip_encoder(tokenizer, 16, projection=16),
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+                                         add_watermarker=False)
+    return _save(pipeline, folder)
+
+
+def build_sd3(folder: str, with_t5: bool = True) -> str:
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(0)
+    tokenizer = clip_tokenizer()
+    t5_tok = t5_tokenizer()
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                        caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=16)
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae(scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=clip_encoder(tokenizer, 16, projection=16), tokenizer=tokenizer,
+        text_encoder_2=clip_encoder(tokenizer, 16, projection=16), tokenizer_2=tokenizer,
+        text_encoder_3=t5_encoder(t5_tok) if with_t5 else None, tokenizer_3=t5_tok if with_t5 else None)
+    return _save(pipeline, folder)
+
+
+def build_flux(folder: str, guidance: bool = True) -> str:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    tokenizer = clip_tokenizer()
+    t5_tok = t5_tokenizer()
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                         pooled_projection_dim=16, guidance_embeds=guidance, axes_dims_rope=(4, 6, 6))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipeline = FluxPipeline(scheduler=scheduler,
+                            vae=vae(scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                                    use_post_quant_conv=False),
+                            text_encoder=clip_encoder(tokenizer, 16), tokenizer=tokenizer,
+                            text_encoder_2=t5_encoder(t5_tok), tokenizer_2=t5_tok, transformer=transformer)
+    return _save(pipeline, folder)
+
+
+def build_pixart(folder: str, sigma: bool = False) -> str:
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    t5_tok = t5_tokenizer()
+    transformer = PixArtTransformer2DModel(sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8,
+                                           num_attention_heads=3, caption_channels=32, in_channels=4, out_channels=8,
+                                           cross_attention_dim=24, norm_num_groups=8,
+                                           use_additional_conditions=not sigma)
+    pipeline_class = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
+    pipeline = pipeline_class(tokenizer=t5_tok, text_encoder=t5_encoder(t5_tok), vae=vae(), transformer=transformer,
+                              scheduler=DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001,
+                                                                    beta_end=0.02))
+    return _save(pipeline, folder)
+
+
+def build_dit(folder: str) -> str:
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(sample_size=8, patch_size=2, in_channels=4, out_channels=8, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=2, num_embeds_ada_norm=1000,
+                                        norm_num_groups=8)
+    pipeline = DiTPipeline(transformer=transformer, vae=vae(),
+                           scheduler=DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02))
+    return _save(pipeline, folder)
+
+
+def build_if(folder: str) -> str:
+    from diffusers import DDPMScheduler, IFPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    t5_tok = t5_tokenizer(length=77)
+    unet = UNet2DConditionModel(sample_size=16, in_channels=3, out_channels=6, block_out_channels=(16, 32),
+                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=4, norm_num_groups=8)
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
+                              prediction_type="epsilon", thresholding=True, clip_sample=True)
+    pipeline = IFPipeline(tokenizer=t5_tok, text_encoder=t5_encoder(t5_tok), unet=unet, scheduler=scheduler,
+                          safety_checker=None, feature_extractor=None, watermarker=None, requires_safety_checker=False)
+    return _save(pipeline, folder)
+
+
+BUILDERS = {"sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux, "pixart": build_pixart, "dit": build_dit,
+            "if": build_if}

@@ -28,6 +28,7 @@ from . import rank_codec
 from .records import RunRecorder, image_record, read_records
 from .sharding import Shard, other_rank_records, rank_record_path
 from .scorer import DiffusionScorer, image_key_from_pixels
+from .strategies import call_bounds
 
 
 class PromptTokenizer:
@@ -94,6 +95,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
         self.images_seen = 0
         self.images_reused = 0
         self.images_elsewhere = 0  # left to other ranks (their rankings here are placeholders)
+        self._scoring_started: Optional[float] = None  # first network call: the throughput clock
         self.calls = 0
         self._progress: Optional[tqdm] = None
         self._device_anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
@@ -191,6 +193,8 @@ class DiffusionZeroShotModel(torch.nn.Module):
     # ------------------------------------------------------------ scoring with records
     def rank(self, images: torch.Tensor) -> list[list[int]]:
         """Best-first candidate indices for each image, reusing recorded images."""
+        if self.images_seen == 0 and self.shard_stats is None:
+            self._say(self.cost_preview())
         records = self._records_for(images, self.candidates)
         self.images_seen += len(images)
         self._tick(len(images))
@@ -239,14 +243,37 @@ class DiffusionZeroShotModel(torch.nn.Module):
                                   disable=not self.show_progress, file=sys.stderr, dynamic_ncols=True)
         return self._progress
 
+    def cost_preview(self) -> str:
+        """One line, before any network call: what each image and the whole dataset can cost."""
+        settings = self.scorer.settings
+        open_candidates = min(len(self.candidates), settings.prefilter_k or len(self.candidates))
+        templates = max(len(prompts) for prompts in self.candidates)
+        rows = (1 if settings.templates == "average_embeddings" else templates) * \
+            self.scorer.backend.calls_per_prediction
+        bounds = call_bounds(settings, open_candidates, rows)
+        expected = f"{bounds.expected:,}" if bounds.expected is not None else \
+            "depends on the images (the progress bar shows the running mean)"
+        text = (f"{len(self.candidates)} candidates" + (f" (CLIP top-{open_candidates} scored)" if
+                                                          open_candidates < len(self.candidates) else "")
+                + f" x {templates} templates ({settings.templates}), strategy {settings.strategy}"
+                + (f", cap {settings.max_calls:,}" if settings.max_calls else "")
+                + f": UNet calls per image at most {bounds.most:,}, at least {bounds.fewest:,}, expected {expected}")
+        if self.expected_images:
+            text += f"; {self.expected_images:,} images: at most {bounds.most * self.expected_images:,}"
+        return text
+
     def _count_calls(self, calls: int) -> None:
+        if self._scoring_started is None:
+            self._scoring_started = time.perf_counter()
         self.calls += calls
         self._bar().set_postfix(unet_calls=self.calls, refresh=False)
 
     def _tick(self, images: int) -> None:
         bar = self._bar()
         bar.update(images)
-        bar.set_postfix(unet_calls=self.calls, calls_per_image=round(self.calls / max(self.images_seen, 1), 1))
+        seconds = time.perf_counter() - self._scoring_started if self._scoring_started else 0.0
+        bar.set_postfix(unet_calls=self.calls, calls_per_image=round(self.calls / max(self.images_seen, 1), 1),
+                        calls_per_s=round(self.calls / seconds, 1) if seconds > 0 else None)
 
     def complete_shards(self) -> bool:
         """After clip_benchmark's pass over the dataset. On rank 0 of a multi-process run: wait for

@@ -60,6 +60,7 @@ def image_record(index: int, scores: ImageScores, candidate_names: Sequence[str]
         "survivors_per_round": scores.survivors_per_round,
         "dropped_round": scores.dropped_round,
         "timesteps": scores.timesteps.tolist(),
+        "capped": scores.capped,
     }
     if seconds is not None:
         record["seconds"] = round(seconds, 4)

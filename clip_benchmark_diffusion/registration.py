@@ -89,6 +89,9 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
     add("--diffusion_schedule", type=str, default=None, metavar="KEEP@DRAWS,...",
         help="multi-stage schedule, e.g. 5@50,1@500 (keep 5 after 50 draws, 1 after 500)")
     add("--diffusion_max_candidates", type=int, default=defaults.max_candidates)
+    add("--diffusion_max_calls", type=int, default=defaults.max_calls, metavar="N",
+        help="at most N UNet calls per image (0: no cap); adaptive strategies decide at the cap and the record "
+             "marks such images \"capped\"")
     add("--diffusion_prefilter", type=str, default=None, metavar="MODEL,PRETRAINED",
         help="open_clip model that keeps only its top --diffusion_prefilter_k classes per image")
     add("--diffusion_prefilter_k", type=int, default=5)
@@ -107,7 +110,7 @@ def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSetti
         dtype=options.diffusion_dtype, channels_last=options.diffusion_channels_last,
         compile=options.diffusion_compile, ttest_p=options.diffusion_ttest_p, min_draws=options.diffusion_min_draws,
         round_draws=options.diffusion_round_draws, ttest_variance=options.diffusion_ttest_variance,
-        max_candidates=options.diffusion_max_candidates, seed=seed,
+        max_candidates=options.diffusion_max_candidates, max_calls=options.diffusion_max_calls, seed=seed,
         sigma_distribution=options.diffusion_sigma_distribution, drop_t5=options.diffusion_no_t5,
         guidance=options.diffusion_guidance, resolution=options.diffusion_resolution)
     if options.diffusion_logit_normal:

@@ -38,6 +38,8 @@ class ImageScores:
     #: 1 when the decision took the fewest calls the strategy allows, 0 when it took the most;
     #: Clark & Jaini found the calls an image needs a well-calibrated confidence signal
     confidence: float = 1.0
+    #: decided under `max_calls`: the strategy would have spent more
+    capped: bool = False
 
     @property
     def softmax_confidence(self) -> float:
@@ -186,11 +188,14 @@ class DiffusionScorer:
                 if on_image is not None:
                     on_image(i, results[i])
 
+            if self.settings.max_calls and max(rows_per_draw) > self.settings.max_calls:
+                raise UnsupportedSettings(f"max_calls={self.settings.max_calls} cannot pay for one draw of every "
+                                          f"candidate ({max(rows_per_draw)} network calls)")
             while True:
                 plans = {}
                 for i, state in enumerate(states):
                     if results[i] is None:
-                        target = strategy.next_round(state)
+                        target = self._within_cap(state, groups, strategy.next_round(state), calls[i])
                         if target is None:
                             decide(i)
                         else:
@@ -208,9 +213,22 @@ class DiffusionScorer:
                     calls[i] += len(per_job) * self.backend.calls_per_prediction
                     strategy.after_round(states[i])
                     states[i].survivors_per_round.append(int(states[i].active.sum()))
-                    if strategy.next_round(states[i]) is None:
+                    if self._within_cap(states[i], groups, strategy.next_round(states[i]), calls[i]) is None:
                         decide(i)
         return results
+
+    def _within_cap(self, state: ImageState, groups: list, target: Optional[int], calls: int) -> Optional[int]:
+        """The strategy's next draw target, cut to what `max_calls` still pays for (None: decide now).
+        Marks the image as decided under the cap when the cap cut anything."""
+        cap = self.settings.max_calls
+        if target is None or not cap:
+            return target
+        rows = len({g for c in torch.nonzero(state.active).flatten().tolist() for g in groups[c]})
+        affordable = (cap - calls) // (rows * self.backend.calls_per_prediction)
+        if state.draws_done + affordable < target:
+            state.capped = True
+            target = state.draws_done + affordable
+        return target if target > state.draws_done else None
 
     def _evaluate(self, jobs: list, x0: torch.Tensor, conditionings: list, seeds: list,
                   all_timesteps: list, on_calls: Optional[Callable[[int], None]]) -> Iterator[tuple[int, list]]:
@@ -286,5 +304,5 @@ class DiffusionScorer:
             image_key=int(key), errors=torch.nanmean(per_draw, dim=1), per_draw=per_draw,
             timesteps=timesteps[:n], draws=(~torch.isnan(per_draw)).sum(dim=1), calls=calls,
             dropped_round=list(state.dropped_round), survivors_per_round=list(state.survivors_per_round),
-            confidence=confidence)
+            confidence=confidence, capped=state.capped)
 

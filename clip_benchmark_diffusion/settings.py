@@ -29,7 +29,7 @@ COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhea
 SETTING_LAYERS: dict[str, tuple[str, ...]] = {
     # where UNet calls go (which candidates get how many draws), not what one draw's error is
     "allocation": ("strategy", "draws", "ttest_p", "min_draws", "round_draws", "ttest_variance", "schedule_keep",
-                   "schedule_draws", "prefilter_model", "prefilter_pretrained", "prefilter_k"),
+                   "schedule_draws", "prefilter_model", "prefilter_pretrained", "prefilter_k", "max_calls"),
     # how fast the denoiser runs; errors equal up to float rounding (see README, "Reproducibility")
     "speed": ("batch_size", "channels_last", "compile"),
     # how the adapter hands rankings to clip_benchmark; no error or ranking depends on it
@@ -124,6 +124,8 @@ class ScorerSettings:
     schedule_keep: tuple = ()
     schedule_draws: tuple = ()
     max_candidates: int = 4096
+    # a hard budget of network evaluations per image (0 = none); adaptive strategies stop at it
+    max_calls: int = 0
     # CLIP pre-filter (Li et al.): only an open_clip model's top `prefilter_k` candidates are scored
     prefilter_model: Optional[str] = None
     prefilter_pretrained: Optional[str] = None
@@ -168,6 +170,7 @@ class ScorerSettings:
             check(list(self.schedule_keep) == sorted(self.schedule_keep, reverse=True) and self.schedule_keep[-1] >= 1,
                   f"schedule_keep must be non-increasing and >= 1, got {self.schedule_keep}")
         check(self.max_candidates >= 1, "max_candidates must be >= 1")
+        check(self.max_calls >= 0, f"max_calls must be >= 0 (0 = no cap), got {self.max_calls}")
         check(self.prefilter_k >= 0, f"prefilter_k must be >= 0, got {self.prefilter_k}")
         check((self.prefilter_k > 0) == (self.prefilter_model is not None),
               "a CLIP pre-filter needs both a model and prefilter_k >= 1")

@@ -28,6 +28,8 @@ class ImageState:
     dropped_estimate: list = field(init=False)  # its mean error then
     survivors_per_round: list = field(default_factory=list)
     round: int = 0
+    #: the decision was made under `max_calls`: the strategy wanted more draws than the cap allowed
+    capped: bool = False
 
     def __post_init__(self) -> None:
         self.per_draw = torch.full((self.num_candidates, self.max_draws), float("nan"), dtype=torch.float64)
@@ -150,6 +152,38 @@ class MultiStageSchedule(Strategy):
 
 
 STRATEGIES = {"fixed": FixedBudget, "ttest": TTestElimination, "schedule": MultiStageSchedule}
+
+
+@dataclass(frozen=True)
+class CallBounds:
+    """Network evaluations one image can cost: `expected` is None where it depends on the image
+    (the t-test stops when the evidence is in)."""
+
+    fewest: int
+    most: int
+    expected: Optional[int]
+
+
+def call_bounds(settings: ScorerSettings, candidates: int, rows_per_candidate: int) -> CallBounds:
+    """What a strategy can spend on one image with `candidates` open (after any pre-filter), each
+    costing `rows_per_candidate` network rows per draw (templates x calls per prediction)."""
+    per_draw = candidates * rows_per_candidate
+    if settings.strategy == "fixed":
+        fewest = most = expected = per_draw * settings.draws
+    elif settings.strategy == "ttest":
+        most = per_draw * settings.draws
+        fewest = 0 if candidates <= 1 else per_draw * min(settings.min_draws, settings.draws)
+        expected = None
+    else:
+        spent, open_candidates, done = 0, candidates, 0
+        for keep, draws in zip(settings.schedule_keep, settings.schedule_draws):
+            spent += open_candidates * rows_per_candidate * (draws - done)
+            open_candidates, done = min(open_candidates, keep), draws
+        fewest = most = expected = spent
+    if settings.max_calls:
+        fewest, most = min(fewest, settings.max_calls), min(most, settings.max_calls)
+        expected = None if expected is None else min(expected, settings.max_calls)
+    return CallBounds(fewest, most, expected)
 
 
 def make_strategy(settings: ScorerSettings) -> Strategy:

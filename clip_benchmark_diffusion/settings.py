@@ -102,7 +102,7 @@ class ScorerSettings:
     bucket_weights: tuple = ()
     heuristic_rate: float = 7.0
     loss: str = "l2"
-    templates: str = "average_errors"
+    templates: str = "average_embeddings"
     batch_size: int = 64
     dtype: str = "auto"
     channels_last: bool = False
@@ -114,12 +114,12 @@ class ScorerSettings:
     drop_t5: bool = False
     guidance: float = 1.0
     resolution: Optional[int] = None
-    strategy: str = "fixed"
+    strategy: str = "ttest"
     # t-test elimination (Clark & Jaini, Algorithm 1)
-    ttest_p: float = 2e-3
-    min_draws: int = 20
-    round_draws: int = 4
-    ttest_variance: str = "paired"
+    ttest_p: float = 0.02
+    min_draws: int = 2
+    round_draws: int = 1
+    ttest_variance: str = "pooled"
     # multi-stage schedule (Li et al.): keep the best keep[i] after cumulative stage_draws[i]
     schedule_keep: tuple = ()
     schedule_draws: tuple = ()

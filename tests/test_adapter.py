@@ -10,6 +10,7 @@ from clip_benchmark_diffusion.records import read_records
 from clip_benchmark_diffusion.scorer import DiffusionScorer
 from clip_benchmark_diffusion.settings import ScorerSettings
 from fake_backend import FakeBackend
+from presets import FIXED
 
 
 class ListLoader:
@@ -42,7 +43,7 @@ def test_clip_benchmark_metric_sees_the_scorer_ranking_for_1200_near_tied_classe
     classes = [f"class {i}" for i in range(1200)]
     templates = ["a photo of a {c}.", "a {c}."]
     backend = FakeBackend(spread=1e-3)  # errors of different classes differ in the 6th-7th digit
-    settings = ScorerSettings(draws=2, batch_size=4096, max_candidates=2048)
+    settings = ScorerSettings(**FIXED, draws=2, batch_size=4096, max_candidates=2048)
     images = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     scorer = DiffusionScorer(backend, settings)
     expected = scorer.score(images, [[t.format(c=c) for t in templates] for c in classes])
@@ -73,7 +74,7 @@ def test_records_are_written_per_image_and_reused_after_a_crash(tmp_path):
 
     def run(images_to_score):
         tokenizer = PromptTokenizer()
-        model = DiffusionZeroShotModel(DiffusionScorer(backend, ScorerSettings(draws=3)), tokenizer,
+        model = DiffusionZeroShotModel(DiffusionScorer(backend, ScorerSettings(**FIXED, draws=3)), tokenizer,
                                        record_path=path, record_header={"settings": "s"}, show_progress=False)
         classifier = zeroshot_classification.zero_shot_classifier(model, tokenizer, classes, templates, "cpu")
         loader = ListLoader(images_to_score, torch.zeros(len(images_to_score), dtype=torch.long), classes, 2)
@@ -98,7 +99,7 @@ def test_resuming_ignores_speed_only_settings_but_not_scoring_settings(tmp_path)
     path = str(tmp_path / "run.diffusion.jsonl")
 
     def header(**changes):
-        settings = {**ScorerSettings().to_dict(), **changes}
+        settings = {**ScorerSettings(**FIXED).to_dict(), **changes}
         return {"settings": settings, "model": {"backend": "fake", "compile": settings["compile"]},
                 "candidates": [["a"], ["b"]]}
 
@@ -120,7 +121,7 @@ def test_resuming_ignores_speed_only_settings_but_not_scoring_settings(tmp_path)
 
 
 def test_encode_image_before_encode_text_is_an_error():
-    model = DiffusionZeroShotModel(DiffusionScorer(FakeBackend(), ScorerSettings(draws=1)), PromptTokenizer(),
+    model = DiffusionZeroShotModel(DiffusionScorer(FakeBackend(), ScorerSettings(**FIXED, draws=1)), PromptTokenizer(),
                                    show_progress=False)
     with pytest.raises(RuntimeError, match="encode_text must register"):
         model.encode_image(torch.zeros(1, 3, 8, 8))
@@ -162,7 +163,7 @@ def test_caption_selection_through_clip_benchmark_matches_the_scorer(images_per_
 
     register()  # clip_benchmark must tell the model each batch's layout
     backend = FakeBackend(spread=0.8)
-    settings = ScorerSettings(draws=16)
+    settings = ScorerSettings(**FIXED, draws=16)
     captions = [[f"caption {i}-{k}" for k in range(3)] for i in range(12)]
     images = torch.rand(12, images_per_instance, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     scorer = DiffusionScorer(backend, settings)
@@ -191,7 +192,7 @@ def test_caption_selection_through_clip_benchmark_matches_the_scorer(images_per_
 
 def test_image_records_carry_their_wall_time(tmp_path):
     tokenizer = PromptTokenizer()
-    model = DiffusionZeroShotModel(DiffusionScorer(FakeBackend(), ScorerSettings(draws=2)), tokenizer,
+    model = DiffusionZeroShotModel(DiffusionScorer(FakeBackend(), ScorerSettings(**FIXED, draws=2)), tokenizer,
                                    record_path=str(tmp_path / "r.jsonl"), show_progress=False)
     model.encode_text(tokenizer(["a"]))
     model.encode_text(tokenizer(["b"]))

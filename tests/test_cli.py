@@ -22,7 +22,8 @@ def run_cli(args, cwd, env_extra=None, module=False):
 def eval_args(pipeline, wds_root, *extra):
     return ["eval", "--model", "sd-diffusion", "--pretrained", pipeline, "--dataset", "wds/animals",
             "--dataset_root", wds_root, "--num_workers", "0", "--batch_size", "4",
-            "--diffusion_draws", "2", "--diffusion_no_progress", *extra]
+            "--diffusion_draws", "2", "--diffusion_strategy", "fixed", "--diffusion_templates", "average_errors",
+            "--diffusion_no_progress", *extra]
 
 
 @pytest.mark.parametrize("fixture", ["tiny_epsilon_pipeline", "tiny_v_pipeline"])
@@ -179,6 +180,6 @@ def test_a_schedule_implies_its_strategy_and_contradicting_strategies_are_refuse
     parse = diffusion_argument_parser().parse_args
     implied = settings_from_options(parse(["--diffusion_schedule", "5@50,1@500"]), seed=0)
     assert implied.strategy == "schedule" and implied.schedule_keep == (5, 1) and implied.schedule_draws == (50, 500)
-    assert settings_from_options(parse([]), seed=0).strategy == "fixed"
+    assert settings_from_options(parse([]), seed=0).strategy == "ttest"  # the default
     with pytest.raises(DiffusionUsageError, match="only used by --diffusion_strategy schedule, not ttest"):
         settings_from_options(parse(["--diffusion_strategy", "ttest", "--diffusion_schedule", "5@50,1@500"]), seed=0)

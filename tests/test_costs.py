@@ -7,6 +7,7 @@ from clip_benchmark_diffusion.scorer import DiffusionScorer
 from clip_benchmark_diffusion.settings import ScorerSettings, UnsupportedSettings
 from clip_benchmark_diffusion.strategies import call_bounds
 from fake_backend import FakeBackend
+from presets import FIXED
 
 CANDIDATES = [[f"a photo of a {c}.", f"a {c}."] for c in ("cat", "dog", "bird", "fish", "cow")]
 
@@ -16,9 +17,10 @@ def images(n, seed=0):
 
 
 STRATEGIES = [
-    ScorerSettings(draws=8),
-    ScorerSettings(draws=64, strategy="ttest", min_draws=2, round_draws=2, ttest_variance="pooled", ttest_p=0.05),
-    ScorerSettings(strategy="schedule", schedule_keep=(3, 1), schedule_draws=(4, 12)),
+    ScorerSettings(**FIXED, draws=8),
+    ScorerSettings(templates="average_errors", draws=64, strategy="ttest", min_draws=2, round_draws=2,
+                   ttest_variance="pooled", ttest_p=0.05),
+    ScorerSettings(templates="average_errors", strategy="schedule", schedule_keep=(3, 1), schedule_draws=(4, 12)),
 ]
 
 
@@ -51,13 +53,13 @@ def test_the_cap_is_never_exceeded_and_capped_images_are_marked(settings, cap):
 
 def test_a_cap_below_one_draw_of_every_candidate_is_refused():
     with pytest.raises(UnsupportedSettings, match="cannot pay for one draw of every candidate"):
-        DiffusionScorer(FakeBackend(), ScorerSettings(draws=4, max_calls=9)).score(images(1), CANDIDATES)
+        DiffusionScorer(FakeBackend(), ScorerSettings(**FIXED, draws=4, max_calls=9)).score(images(1), CANDIDATES)
 
 
 def test_the_preview_line_states_what_a_fixed_run_then_spends(capsys):
     tokenizer = PromptTokenizer()
-    model = DiffusionZeroShotModel(DiffusionScorer(FakeBackend(spread=0.5), ScorerSettings(draws=3)), tokenizer,
-                                   show_progress=False)
+    scorer = DiffusionScorer(FakeBackend(spread=0.5), ScorerSettings(**FIXED, draws=3))
+    model = DiffusionZeroShotModel(scorer, tokenizer, show_progress=False)
     model.expected_images = 4
     for prompts in CANDIDATES:
         model.encode_text(tokenizer(prompts))
@@ -66,3 +68,18 @@ def test_the_preview_line_states_what_a_fixed_run_then_spends(capsys):
     assert "5 candidates x 2 templates (average_errors), strategy fixed" in line
     assert "at most 30, at least 30, expected 30; 4 images: at most 120" in line
     assert model.calls == 120
+
+
+def test_the_defaults_score_1000_classes_x_80_templates_without_paying_for_the_templates():
+    """ImageNet's shape (1000 classes, clip_benchmark's 80 templates): the old defaults (fixed 64 draws,
+    every template scored) cost 5,120,000 calls per image; the defaults at most 64,000."""
+    candidates = [[f"template {k} of class {c}" for k in range(80)] for c in range(1000)]
+    settings = ScorerSettings(batch_size=8192)  # the defaults; the batch size only changes speed
+    bounds = call_bounds(settings, len(candidates), rows_per_candidate=1)
+    assert (bounds.fewest, bounds.most) == (2 * 1000, 64 * 1000)
+    backend = FakeBackend(spread=0.5)
+    results = DiffusionScorer(backend, settings).score(images(2), candidates)
+    assert all(bounds.fewest <= r.calls <= bounds.most for r in results)
+    assert backend.predict_rows == sum(r.calls for r in results)
+    # classes this far apart are nearly all dropped by the first (pooled) test, after 2 draws
+    assert max(r.calls for r in results) < 3 * 1000

@@ -17,6 +17,7 @@ from clip_benchmark_diffusion.scorer import DiffusionScorer
 from clip_benchmark_diffusion.settings import ScorerSettings
 from conftest import write_wds_dataset
 from test_cli import in_process_error, run_cli
+from presets import FIXED
 
 FAMILIES = ["sdxl", "sd3", "flux", "pixart", "dit", "if"]
 #: the diffusers-pipeline keyword arguments the families need at load
@@ -118,7 +119,7 @@ OBJECTIVES = {"sdxl": "epsilon", "sd3": "velocity", "flux": "x0_snr", "pixart": 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_one_draw_equals_the_error_computed_from_the_pipelines_own_parts(name, family_folders):
     folder = family_folders[name]
-    settings = ScorerSettings(draws=2, objective=OBJECTIVES[name], guidance=2.5,
+    settings = ScorerSettings(**FIXED, draws=2, objective=OBJECTIVES[name], guidance=2.5,
                               resolution=16 if name == "flux" else None)
     backend = load_backend(folder, settings=settings)
     prompt = "goldfish" if name == "dit" else "a photo of a cat."
@@ -150,7 +151,8 @@ def test_every_family_through_the_clip_benchmark_cli(family_folders, tiny_wds, t
     names = ["sdxl", "sd3", "flux", "pixart", "if"]
     result = run_cli(["eval", "--model", "sd-diffusion", "--pretrained", *[family_folders[n] for n in names],
                       "--dataset", "wds/animals", "--dataset_root", tiny_wds, "--num_workers", "0", "--batch_size", "6",
-                      "--diffusion_draws", "2", "--diffusion_no_progress", "--diffusion_resolution", "16",
+                      "--diffusion_draws", "2", "--diffusion_strategy", "fixed", "--diffusion_templates",
+                      "average_errors", "--diffusion_no_progress", "--diffusion_resolution", "16",
                       "--diffusion_guidance", "3.0", "--output", "{pretrained}.json"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     backends = {"sdxl": "sdxl", "sd3": "sd3", "flux": "flux", "pixart": "pixart", "if": "deepfloyd-if"}
@@ -193,7 +195,7 @@ def test_sd3_runs_without_t5_saved_or_dropped(family_folders, tmp_path):
     shutil.rmtree(os.path.join(folder, "text_encoder_3"))
     with pytest.raises(CheckpointError, match="text_encoder_3"):
         locate(folder)
-    dropped = load_backend(folder, settings=ScorerSettings(drop_t5=True))
+    dropped = load_backend(folder, settings=ScorerSettings(**FIXED, drop_t5=True))
     assert dropped.description["t5"] is False
     states = dropped.encode_prompts(["a photo of a cat."]).states
     assert states.shape[1] == tiny_families.CLIP_LENGTH + 256 and bool((states[:, tiny_families.CLIP_LENGTH:] == 0).all())
@@ -219,7 +221,7 @@ def test_hub_download_fetches_exactly_the_familys_parts(family_folders, monkeypa
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
     locate("owner/sdxl")
-    locate("owner/sd3", settings=ScorerSettings(drop_t5=True))
+    locate("owner/sd3", settings=ScorerSettings(**FIXED, drop_t5=True))
     locate("owner/flux")
     assert "text_encoder_2/*" in asked["owner/sdxl"] and "unet/*" in asked["owner/sdxl"]
     assert "transformer/*" in asked["owner/sd3"] and "text_encoder_3/*" not in asked["owner/sd3"]

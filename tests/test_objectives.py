@@ -7,6 +7,7 @@ import torch
 from clip_benchmark_diffusion.objectives import (denoising_error, draw_noise, draw_timesteps, elementwise_loss,
                                                  predicted_epsilon_and_x0, timestep_weight, van_der_corput)
 from clip_benchmark_diffusion.settings import ScorerSettings
+from presets import FIXED
 
 T = 1000
 ALPHAS = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T, dtype=torch.float64) ** 2, dim=0)
@@ -21,7 +22,7 @@ def test_van_der_corput_prefixes_are_stratified():
 
 
 def test_stratified_timesteps_cover_the_restricted_range_evenly():
-    settings = ScorerSettings(t_min=100, t_max=699)
+    settings = ScorerSettings(**FIXED, t_min=100, t_max=699)
     t = draw_timesteps(settings, T, torch.arange(64), image_seed=123)
     assert t.min() >= 100 and t.max() <= 699
     counts = torch.bincount((t - 100) // 150, minlength=4)
@@ -32,12 +33,12 @@ def test_stratified_timesteps_cover_the_restricted_range_evenly():
 
 
 def test_uniform_timesteps_are_seeded_and_in_range():
-    settings = ScorerSettings(timesteps="uniform", t_min=10, t_max=20)
+    settings = ScorerSettings(**FIXED, timesteps="uniform", t_min=10, t_max=20)
     a = draw_timesteps(settings, T, torch.arange(200), image_seed=5)
     assert torch.equal(a, draw_timesteps(settings, T, torch.arange(200), image_seed=5))
     assert a.min() >= 10 and a.max() <= 20 and len(set(a.tolist())) == 11
     with pytest.raises(ValueError, match="outside the model"):
-        draw_timesteps(ScorerSettings(t_max=T), T, torch.arange(2), image_seed=0)
+        draw_timesteps(ScorerSettings(**FIXED, t_max=T), T, torch.arange(2), image_seed=0)
 
 
 def test_noise_depends_only_on_image_seed_and_draw():
@@ -55,7 +56,7 @@ def test_true_model_output_recovers_epsilon_and_x0(prediction_type):
     output = eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
     eps_hat, x0_hat = predicted_epsilon_and_x0(output, x_t, ALPHAS[t].float(), prediction_type)
     assert torch.allclose(eps_hat, eps, atol=1e-4) and torch.allclose(x0_hat, x0, atol=2e-2)
-    errors = denoising_error(ScorerSettings(), output, x0, eps, x_t, t, ALPHAS, prediction_type, T)
+    errors = denoising_error(ScorerSettings(**FIXED), output, x0, eps, x_t, t, ALPHAS, prediction_type, T)
     assert errors.abs().max() < 1e-8
 
 
@@ -65,20 +66,20 @@ def test_x0_error_with_snr_weight_equals_epsilon_error():
     t = torch.tensor([1, 50, 200, 500, 800, 990])
     a = ALPHAS[t].float().view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-    eps_error = denoising_error(ScorerSettings(objective="epsilon"), guess, x0, eps, x_t, t, ALPHAS, "epsilon", T)
-    snr_error = denoising_error(ScorerSettings(objective="x0_snr"), guess, x0, eps, x_t, t, ALPHAS, "epsilon", T)
+    eps_error = denoising_error(ScorerSettings(**FIXED, objective="epsilon"), guess, x0, eps, x_t, t, ALPHAS, "epsilon", T)
+    snr_error = denoising_error(ScorerSettings(**FIXED, objective="x0_snr"), guess, x0, eps, x_t, t, ALPHAS, "epsilon", T)
     assert torch.allclose(eps_error, snr_error, rtol=1e-3)
 
 
 def test_weightings():
     t = torch.tensor([0, 250, 500, 999])
-    heuristic = timestep_weight(ScorerSettings(objective="x0_heuristic"), t, ALPHAS, T)
+    heuristic = timestep_weight(ScorerSettings(**FIXED, objective="x0_heuristic"), t, ALPHAS, T)
     assert torch.allclose(heuristic, torch.exp(-7 * t / T).float())
-    buckets = timestep_weight(ScorerSettings(objective="x0_buckets", bucket_weights=(1.0, 2.0, 3.0, 4.0)), t, ALPHAS, T)
+    buckets = timestep_weight(ScorerSettings(**FIXED, objective="x0_buckets", bucket_weights=(1.0, 2.0, 3.0, 4.0)), t, ALPHAS, T)
     assert buckets.tolist() == [1.0, 2.0, 3.0, 4.0]
-    snr = timestep_weight(ScorerSettings(objective="x0_snr"), t, ALPHAS, T)
+    snr = timestep_weight(ScorerSettings(**FIXED, objective="x0_snr"), t, ALPHAS, T)
     assert math.isclose(float(snr[1]), float(ALPHAS[250] / (1 - ALPHAS[250])), rel_tol=1e-5)
-    assert timestep_weight(ScorerSettings(), t, ALPHAS, T).tolist() == [1.0] * 4
+    assert timestep_weight(ScorerSettings(**FIXED), t, ALPHAS, T).tolist() == [1.0] * 4
 
 
 def test_losses():
@@ -90,10 +91,10 @@ def test_losses():
 
 def test_bad_settings_are_rejected_with_a_reason():
     with pytest.raises(ValueError, match="bucket_weights"):
-        ScorerSettings(objective="x0_buckets")
+        ScorerSettings(**FIXED, objective="x0_buckets")
     with pytest.raises(ValueError, match="objective must be one of"):
-        ScorerSettings(objective="snr")
+        ScorerSettings(**FIXED, objective="snr")
     with pytest.raises(ValueError, match="t_max"):
-        ScorerSettings(t_min=500, t_max=100)
+        ScorerSettings(**FIXED, t_min=500, t_max=100)
     with pytest.raises(ValueError, match="schedule_draws"):
-        ScorerSettings(strategy="schedule", schedule_keep=(5, 1), schedule_draws=(50, 20))
+        ScorerSettings(templates="average_errors", strategy="schedule", schedule_keep=(5, 1), schedule_draws=(50, 20))

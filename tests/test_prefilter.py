@@ -9,6 +9,7 @@ from clip_benchmark_diffusion.scorer import DiffusionScorer
 from clip_benchmark_diffusion.settings import ScorerSettings
 from fake_backend import FakeBackend
 from test_cli import TINY_OPEN_CLIP_CONFIG
+from presets import FIXED
 
 
 def tiny_clip(tmp_path) -> str:
@@ -36,7 +37,7 @@ def test_prefilter_ranks_every_candidate_like_clip_zero_shot(tmp_path):
 
 
 def test_adapter_scores_only_the_prefilter_shortlist(tmp_path):
-    settings = ScorerSettings(draws=4, prefilter_model=tiny_clip(tmp_path), prefilter_pretrained="", prefilter_k=2)
+    settings = ScorerSettings(**FIXED, draws=4, prefilter_model=tiny_clip(tmp_path), prefilter_pretrained="", prefilter_k=2)
     backend = FakeBackend()
     tokenizer = PromptTokenizer()
     model = DiffusionZeroShotModel(DiffusionScorer(backend, settings), tokenizer, show_progress=False)

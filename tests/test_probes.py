@@ -287,7 +287,8 @@ def test_shape_bias_cli_runs_a_diffusion_model_with_its_flags(geirhos_root, tiny
     output = tmp_path / "{dataset}_{model}.json"
     assert main(["shape-bias", "--model", "sd-diffusion", "--pretrained", tiny_epsilon_pipeline, "--dataset-root",
                  str(geirhos_root), "--output", str(output), "--device", "cpu", "--template", "a {c}",
-                 "--diffusion_draws", "2", "--diffusion_no_progress", "--seed", "4"]) == 0
+                 "--diffusion_draws", "2", "--diffusion_strategy", "fixed", "--diffusion_no_progress", "--seed",
+                 "4"]) == 0
     result = json.loads((tmp_path / "cue_conflict_geirhos_sd-diffusion.json").read_text())
     records = read_records(str(tmp_path / "cue_conflict_geirhos_sd-diffusion.diffusion.jsonl"))
     header = records["header"]

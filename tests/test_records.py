@@ -25,7 +25,8 @@ RECORD = "out.diffusion.jsonl"
 def eval_args(pipeline, wds_root, *extra):
     return ["eval", "--model", "sd-diffusion", "--pretrained", str(pipeline), "--dataset", "wds/animals",
             "--dataset_root", wds_root, "--num_workers", "0", "--batch_size", "4", "--diffusion_draws", "2",
-            "--diffusion_no_progress", "--output", "out.json", *extra]
+            "--diffusion_strategy", "fixed", "--diffusion_templates", "average_errors", "--diffusion_no_progress",
+            "--output", "out.json", *extra]
 
 
 def run_in_process(args, cwd, capsys, monkeypatch):
@@ -190,7 +191,8 @@ def test_images_are_written_as_soon_as_decided_so_a_kill_loses_only_those_in_fli
     fixed: image k is passes 2k+1, 2k+2, so a kill in pass 9 keeps images 0-3. ttest (2 draws, then 2
     more; nothing is dropped at p=1e-9): round one is passes 1-8, image k's second round is pass 9+k,
     so a kill in pass 13 keeps images 0-3 as well."""
-    settings = ScorerSettings(draws=4, batch_size=6, strategy=strategy, min_draws=2, round_draws=2, ttest_p=1e-9)
+    settings = ScorerSettings(templates="average_errors", draws=4, batch_size=6, strategy=strategy, min_draws=2,
+                              round_draws=2, ttest_p=1e-9)
     classes = ["a", "b", "c"]
     images = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     path = str(tmp_path / RECORD)
@@ -210,7 +212,8 @@ def test_images_are_written_as_soon_as_decided_so_a_kill_loses_only_those_in_fli
 def test_scorer_reports_each_image_when_its_decision_is_made():
     """Adaptive strategies finish images at different rounds: an easy image is reported first."""
     backend = FakeBackend(spread=0.5)
-    settings = ScorerSettings(draws=64, strategy="ttest", min_draws=2, round_draws=2, ttest_p=0.05,
+    settings = ScorerSettings(templates="average_errors", draws=64, strategy="ttest", min_draws=2, round_draws=2,
+                              ttest_p=0.05,
                               ttest_variance="pooled", batch_size=64)
     seen = []
     images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))

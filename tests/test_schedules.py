@@ -5,6 +5,7 @@ import torch
 from clip_benchmark_diffusion.backends.base import Conditioning
 from clip_benchmark_diffusion.schedules import DiscreteSchedule, FlowSchedule
 from clip_benchmark_diffusion.settings import ScorerSettings
+from presets import FIXED
 
 ALPHAS = torch.cumprod(1 - torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2, dim=0)
 T = torch.tensor([0, 100, 400, 700, 999])
@@ -22,21 +23,21 @@ def test_flow_noising_and_a_perfect_velocity_give_zero_error_in_every_objective(
     sigma = schedule.sigmas(T).float().view(-1, 1, 1, 1)
     torch.testing.assert_close(x_t, (1 - sigma) * x0 + sigma * eps)
     for objective in ("epsilon", "velocity", "x0_snr", "x0_heuristic"):
-        errors = schedule.errors(ScorerSettings(objective=objective), eps - x0, x0, eps, x_t, T)
+        errors = schedule.errors(ScorerSettings(**FIXED, objective=objective), eps - x0, x0, eps, x_t, T)
         assert errors.abs().max() < 1e-5, objective
 
 
 def test_flow_error_spaces_are_the_velocity_error_times_sigma_factors():
     schedule, x0, eps, v_hat, x_t = flow_draw(1)
     sigma = schedule.sigmas(T).float()
-    v_error = schedule.errors(ScorerSettings(objective="velocity"), v_hat, x0, eps, x_t, T)
+    v_error = schedule.errors(ScorerSettings(**FIXED, objective="velocity"), v_hat, x0, eps, x_t, T)
     torch.testing.assert_close(v_error, (v_hat - (eps - x0)).pow(2).flatten(1).mean(1))
-    eps_error = schedule.errors(ScorerSettings(objective="epsilon"), v_hat, x0, eps, x_t, T)
+    eps_error = schedule.errors(ScorerSettings(**FIXED, objective="epsilon"), v_hat, x0, eps, x_t, T)
     torch.testing.assert_close(eps_error, (1 - sigma) ** 2 * v_error, rtol=1e-4, atol=1e-6)
-    snr_error = schedule.errors(ScorerSettings(objective="x0_snr"), v_hat, x0, eps, x_t, T)
+    snr_error = schedule.errors(ScorerSettings(**FIXED, objective="x0_snr"), v_hat, x0, eps, x_t, T)
     # SNR-weighted x0 error = epsilon error, on flow exactly as on DDPM
     torch.testing.assert_close(snr_error, eps_error, rtol=1e-3, atol=1e-6)
-    heuristic = schedule.errors(ScorerSettings(objective="x0_heuristic"), v_hat, x0, eps, x_t, T)
+    heuristic = schedule.errors(ScorerSettings(**FIXED, objective="x0_heuristic"), v_hat, x0, eps, x_t, T)
     torch.testing.assert_close(heuristic, torch.exp(-7 * sigma) * sigma ** 2 * v_error, rtol=1e-4, atol=1e-6)
 
 
@@ -60,7 +61,7 @@ def test_sigma_distributions():
     assert bool((logit > 0).all() and (logit < 1).all() and (logit.diff() > 0).all())
     assert float(logit[499:501].mean()) == pytest.approx(float(torch.sigmoid(torch.tensor(0.5))), abs=2e-3)
     with pytest.raises(ValueError, match="flow-matching models only"):
-        DiscreteSchedule(ALPHAS, "epsilon").check(ScorerSettings(sigma_distribution="uniform"))
+        DiscreteSchedule(ALPHAS, "epsilon").check(ScorerSettings(**FIXED, sigma_distribution="uniform"))
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -73,7 +74,7 @@ def test_velocity_objective_on_ddpm_compares_eps_minus_x0(prediction_type):
     perfect = eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
     eps_hat, x0_hat, v_hat = schedule.estimates(perfect, x_t, T)
     torch.testing.assert_close(v_hat, eps - x0, rtol=1e-3, atol=2e-2)
-    wrong = schedule.errors(ScorerSettings(objective="velocity"), perfect + 0.1, x0, eps, x_t, T)
+    wrong = schedule.errors(ScorerSettings(**FIXED, objective="velocity"), perfect + 0.1, x0, eps, x_t, T)
     assert bool((wrong > 0).all())
 
 

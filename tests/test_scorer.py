@@ -7,6 +7,7 @@ from clip_benchmark_diffusion.objectives import denoising_error, draw_noise
 from clip_benchmark_diffusion.scorer import DiffusionScorer
 from clip_benchmark_diffusion.settings import ScorerSettings
 from fake_backend import FakeBackend
+from presets import FIXED
 
 CANDIDATES = [["a photo of a cat.", "a cat."], ["a photo of a dog.", "a dog."], ["a photo of a bird.", "a bird."]]
 
@@ -47,7 +48,7 @@ def v_backend(tiny_v_pipeline):
 
 @pytest.mark.parametrize("objective", ["epsilon", "x0_heuristic"])
 def test_batched_scorer_equals_plain_loop(epsilon_backend, objective):
-    settings = ScorerSettings(draws=6, batch_size=5, objective=objective, t_min=50, t_max=900)
+    settings = ScorerSettings(**FIXED, draws=6, batch_size=5, objective=objective, t_min=50, t_max=900)
     images = pixels(2)
     results = DiffusionScorer(epsilon_backend, settings).score(images, CANDIDATES, image_keys=[11, 12])
     for image, key, result in zip(images, [11, 12], results):
@@ -60,7 +61,7 @@ def test_batched_scorer_equals_plain_loop(epsilon_backend, objective):
 
 def test_v_prediction_checkpoint_is_scored_in_epsilon_space(v_backend):
     assert v_backend.prediction_type == "v_prediction"
-    settings = ScorerSettings(draws=4, batch_size=7)
+    settings = ScorerSettings(**FIXED, draws=4, batch_size=7)
     result = DiffusionScorer(v_backend, settings).score(pixels(1), CANDIDATES[:2], image_keys=[3])[0]
     expected = plain_loop_errors(v_backend, settings, pixels(1)[0], 3, CANDIDATES[:2], result.timesteps)
     assert torch.allclose(result.per_draw, expected, rtol=1e-4, atol=1e-6)
@@ -68,18 +69,18 @@ def test_v_prediction_checkpoint_is_scored_in_epsilon_space(v_backend):
 
 def test_same_seed_same_scores_for_any_batch_size_and_class_order(epsilon_backend):
     images = pixels(3, seed=4)
-    base = DiffusionScorer(epsilon_backend, ScorerSettings(draws=4, batch_size=64, seed=9)).score(images, CANDIDATES)
-    small = DiffusionScorer(epsilon_backend, ScorerSettings(draws=4, batch_size=3, seed=9))
+    base = DiffusionScorer(epsilon_backend, ScorerSettings(**FIXED, draws=4, batch_size=64, seed=9)).score(images, CANDIDATES)
+    small = DiffusionScorer(epsilon_backend, ScorerSettings(**FIXED, draws=4, batch_size=3, seed=9))
     one_by_one = [small.score(images[i:i + 1], CANDIDATES)[0] for i in range(3)]
     order = [2, 0, 1]
-    shuffled = DiffusionScorer(epsilon_backend, ScorerSettings(draws=4, batch_size=5, seed=9)).score(
+    shuffled = DiffusionScorer(epsilon_backend, ScorerSettings(**FIXED, draws=4, batch_size=5, seed=9)).score(
         images, [CANDIDATES[i] for i in order])
     for a, b, c in zip(base, one_by_one, shuffled):
         assert torch.equal(a.timesteps, b.timesteps) and torch.equal(a.timesteps, c.timesteps)
         assert torch.allclose(a.per_draw, b.per_draw, rtol=1e-5, atol=1e-7)
         assert torch.allclose(a.per_draw[order], c.per_draw, rtol=1e-5, atol=1e-7)
         assert a.prediction == b.prediction == order[c.prediction]
-    other_seed = DiffusionScorer(epsilon_backend, ScorerSettings(draws=4, seed=10)).score(images, CANDIDATES)
+    other_seed = DiffusionScorer(epsilon_backend, ScorerSettings(**FIXED, draws=4, seed=10)).score(images, CANDIDATES)
     assert not torch.equal(other_seed[0].timesteps, base[0].timesteps)
 
 
@@ -88,19 +89,19 @@ def test_prompts_are_encoded_once_and_template_modes_cost_what_they_say():
     calls = []
     encode = backend.encode_prompts
     backend.encode_prompts = lambda prompts: calls.append(list(prompts)) or encode(prompts)
-    scorer = DiffusionScorer(backend, ScorerSettings(draws=4))
+    scorer = DiffusionScorer(backend, ScorerSettings(**FIXED, draws=4))
     first = scorer.score(pixels(2, size=8), CANDIDATES)
     scorer.score(pixels(2, seed=1, size=8), CANDIDATES)
     assert sum(len(c) for c in calls) == 6  # six distinct prompts, encoded once in total
     assert first[0].calls == 3 * 2 * 4
-    cheap = DiffusionScorer(backend, ScorerSettings(draws=4, templates="average_embeddings")).score(
+    cheap = DiffusionScorer(backend, ScorerSettings(strategy="fixed", draws=4, templates="average_embeddings")).score(
         pixels(2, size=8), CANDIDATES)
     assert cheap[0].calls == 3 * 4
     # the cheap mode really conditions on the mean embedding
     mean_cond = (encode(["a photo of a cat."]) + encode(["a cat."])) / 2
     single = FakeBackend(spread=0.5)
     single.encode_prompts = lambda prompts: mean_cond.expand(len(prompts), -1)
-    reference = DiffusionScorer(single, ScorerSettings(draws=4)).score(pixels(2, size=8), [["x"]])
+    reference = DiffusionScorer(single, ScorerSettings(**FIXED, draws=4)).score(pixels(2, size=8), [["x"]])
     assert torch.allclose(cheap[0].per_draw[0], reference[0].per_draw[0])
 
 
@@ -109,7 +110,7 @@ def test_network_batches_stay_within_batch_size_for_imagenet_scale_templates():
     most `batch_size` rows, so device memory does not grow with the number of prompts."""
     backend = FakeBackend(spread=0.5)
     candidates = [[f"template {t} of class {c}." for t in range(80)] for c in range(1000)]
-    result = DiffusionScorer(backend, ScorerSettings(draws=1, batch_size=48)).score(pixels(1, size=8), candidates)[0]
+    result = DiffusionScorer(backend, ScorerSettings(**FIXED, draws=1, batch_size=48)).score(pixels(1, size=8), candidates)[0]
     assert backend.predict_rows == 80_000 and result.calls == 80_000
     assert backend.largest_predict == 48
     # the prediction is the class whose templates' mean error is lowest, over all 80,000 rows
@@ -117,7 +118,7 @@ def test_network_batches_stay_within_batch_size_for_imagenet_scale_templates():
 
 
 def test_empty_candidates_are_rejected():
-    scorer = DiffusionScorer(FakeBackend(), ScorerSettings(draws=2))
+    scorer = DiffusionScorer(FakeBackend(), ScorerSettings(**FIXED, draws=2))
     with pytest.raises(ValueError, match="no candidates"):
         scorer.score(pixels(1, size=8), [])
     with pytest.raises(ValueError, match="at least one prompt"):

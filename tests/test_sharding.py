@@ -15,7 +15,8 @@ from test_records import run_in_process
 
 IMAGES = 12
 EVAL = ["eval", "--model", "sd-diffusion", "--pretrained", "ref-world", "--dataset", "wds/shape", "--num_workers", "0",
-        "--batch_size", "4", "--diffusion_batch_size", "4", "--diffusion_no_progress", "--output", "out.json"]
+        "--batch_size", "4", "--diffusion_batch_size", "4", "--diffusion_strategy", "fixed", "--diffusion_no_progress",
+        "--output", "out.json"]
 
 
 @pytest.fixture(scope="module")

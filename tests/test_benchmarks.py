@@ -64,3 +64,13 @@ def test_gpu_throughput_toy_run_reports_its_figures(tmp_path):
         assert row["unet_calls_per_s"] > 0 and row["gflop_per_call"] > 0
         assert row["fraction_of_peak"] == pytest.approx(row["achieved_tflops"] / report["matmul_peak_tflops"], rel=0.05)
         assert np.isclose(row["seconds_per_10_class_image"], 300 / row["unet_calls_per_s"], rtol=0.01)
+
+
+def test_headline_costs_count_what_the_issue_measured_by_hand():
+    from clip_benchmark_diffusion.benchmarks import headline_costs
+
+    rows = {row["dataset"]: row for row in headline_costs.rows()}
+    # CIFAR-10: 10 classes x 18 templates x 64 draws before; Li et al.'s 5@50,1@500 is 10 x 50 + 5 x 450
+    assert rows["cifar10"]["old_defaults"] == 11520 and rows["cifar10"]["li_schedule"] == 2750
+    assert rows["imagenet1k"]["old_defaults"] == 5_120_000 and rows["imagenet1k"]["li_schedule"] == 100_000
+    assert rows["imagenet1k"]["defaults_most"] == 64_000  # templates no longer multiply the cost

@@ -34,6 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 LAYOUTS = ("auto", "world", "imagenet-c", "cifar10-c")
 TASK = "corruption_robustness"
 CLEAN = "clean"
+#: torchvision's CIFAR10.classes (read there from the dataset's own meta file, which CIFAR-10-C lacks)
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,12 @@ class _ArrayDataset(Dataset):
 
 
 def _clip_benchmark_names(dataset: str) -> tuple[list[str], list[str]]:
-    """clip_benchmark's English class names and zero-shot templates of a dataset."""
+    """clip_benchmark's English class names (CIFAR-10: torchvision's) and zero-shot templates of a dataset."""
     import clip_benchmark.datasets.builder as builder
 
     folder = os.path.dirname(builder.__file__)
     with open(os.path.join(folder, "en_classnames.json"), encoding="utf-8") as handle:
-        classes = json.load(handle)[dataset]
+        classes = json.load(handle).get(dataset, CIFAR10_CLASSES if dataset == "cifar10" else None)
     with open(os.path.join(folder, "en_zeroshot_classification_templates.json"), encoding="utf-8") as handle:
         templates = json.load(handle)[dataset]
     return classes, templates

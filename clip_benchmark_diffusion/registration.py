@@ -57,6 +57,8 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
     add("--diffusion_objective", choices=OBJECTIVES, default=defaults.objective, help="error space and weighting")
     add("--diffusion_bucket_weights", type=float, nargs="+", default=None,
         help="per-bucket weights for --diffusion_objective x0_buckets (equal-width timestep buckets)")
+    add("--diffusion_bucket_weights_file", type=str, default=None, metavar="FILE",
+        help="read the x0_buckets weights from FILE (`python -m clip_benchmark_diffusion.weighting fit` output)")
     add("--diffusion_heuristic_rate", type=float, default=defaults.heuristic_rate,
         help="k in the x0_heuristic weight exp(-k t)")
     add("--diffusion_loss", choices=LOSSES, default=defaults.loss)
@@ -99,6 +101,13 @@ def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSetti
         values["t_min"], values["t_max"] = options.diffusion_t_range
     if options.diffusion_bucket_weights:
         values["bucket_weights"] = tuple(options.diffusion_bucket_weights)
+    if getattr(options, "diffusion_bucket_weights_file", None):
+        from .weighting import read_bucket_weights
+
+        try:
+            values["bucket_weights"] = read_bucket_weights(options.diffusion_bucket_weights_file)
+        except (OSError, ValueError) as error:
+            raise DiffusionUsageError(f"--diffusion_bucket_weights_file: {error}") from None
     if options.diffusion_prefilter:
         model, _, pretrained = options.diffusion_prefilter.partition(",")
         values.update(prefilter_model=model, prefilter_pretrained=pretrained, prefilter_k=options.diffusion_prefilter_k)

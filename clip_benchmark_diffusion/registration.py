@@ -235,6 +235,16 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
     return task
 
 
+def _predictions_path(args: argparse.Namespace) -> Optional[str]:
+    """`X.predictions.jsonl` beside a classification run's result `X.json` (any model): the report's
+    confidence intervals and paired tests need per-image correctness, which the result JSON lacks."""
+    from clip_benchmark.datasets.builder import get_dataset_default_task
+
+    task = get_dataset_default_task(_dataset_name(args)) if args.task == "auto" else args.task
+    return os.path.splitext(_output_path(args, task))[0] + ".predictions.jsonl" \
+        if task == "zeroshot_classification" else None
+
+
 def _patch_cli(cli_module) -> None:
     if getattr(cli_module, _MARK, False):
         return
@@ -257,6 +267,7 @@ def _patch_cli(cli_module) -> None:
             sys.argv = saved
 
     def run(args):
+        _state["predictions"] = _predictions_path(args)
         if not is_diffusion_model(args.model_type, args.model):
             _state["run"] = None
             return original_run(args)
@@ -296,6 +307,12 @@ def _patch_zeroshot_metric() -> None:
             except TypeError:
                 pass  # iterable (webdataset) datasets have no length
         logits, target = original(model, classifier, dataloader, device, amp=amp)
+        if _state.get("predictions") and target.dim() == 1:
+            path = _state.pop("predictions")
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.writelines(f'{{"index": {i}, "prediction": {p}, "label": {t}}}\n'
+                                  for i, (p, t) in enumerate(zip(logits.argmax(dim=1).tolist(), target.tolist())))
         if finish is not None:
             finish(labels=target.tolist() if target.dim() == 1 else None)
         return logits, target
@@ -310,11 +327,15 @@ class _LayoutReportingLoader:
 
     def __init__(self, dataloader, model) -> None:
         self.dataloader, self.model = dataloader, model
+        self.instances, self.images_per_instance = 0, 0  # for the report's intervals (any model)
 
     def __iter__(self):
         for batch_images, batch_texts in self.dataloader:
             images_per = 1 if batch_images.dim() == 4 else batch_images.shape[1]
-            self.model.caption_layout = (images_per, len(batch_texts[0]))
+            self.instances += len(batch_texts)
+            self.images_per_instance = max(self.images_per_instance, images_per)
+            if hasattr(self.model, "caption_layout"):
+                self.model.caption_layout = (images_per, len(batch_texts[0]))
             yield batch_images, batch_texts
 
     def __len__(self) -> int:
@@ -329,11 +350,12 @@ def _patch_caption_selection_metric() -> None:
     original = image_caption_selection.evaluate
 
     def evaluate(model, dataloader, tokenizer, device, amp=True):
-        if getattr(model, "task", None) != "image_caption_selection":
-            return original(model, dataloader, tokenizer, device, amp=amp)
-        metrics = original(model, _LayoutReportingLoader(dataloader, model), tokenizer, device, amp=amp)
-        model.finish()
-        return metrics
+        loader = _LayoutReportingLoader(dataloader, model)
+        metrics = original(model, loader, tokenizer, device, amp=amp)
+        if getattr(model, "task", None) == "image_caption_selection":
+            model.finish()
+        # with one image per instance, image_acc is 1 by construction: the report says so instead of 100%
+        return {**metrics, "instances": loader.instances, "images_per_instance": loader.images_per_instance}
 
     image_caption_selection.evaluate = evaluate
     setattr(image_caption_selection, _MARK, True)

@@ -7,7 +7,7 @@ from typing import Optional
 from .collect import read_costs, read_results
 from .leaderboard import write_leaderboard
 from .page import Figure, html_page, markdown_page
-from .plots import accuracy_plot, binding_plot, cost_plot, shape_bias_plot
+from .plots import accuracy_plot, binding_plot, cost_plot, robustness_plot, shape_bias_plot
 from .tables import cost_table, paired_table, results_table, shape_bias_table
 
 DEFAULT_TITLE = "Diffusion classifiers vs CLIP"
@@ -29,6 +29,7 @@ def build_report(results_dir: str, out_dir: str, title: str = DEFAULT_TITLE) -> 
          shape_bias_plot(results)),
         ("binding.png", "Attribute binding accuracy per task vs chance", binding_plot(results)),
         ("accuracy_vs_calls.png", "Accuracy vs mean UNet calls per image", cost_plot(costs, results)),
+        ("robustness.png", "Accuracy per corruption severity (world-C / ImageNet-C style)", robustness_plot(results)),
     ]
     figures = [Figure(name, caption, png) for name, caption, png in candidates if png is not None]
 

@@ -109,6 +109,39 @@ def shape_bias_plot(results: Sequence[Result]) -> Optional[bytes]:
     return _png(figure)
 
 
+def robustness_plot(results: Sequence[Result]) -> Optional[bytes]:
+    """Accuracy against corruption severity (0 = clean), mean over corruptions, one line per model and
+    corruption set, with 95% Wilson intervals over the images of each severity."""
+    from .stats import wilson_interval
+
+    chosen = [r for r in results if r.task == "corruption_robustness" and r.metrics.get("acc_per_severity")]
+    if not chosen:
+        return None
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    colours = plt.get_cmap("tab10")
+    for m, result in enumerate(chosen):
+        metrics = result.metrics
+        points = sorted((int(s), a) for s, a in metrics["acc_per_severity"].items())
+        if "clean_acc" in metrics:
+            points = [(0, metrics["clean_acc"])] + points
+        per_severity = metrics.get("images_per_set", 0) * len({k.rpartition("/")[0] for k in metrics.get("acc", {})})
+        bounds = [wilson_interval(round(a * (metrics.get("images_per_set", 0) if s == 0 else per_severity)),
+                                  metrics.get("images_per_set", 0) if s == 0 else per_severity) for s, a in points]
+        xs, ys = zip(*points)
+        errors = [[y - b[0] for y, b in zip(ys, bounds)], [b[1] - y for y, b in zip(ys, bounds)]]
+        axis.errorbar(xs, ys, yerr=errors, marker=MARKERS[m % len(MARKERS)], color=colours(m % 10), capsize=3,
+                      label=f"{result.model_fullname} ({result.dataset})")
+    axis.set_xticks(range(0, 6))
+    axis.set_xticklabels(["clean", "1", "2", "3", "4", "5"])
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("corruption severity")
+    axis.set_ylabel("accuracy (mean over corruptions)")
+    axis.set_title("Corruption robustness (bars: 95% intervals)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return _png(figure)
+
+
 def cost_figure(costs: Sequence[RunCost], results: Sequence[Result]):
     """The accuracy-vs-calls figure (None if no run has both): one colour per run, one marker per
     dataset, and every label in the legend beside the axes, so no label can cover another or the title."""

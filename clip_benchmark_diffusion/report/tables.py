@@ -119,12 +119,21 @@ def shape_bias_table(results: Sequence[Result]) -> Optional[Table]:
                                                "conflict images"], sorted(rows), columns_right={2, 3, 4, 5})
 
 
+def _cost_accuracy(cost: RunCost, results: Sequence[Result]) -> str:
+    """A run's accuracy with its 95% Wilson interval over the run's images."""
+    value = cost_accuracy(cost, list(results))
+    if value is None or math.isnan(value) or not cost.images:
+        return percent(value)
+    low, high = wilson_interval(round(value * cost.images), cost.images)
+    return f"{percent(value)} [{100 * low:.1f}–{100 * high:.1f}]"
+
+
 def cost_table(costs: Sequence[RunCost], results: Sequence[Result]) -> Optional[Table]:
     """Per diffusion run: UNet calls and seconds per image, next to the accuracy they bought."""
     if not costs:
         return None
     rows = [[c.model_fullname, c.dataset, c.settings_label, str(c.images), _number(c.mean_calls),
-             f"{c.min_calls}–{c.max_calls}", _number(c.seconds_per_image, 3), percent(cost_accuracy(c, list(results))),
+             f"{c.min_calls}–{c.max_calls}", _number(c.seconds_per_image, 3), _cost_accuracy(c, results),
              os.path.basename(c.path)]
             for c in costs]
     return Table("Diffusion cost per image", ["model", "dataset", "strategy", "images", "UNet calls / image",

@@ -170,7 +170,8 @@ def test_mce_matches_the_imagenet_c_definition_by_hand():
     metrics = summarise({("blur", 1): np.array([1, 0]), ("blur", 2): np.array([0, 0]),
                          ("noise", 1): np.array([1, 1]), ("noise", 2): np.array([1, 0]), ("clean", 0): np.array([1, 1])})
     assert metrics["acc_per_severity"] == {"1": 0.75, "2": 0.25}
-    assert metrics["mean_acc"] == 0.5 and metrics["clean_acc"] == 1.0 and metrics["images"] == 8
+    assert metrics["mean_acc"] == 0.5 and metrics["clean_acc"] == 1.0 and metrics["clean_images"] == 2
+    assert metrics["images"] == 8
 
 
 def test_probe_runs_clip_and_diffusion_side_by_side_and_records_every_set(tmp_path, tiny_epsilon_pipeline, capsys):

@@ -191,7 +191,7 @@ def summarise(correct: dict[tuple[str, int], np.ndarray]) -> dict[str, Any]:
         "acc": accuracy, "images": int(sum(len(v) for v in corrupted.values())),
         "images_per_set": int(min(len(v) for v in corrupted.values()))}
     if (CLEAN, 0) in correct:
-        metrics["clean_acc"] = float(correct[(CLEAN, 0)].mean())
+        metrics.update(clean_acc=float(correct[(CLEAN, 0)].mean()), clean_images=len(correct[(CLEAN, 0)]))
     return metrics
 
 
@@ -254,17 +254,29 @@ def run_model(model_name: str, pretrained: str, sets: Sequence[CorruptionSet], o
     return correct
 
 
+def _with_interval(accuracy: float, n: int) -> str:
+    """'91.7 [78.2–97.1]': accuracy and its 95% Wilson interval over `n` images, in %."""
+    from ..report.stats import wilson_interval
+
+    low, high = wilson_interval(round(accuracy * n), n)
+    return f"{100 * accuracy:.1f} [{100 * low:.1f}–{100 * high:.1f}]"
+
+
 def severity_table(results: Sequence[dict[str, Any]]) -> str:
-    """Markdown: accuracy per severity (mean over corruptions) for each model, then mCE rows."""
+    """Markdown: accuracy per severity (mean over corruptions, 95% interval over its images) for
+    each model, then mCE rows."""
     names = [f"{r['model']} {r['pretrained']}" for r in results]
     lines = ["| severity | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    per_set = results[0]["metrics"]["images_per_set"]
+    corruptions = len({key.rpartition("/")[0] for key in results[0]["metrics"]["acc"]})
     if all("clean_acc" in r["metrics"] for r in results):
-        lines.append("| clean | " + " | ".join(f"{100 * r['metrics']['clean_acc']:.1f}" for r in results) + " |")
+        lines.append("| clean | " + " | ".join(_with_interval(r["metrics"]["clean_acc"], r["metrics"]["clean_images"])
+                                            for r in results) + " |")
     for severity in results[0]["metrics"]["acc_per_severity"]:
-        cells = [f"{100 * r['metrics']['acc_per_severity'][severity]:.1f}" for r in results]
+        cells = [_with_interval(r["metrics"]["acc_per_severity"][severity], per_set * corruptions) for r in results]
         lines.append(f"| {severity} | " + " | ".join(cells) + " |")
     lines.append("| mean over corruptions and severities | " +
-                 " | ".join(f"{100 * r['metrics']['mean_acc']:.1f}" for r in results) + " |")
+                 " | ".join(_with_interval(r["metrics"]["mean_acc"], r["metrics"]["images"]) for r in results) + " |")
     for key in ("mCE", "relative_mCE"):
         if all(key in r["metrics"] for r in results):
             lines.append(f"| {key} (baseline {results[0]['metrics']['baseline']}) | " +

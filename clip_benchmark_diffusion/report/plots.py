@@ -125,8 +125,8 @@ def robustness_plot(results: Sequence[Result]) -> Optional[bytes]:
         if "clean_acc" in metrics:
             points = [(0, metrics["clean_acc"])] + points
         per_severity = metrics.get("images_per_set", 0) * len({k.rpartition("/")[0] for k in metrics.get("acc", {})})
-        bounds = [wilson_interval(round(a * (metrics.get("images_per_set", 0) if s == 0 else per_severity)),
-                                  metrics.get("images_per_set", 0) if s == 0 else per_severity) for s, a in points]
+        sizes = {0: metrics.get("clean_images", 0)}
+        bounds = [wilson_interval(round(a * sizes.get(s, per_severity)), sizes.get(s, per_severity)) for s, a in points]
         xs, ys = zip(*points)
         errors = [[y - b[0] for y, b in zip(ys, bounds)], [b[1] - y for y, b in zip(ys, bounds)]]
         axis.errorbar(xs, ys, yerr=errors, marker=MARKERS[m % len(MARKERS)], color=colours(m % 10), capsize=3,

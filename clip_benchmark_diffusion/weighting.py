@@ -243,22 +243,27 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from .report.stats import accuracy_with_interval, mcnemar_exact
+
     weights = read_bucket_weights(args.weights) if args.weights else None
     names = [n for n in WEIGHTINGS if n != "learned" or weights is not None]
     groups: dict[str, list[str]] = {}
     for path in args.records:
         groups.setdefault(_group_name(path, args.group_by), []).append(path)
-    header = "| records | draws | images | " + " | ".join(names) + " |"
-    lines = [header, "|---|---:|---:|" + "---:|" * len(names)]
+    header = "| records | draws | images | " + " | ".join(names) + " | exact McNemar p vs snr |"
+    lines = [header, "|---|---:|---:|" + "---:|" * len(names) + "---|"]
     schedule = None
     for group, paths in groups.items():
         data = load_many(paths, schedule)
         schedule = data.alphas_cumprod
         for draws in args.draws or [data.errors.shape[2]]:
             part = data.first(draws)
-            cells = [f"{100 * accuracy(part, n, args.heuristic_rate, weights).mean():.1f}" for n in names]
-            lines.append(f"| {group} | {draws} | {len(part.labels)} | " + " | ".join(cells) + " |")
-    print("top-1 accuracy (%) by weighting of the same recorded x0 errors\n")
+            correct = {n: accuracy(part, n, args.heuristic_rate, weights) for n in names}
+            cells = [accuracy_with_interval(float(correct[n].mean()), len(part.labels)) for n in names]
+            tests = ", ".join(f"{n} {mcnemar_exact(correct[n], correct['snr']).p_value:.2g}" for n in names
+                              if n != "snr")
+            lines.append(f"| {group} | {draws} | {len(part.labels)} | " + " | ".join(cells) + f" | {tests} |")
+    print("top-1 accuracy (%, 95% Wilson interval) by weighting of the same recorded x0 errors\n")
     print("\n".join(lines))
     return 0
 

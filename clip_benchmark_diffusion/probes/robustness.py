@@ -254,17 +254,11 @@ def run_model(model_name: str, pretrained: str, sets: Sequence[CorruptionSet], o
     return correct
 
 
-def _with_interval(accuracy: float, n: int) -> str:
-    """'91.7 [78.2–97.1]': accuracy and its 95% Wilson interval over `n` images, in %."""
-    from ..report.stats import wilson_interval
-
-    low, high = wilson_interval(round(accuracy * n), n)
-    return f"{100 * accuracy:.1f} [{100 * low:.1f}–{100 * high:.1f}]"
-
-
 def severity_table(results: Sequence[dict[str, Any]]) -> str:
     """Markdown: accuracy per severity (mean over corruptions, 95% interval over its images) for
     each model, then mCE rows."""
+    from ..report.stats import accuracy_with_interval as _with_interval
+
     names = [f"{r['model']} {r['pretrained']}" for r in results]
     lines = ["| severity | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     per_set = results[0]["metrics"]["images_per_set"]

@@ -20,6 +20,12 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> t
     return float(interval.low), float(interval.high)
 
 
+def accuracy_with_interval(accuracy: float, n: int) -> str:
+    """'91.7 [78.2–97.1]': an accuracy over `n` images and its 95% Wilson interval, in %."""
+    low, high = wilson_interval(round(accuracy * n), n)
+    return f"{100 * accuracy:.1f} [{100 * low:.1f}–{100 * high:.1f}]"
+
+
 @dataclass(frozen=True)
 class McNemar:
     """Paired comparison of two models' per-image correctness."""

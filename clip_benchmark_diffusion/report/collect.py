@@ -199,8 +199,8 @@ def _correctness_from_files(result: Result) -> Optional[list[bool]]:
         return None
     if os.path.isfile(stem + PREDICTIONS_SUFFIX):
         lines = _read_jsonl(stem + PREDICTIONS_SUFFIX)
-        if lines and all("correct" in line for line in lines):
-            return [bool(line["correct"]) for line in lines]
+        if lines and all("correct" in line for line in lines):  # robustness: corrupted images only
+            return [bool(line["correct"]) for line in lines if line.get("corruption") != "clean"]
         if lines and all("prediction" in line and "label" in line for line in lines):
             return [line["prediction"] == line["label"] for line in lines]
     if os.path.isfile(stem + RECORD_SUFFIX):

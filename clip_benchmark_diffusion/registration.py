@@ -241,7 +241,7 @@ def _predictions_path(args: argparse.Namespace) -> Optional[str]:
     from clip_benchmark.datasets.builder import get_dataset_default_task
 
     task = get_dataset_default_task(_dataset_name(args)) if args.task == "auto" else args.task
-    return os.path.splitext(_output_path(args, task))[0] + ".predictions.jsonl" \
+    return os.path.abspath(os.path.splitext(_output_path(args, task))[0] + ".predictions.jsonl") \
         if task == "zeroshot_classification" else None
 
 
@@ -268,6 +268,12 @@ def _patch_cli(cli_module) -> None:
 
     def run(args):
         _state["predictions"] = _predictions_path(args)
+        try:
+            return run_model(args)
+        finally:
+            _state["predictions"] = None  # never written by a later, unrelated run_classification call
+
+    def run_model(args):
         if not is_diffusion_model(args.model_type, args.model):
             _state["run"] = None
             return original_run(args)

@@ -116,3 +116,13 @@ def test_accuracy_vs_calls_labels_overlap_neither_each_other_nor_the_title():
             assert not _overlap(a, b), (a, b)
     # the legend sits beside the axes, below the title's baseline band
     assert legend.get_window_extent(renderer).x0 >= axis.get_window_extent(renderer).x1
+
+
+def test_a_failed_run_leaves_no_predictions_path_for_later_runs(tmp_path):
+    from clip_benchmark_diffusion import registration
+    from clip_benchmark_diffusion.demo import clip_benchmark_eval
+
+    with pytest.raises(SystemExit):
+        clip_benchmark_eval(["--model", "sd-diffusion", "--pretrained", str(tmp_path / "missing"), "--dataset",
+                             "wds/shape", "--dataset_root", str(tmp_path), "--output", str(tmp_path / "r.json")])
+    assert registration._state.get("predictions") is None

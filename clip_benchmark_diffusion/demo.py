@@ -124,7 +124,8 @@ def main(argv: Optional[list[str]] = None) -> list[RunResult]:
     results = []
     started = time.time()
     for task in args.tasks:
-        for model, extra in ((CLIP, []), (DIFFUSION, diffusion_flags)):
+        # CLIP's per-image predictions feed the report's intervals and paired tests
+        for model, extra in ((CLIP, ["--diffusion_predictions"]), (DIFFUSION, diffusion_flags)):
             print(f"== {task}: {model[0]} --pretrained {model[1]}", flush=True)
             results.append(run_one(task, folders[task], model, args.out, extra))
     text = table(results)

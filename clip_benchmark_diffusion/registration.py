@@ -62,6 +62,8 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
     add("--diffusion_objective", choices=OBJECTIVES, default=defaults.objective, help="error space and weighting")
     add("--diffusion_bucket_weights", type=float, nargs="+", default=None,
         help="per-bucket weights for --diffusion_objective x0_buckets (equal-width timestep buckets)")
+    add("--diffusion_bucket_weights_file", type=str, default=None, metavar="FILE",
+        help="read the x0_buckets weights from FILE (`python -m clip_benchmark_diffusion.weighting fit` output)")
     add("--diffusion_heuristic_rate", type=float, default=defaults.heuristic_rate,
         help="k in the x0_heuristic weight exp(-k t)")
     add("--diffusion_loss", choices=LOSSES, default=defaults.loss)
@@ -98,6 +100,10 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
     add("--diffusion_records", type=str, default=None,
         help="per-image record file (default: beside the result JSON, suffix .diffusion.jsonl)")
     add("--diffusion_no_progress", action="store_true", help="no progress bar")
+    add("--diffusion_predictions", action="store_true",
+        help="for any model, CLIP included: write X.predictions.jsonl beside a classification result and add "
+             "instances / images_per_instance to caption-selection metrics (the report's intervals and paired tests "
+             "use them); diffusion runs always do")
     return parser
 
 
@@ -119,6 +125,13 @@ def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSetti
         values["t_min"], values["t_max"] = options.diffusion_t_range
     if options.diffusion_bucket_weights:
         values["bucket_weights"] = tuple(options.diffusion_bucket_weights)
+    if getattr(options, "diffusion_bucket_weights_file", None):
+        from .weighting import read_bucket_weights
+
+        try:
+            values["bucket_weights"] = read_bucket_weights(options.diffusion_bucket_weights_file)
+        except (OSError, ValueError) as error:
+            raise DiffusionUsageError(f"--diffusion_bucket_weights_file: {error}") from None
     if options.diffusion_prefilter:
         model, _, pretrained = options.diffusion_prefilter.partition(",")
         values.update(prefilter_model=model, prefilter_pretrained=pretrained, prefilter_k=options.diffusion_prefilter_k)
@@ -254,6 +267,16 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
     return task
 
 
+def _predictions_path(args: argparse.Namespace) -> Optional[str]:
+    """`X.predictions.jsonl` beside a classification run's result `X.json` (any model): the report's
+    confidence intervals and paired tests need per-image correctness, which the result JSON lacks."""
+    from clip_benchmark.datasets.builder import get_dataset_default_task
+
+    task = get_dataset_default_task(_dataset_name(args)) if args.task == "auto" else args.task
+    return os.path.abspath(os.path.splitext(_output_path(args, task))[0] + ".predictions.jsonl") \
+        if task == "zeroshot_classification" else None
+
+
 def _patch_cli(cli_module) -> None:
     """Wrap the CLI's parse and run and two metric functions; every wrapper passes any call it
     does not serve (a non-diffusion model) through unchanged, whatever its arguments."""
@@ -280,12 +303,23 @@ def _patch_cli(cli_module) -> None:
             sys.argv = saved
 
     def run(args, *more, **kwargs):
-        if not is_diffusion_model(getattr(args, "model_type", None), getattr(args, "model", None)):
+        diffusion = is_diffusion_model(getattr(args, "model_type", None), getattr(args, "model", None))
+        _state["report_data"] = diffusion or getattr(_state["options"], "diffusion_predictions", False)
+        try:
+            if diffusion:
+                return run_diffusion(args, *more, **kwargs)
             _state["run"] = None
+            if _state["report_data"]:
+                _state["predictions"] = _predictions_path(args)
             return original_run(args, *more, **kwargs)
+        finally:  # never used by a later, unrelated run_classification call
+            _state["predictions"], _state["report_data"] = None, False
+
+    def run_diffusion(args, *more, **kwargs):
         try:
             task = _check_diffusion_run(args)
             output = _output_path(args, task)
+            _state["predictions"] = _predictions_path(args)
             options = _state["options"]
             record_path = (options and options.diffusion_records) or (os.path.splitext(output)[0] + ".diffusion.jsonl")
             info = {"dataset": args.dataset, "pretrained": args.pretrained, "task": task, "result_json": output,
@@ -295,7 +329,7 @@ def _patch_cli(cli_module) -> None:
                 if args.skip_existing and os.path.exists(output):
                     return None  # rank 0 skips this run too
                 # every rank runs clip_benchmark's evaluation; only rank 0's result JSON is the result
-                output, args.skip_existing = os.devnull, False
+                output, args.skip_existing, _state["predictions"] = os.devnull, False, None
             with diffusion_run(options, args.seed, record_path, info, shard=shard):
                 args.output = output.replace("{", "{{").replace("}", "}}")
                 args.model_type = MODEL_TYPE
@@ -305,30 +339,40 @@ def _patch_cli(cli_module) -> None:
             raise SystemExit(2) from None
 
     def run_classification(model, *args, **kwargs):
-        if not getattr(model, "is_diffusion_classifier", False):
-            return original_classification(model, *args, **kwargs)
-        dataloader = _bound_arguments(original_classification, model, args, kwargs).get("dataloader")
-        try:
-            model.expected_images = len(dataloader.dataset)
-        except (TypeError, AttributeError):
-            pass  # iterable (webdataset) datasets have no length
+        diffusion = getattr(model, "is_diffusion_classifier", False)
+        if not diffusion and not _state.get("report_data"):
+            return original_classification(model, *args, **kwargs)  # untouched: a plain CLIP run
+        if diffusion:
+            dataloader = _bound_arguments(original_classification, model, args, kwargs).get("dataloader")
+            try:
+                model.expected_images = len(dataloader.dataset)
+            except (TypeError, AttributeError):
+                pass  # iterable (webdataset) datasets have no length
         result = original_classification(model, *args, **kwargs)
-        if model.complete_shards():  # rank 0 of a multi-process run: once more, every image from the record
+        if diffusion and model.complete_shards():  # rank 0 of several: once more, every image from the record
             result = original_classification(model, *args, **kwargs)
-        target = result[1] if isinstance(result, tuple) and len(result) == 2 else None
-        model.finish(labels=target.tolist() if getattr(target, "dim", lambda: 0)() == 1 else None)
+        logits, target = result if isinstance(result, tuple) and len(result) == 2 else (None, None)
+        labels = target.tolist() if getattr(target, "dim", lambda: 0)() == 1 else None
+        if labels is not None and _state.get("predictions"):
+            _write_predictions(_state.pop("predictions"), logits.argmax(dim=1).tolist(), labels)
+        if diffusion:
+            model.finish(labels=labels)
         return result
 
     def evaluate(model, *args, **kwargs):
-        if not (getattr(model, "is_diffusion_classifier", False) and model.task == "image_caption_selection"):
-            return original_selection(model, *args, **kwargs)
+        diffusion = getattr(model, "is_diffusion_classifier", False) and model.task == "image_caption_selection"
+        if not diffusion and not _state.get("report_data"):
+            return original_selection(model, *args, **kwargs)  # untouched: a plain CLIP run
         bound = inspect.signature(original_selection).bind(model, *args, **kwargs)
-        bound.arguments["dataloader"] = _LayoutReportingLoader(bound.arguments["dataloader"], model)
+        loader = bound.arguments["dataloader"] = _LayoutReportingLoader(bound.arguments["dataloader"], model)
         metrics = original_selection(*bound.args, **bound.kwargs)
-        if model.complete_shards():
+        if diffusion and model.complete_shards():
+            loader.instances = 0
             metrics = original_selection(*bound.args, **bound.kwargs)
-        model.finish()
-        return metrics
+        if diffusion:
+            model.finish()
+        # with one image per instance, image_acc is 1 by construction: the report says so instead of 100%
+        return {**metrics, "instances": loader.instances, "images_per_instance": loader.images_per_instance}
 
     _set_attribute(cli_module, "get_parser_args", get_parser_args)
     _set_attribute(cli_module, "run", run)
@@ -356,6 +400,15 @@ def _shard_for(args: argparse.Namespace, record_path: str):
     return shard.for_run(os.path.abspath(record_path))
 
 
+def _write_predictions(path: str, predictions: list[int], labels: list[int]) -> None:
+    """`X.predictions.jsonl`: per-image correctness, which the report's intervals and paired tests need
+    and clip_benchmark's result JSON lacks."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(f'{{"index": {i}, "prediction": {p}, "label": {t}}}\n'
+                          for i, (p, t) in enumerate(zip(predictions, labels)))
+
+
 def _bound_arguments(function, first: Any, args: tuple, kwargs: dict) -> dict:
     """{parameter: value} of the call `function(first, *args, **kwargs)` ({} if it does not bind)."""
     try:
@@ -370,11 +423,15 @@ class _LayoutReportingLoader:
 
     def __init__(self, dataloader, model) -> None:
         self.dataloader, self.model = dataloader, model
+        self.instances, self.images_per_instance = 0, 0  # for the report's intervals (any model)
 
     def __iter__(self):
         for batch_images, batch_texts in self.dataloader:
             images_per = 1 if batch_images.dim() == 4 else batch_images.shape[1]
-            self.model.caption_layout = (images_per, len(batch_texts[0]))
+            self.instances += len(batch_texts)
+            self.images_per_instance = max(self.images_per_instance, images_per)
+            if hasattr(self.model, "caption_layout"):
+                self.model.caption_layout = (images_per, len(batch_texts[0]))
             yield batch_images, batch_texts
 
     def __len__(self) -> int:

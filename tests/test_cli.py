@@ -164,7 +164,8 @@ def test_caption_selection_task_on_the_world_binding_set(tiny_epsilon_pipeline, 
                       "--diffusion_no_progress"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "binding.json").read_text())["metrics"]
-    assert set(metrics) == {"image_acc", "text_acc", "acc"}
+    assert set(metrics) == {"image_acc", "text_acc", "acc", "instances", "images_per_instance"}
+    assert metrics["instances"] == 8 and metrics["images_per_instance"] == 1  # the report then hides image_acc
     lines = [json.loads(line) for line in (tmp_path / "binding.diffusion.jsonl").open()]
     images = [line for line in lines if line["type"] == "image"]
     assert len(images) == 8 and all(len(image["candidates"]) == 2 for image in images)

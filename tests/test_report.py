@@ -76,14 +76,16 @@ def test_markdown_tables_put_datasets_in_rows_and_models_in_columns(report):
     markdown = (report / "report.md").read_text()
     header, _, *rows = _table_rows(markdown, "Results")
     assert header == ["dataset (metric)", "ViT-B-32 openai", "sd-diffusion sd2-base"]
+    # intervals where the number of images is known: the shape records (2 of 4 right) match acc1; the
+    # cifar10 records (3 of 4) disagree with its acc1 (0.8), so they are not taken as its images
     assert rows == [["cifar10 (acc1)", "89.1", "80.0"],
                     ["cue_conflict_geirhos (shape_bias)", "25.0", "75.0"],
                     ["wds/binding_color (text_acc)", "52.0", "81.0"],
-                    ["wds/shape (acc1)", "–", "50.0"]]
+                    ["wds/shape (acc1)", "–", "50.0 [15.0–85.0]"]]
     header, _, *rows = _table_rows(markdown, "Diffusion cost per image")
     cost = {row[1]: dict(zip(header, row)) for row in rows}
     assert cost["wds/shape"]["UNet calls / image"] == "40.0" and cost["wds/shape"]["calls range"] == "10–70"
-    assert cost["cifar10"]["accuracy %"] == "80.0"  # the result's acc1 wins over the records' 3/4
+    assert cost["cifar10"]["accuracy %"] .startswith("80.0 [")  # the result's acc1 wins over the records' 3/4
     assert cost["wds/shape"]["strategy"] == "ttest, 64 draws" and cost["cifar10"]["seconds / image"] == "–"
     for figure in ("accuracy.png", "shape_bias.png", "binding.png", "accuracy_vs_calls.png"):
         assert f"]({figure})" in markdown
@@ -109,7 +111,8 @@ def test_leaderboard_has_the_columns_and_values_of_clip_benchmark_build(results_
         reader = csv.DictReader(handle)
         ours = list(reader)
     assert reader.fieldnames[:6] == ["model_fullname", "model", "pretrained", "dataset", "task", "language"]
-    assert set(reader.fieldnames) == set(theirs[0])
+    intervals = {"ci95_low", "ci95_high", "ci95_n"}
+    assert set(reader.fieldnames) == set(theirs[0]) | intervals
     assert len(ours) == len(theirs) == 7
 
     def key(row):
@@ -119,10 +122,24 @@ def test_leaderboard_has_the_columns_and_values_of_clip_benchmark_build(results_
     for row in ours:
         other = theirs_by_key[key(row)]
         for column, value in row.items():
-            if column == "per_class" and value:
+            if column in intervals:
+                continue
+            if column == "image_acc" and row["task"] == "image_caption_selection":
+                assert value == "" and other[column] == "1.0"  # one image per instance: 100% by construction
+            elif column == "per_class" and value:
                 assert json.loads(value).keys() == eval(other[column], {"nan": float("nan")}).keys()
             else:
                 assert value == other[column], column
+
+
+def test_leaderboard_intervals_are_wilson_intervals_of_the_images_behind_the_accuracy(report):
+    with open(report / "leaderboard.csv", newline="") as handle:
+        rows = {(r["model"], r["dataset"]): r for r in csv.DictReader(handle)}
+    shape = rows[("sd-diffusion", "wds/shape")]
+    assert shape["ci95_n"] == "4"
+    assert float(shape["ci95_low"]) == pytest.approx(0.150, abs=1e-3)  # Wilson, 2 of 4
+    assert float(shape["ci95_high"]) == pytest.approx(0.850, abs=1e-3)
+    assert rows[("ViT-B-32", "cifar10")]["ci95_n"] == ""  # no per-image file beside it: n unknown
 
 
 def test_report_of_an_empty_folder_is_one_clear_error(tmp_path, capsys):

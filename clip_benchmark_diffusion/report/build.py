@@ -7,8 +7,8 @@ from typing import Optional
 from .collect import read_costs, read_results
 from .leaderboard import write_leaderboard
 from .page import Figure, html_page, markdown_page
-from .plots import accuracy_plot, binding_plot, cost_plot, shape_bias_plot
-from .tables import cost_table, results_table, shape_bias_table
+from .plots import accuracy_plot, binding_plot, cost_plot, robustness_plot, shape_bias_plot
+from .tables import cost_table, paired_table, results_table, shape_bias_table
 
 DEFAULT_TITLE = "Diffusion classifiers vs CLIP"
 
@@ -21,13 +21,15 @@ def build_report(results_dir: str, out_dir: str, title: str = DEFAULT_TITLE) -> 
     costs = read_costs(results_dir)
     os.makedirs(out_dir, exist_ok=True)
 
-    tables = [t for t in (results_table(results), shape_bias_table(results), cost_table(costs, results)) if t]
+    tables = [t for t in (results_table(results), paired_table(results), shape_bias_table(results),
+                           cost_table(costs, results)) if t]
     candidates: list[tuple[str, str, Optional[bytes]]] = [
         ("accuracy.png", "Accuracy per dataset and model", accuracy_plot(results)),
         ("shape_bias.png", "Shape vs texture decisions per class (Geirhos et al. 2019 style)",
          shape_bias_plot(results)),
         ("binding.png", "Attribute binding accuracy per task vs chance", binding_plot(results)),
         ("accuracy_vs_calls.png", "Accuracy vs mean UNet calls per image", cost_plot(costs, results)),
+        ("robustness.png", "Accuracy per corruption severity (world-C / ImageNet-C style)", robustness_plot(results)),
     ]
     figures = [Figure(name, caption, png) for name, caption, png in candidates if png is not None]
 

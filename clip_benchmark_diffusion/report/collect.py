@@ -23,7 +23,12 @@ MAIN_METRICS: dict[str, tuple[str, ...]] = {
     "shape_bias": ("shape_bias",),
     "zeroshot_retrieval": ("image_retrieval_recall@5", "text_retrieval_recall@5"),
     "linear_probe": ("lp_acc1",),
+    "corruption_robustness": ("mean_acc",),
 }
+PREDICTIONS_SUFFIX = ".predictions.jsonl"
+#: clip_benchmark caption-selection datasets with several images per instance (others have one, so
+#: their image_acc is 1 by construction); results that carry `images_per_instance` say it themselves
+MULTI_IMAGE_DATASETS = ("winoground",)
 
 
 @dataclass(frozen=True)
@@ -166,3 +171,61 @@ def cost_accuracy(cost: RunCost, results: list[Result]) -> Optional[float]:
         return None
     value = result.main_metric[1] if result is not None else None
     return value if value is not None and not math.isnan(value) else cost.accuracy
+
+
+def images_per_instance(result: Result) -> int:
+    """Images per caption-selection instance: from the result (this plugin adds it), else by dataset."""
+    recorded = result.metrics.get("images_per_instance")
+    if isinstance(recorded, int) and recorded > 0:
+        return recorded
+    return 2 if result.dataset.replace("wds/", "") in MULTI_IMAGE_DATASETS else 1
+
+
+def correctness(result: Result) -> Optional[list[bool]]:
+    """Per-image correctness behind a result's main accuracy, in image order, when a file beside
+    it has it: `X.predictions.jsonl` (written by diffusion classification runs, by other models' runs
+    given `--diffusion_predictions`, and by the robustness probe) or the diffusion record `X.diffusion.jsonl`. None otherwise, and None
+    when the file disagrees with the result's own accuracy (it then belongs to another run)."""
+    correct = _correctness_from_files(result)
+    value = result.main_metric[1]
+    if correct and value is not None and not math.isnan(value) and abs(sum(correct) / len(correct) - value) > 1e-6:
+        return None
+    return correct
+
+
+def _correctness_from_files(result: Result) -> Optional[list[bool]]:
+    stem = os.path.splitext(result.path)[0]
+    if result.task == "shape_bias":
+        return None
+    if os.path.isfile(stem + PREDICTIONS_SUFFIX):
+        lines = _read_jsonl(stem + PREDICTIONS_SUFFIX)
+        if lines and all("correct" in line for line in lines):  # robustness: corrupted images only
+            return [bool(line["correct"]) for line in lines if line.get("corruption") != "clean"]
+        if lines and all("prediction" in line and "label" in line for line in lines):
+            return [line["prediction"] == line["label"] for line in lines]
+    if os.path.isfile(stem + RECORD_SUFFIX):
+        lines = _read_jsonl(stem + RECORD_SUFFIX)
+        images = [line for line in lines if line.get("type") == "image"]
+        summary = next((line for line in reversed(lines) if line.get("type") == "summary"), None)
+        if result.task == "image_caption_selection" and images_per_instance(result) == 1:
+            return [line.get("prediction") == 0 for line in images]  # the true caption is candidate 0
+        labels = (summary or {}).get("labels")
+        if result.task == "zeroshot_classification" and labels and len(labels) == len(images):
+            return [line.get("prediction") == label for line, label in zip(images, labels)]
+    return None
+
+
+def successes_and_trials(result: Result) -> Optional[tuple[int, int]]:
+    """(k, n) behind the main metric, for its confidence interval: from per-image correctness, from
+    a caption-selection result's instance count, or from shape-bias decision counts."""
+    correct = correctness(result)
+    if correct:
+        return sum(correct), len(correct)
+    name, value = result.main_metric
+    metrics = result.metrics
+    if result.task == "shape_bias" and isinstance(metrics.get("shape_decisions"), int):
+        return metrics["shape_decisions"], metrics["shape_decisions"] + metrics.get("texture_decisions", 0)
+    instances = metrics.get("instances")
+    if isinstance(instances, int) and instances > 0 and value is not None and not math.isnan(value):
+        return round(value * instances), instances
+    return None

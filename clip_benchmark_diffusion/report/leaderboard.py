@@ -6,7 +6,9 @@ model + ' ' + pretrained. Building rows the same way keeps the columns identical
 diffusion and CLIP rows concatenate with rows from `clip_benchmark build`. Two deliberate
 differences, neither affecting the columns: a stable column order (identity columns first,
 where `build` uses set order), and nested values (e.g. shape bias `per_class`) as JSON
-rather than Python reprs.
+rather than Python reprs. Two additions: the main metric's 95% Wilson interval and its n
+(`ci95_low`, `ci95_high`, `ci95_n`, empty when n is unknown), and an empty `image_acc` for
+caption selection with one image per instance (it is 1 by construction there).
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import csv
 import json
 from typing import Any, Sequence
 
-from .collect import Result
+from .collect import Result, images_per_instance
 
 FIRST_COLUMNS = ("model_fullname", "model", "pretrained", "dataset", "task", "language")
+INTERVAL_COLUMNS = ("ci95_low", "ci95_high", "ci95_n")
 
 
 def leaderboard_row(data: dict) -> dict[str, Any]:
@@ -27,9 +30,22 @@ def leaderboard_row(data: dict) -> dict[str, Any]:
     return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()}
 
 
+def _with_uncertainty(result: Result) -> dict[str, Any]:
+    """`clip_benchmark build`'s row, plus the main metric's interval; no trivial image accuracy."""
+    from .tables import interval
+
+    row = leaderboard_row(result.data)
+    if result.task == "image_caption_selection" and images_per_instance(result) == 1 and "image_acc" in row:
+        row["image_acc"] = ""
+    bounds = interval(result)
+    row.update(zip(INTERVAL_COLUMNS, ("", "", "") if bounds is None else (round(bounds[0], 6),
+                                                                            round(bounds[1], 6), bounds[2])))
+    return row
+
+
 def write_leaderboard(results: Sequence[Result], path: str) -> list[str]:
     """Write the CSV; returns its columns."""
-    rows = [leaderboard_row(r.data) for r in results]
+    rows = [_with_uncertainty(r) for r in results]
     present = {key for row in rows for key in row}
     columns = [c for c in FIRST_COLUMNS if c in present] + sorted(present - set(FIRST_COLUMNS))
     with open(path, "w", newline="", encoding="utf-8") as handle:

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from .collect import Result, RunCost, cost_accuracy
+from .collect import Result, RunCost, correctness, cost_accuracy, successes_and_trials
+from .stats import mcnemar_exact, wilson_interval
 
 MISSING = "–"
 
@@ -26,6 +27,23 @@ def percent(value: Optional[float]) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
     return f"{100 * value:.1f}"
+
+
+def interval(result: Result) -> Optional[tuple[float, float, int]]:
+    """(low, high, n) of the 95% Wilson interval of a result's main metric, if its n is known."""
+    counts = successes_and_trials(result)
+    if counts is None or counts[1] == 0:
+        return None
+    low, high = wilson_interval(*counts)
+    return low, high, counts[1]
+
+
+def with_interval(result: Result) -> str:
+    """'73.4 [64.0–81.0]' (main metric and its 95% interval, in %), or just the value if n is unknown."""
+    value, bounds = percent(result.main_metric[1]), interval(result)
+    if bounds is None or value == MISSING:
+        return value
+    return f"{value} [{100 * bounds[0]:.1f}–{100 * bounds[1]:.1f}]"
 
 
 def _number(value: Optional[float], digits: int = 1) -> str:
@@ -48,12 +66,45 @@ def results_table(results: Sequence[Result]) -> Table:
     models = models_of(results)
     cells: dict[str, dict[str, str]] = {}
     for result in results:  # sorted by path: a later file for the same cell wins
-        cells.setdefault(_row_label(result), {})[result.model_fullname] = percent(result.main_metric[1])
+        cells.setdefault(_row_label(result), {})[result.model_fullname] = with_interval(result)
     rows = [[label] + [cells[label].get(m, MISSING) for m in models] for label in sorted(cells)]
     return Table("Results", ["dataset (metric)"] + models, rows,
-                 note="Values in %. Caption selection: text_acc (chance 50 for two captions). "
-                      "Shape bias: share of shape decisions among shape + texture decisions.",
+                 note="Values in %, with the 95% Wilson interval over images in brackets where the number of "
+                      "images is known (per-image predictions or records beside the result; caption selection: "
+                      "its instance count; shape bias: its shape + texture decisions). Caption selection: text_acc "
+                      "(chance 50 for two captions); image_acc is not shown for one image per instance, where it "
+                      "is 100% by construction. Shape bias: share of shape decisions among shape + texture "
+                      "decisions.",
                  columns_right=set(range(1, len(models) + 1)))
+
+
+def paired_table(results: Sequence[Result]) -> Optional[Table]:
+    """Exact McNemar test for every two models scored on the same images of a dataset (same task and
+    number of images, in the same order), so a difference reads as significant or not."""
+    by_dataset: dict[tuple[str, str], list[tuple[Result, list[bool]]]] = {}
+    for result in results:
+        correct = correctness(result)
+        if correct:
+            by_dataset.setdefault((result.dataset, result.task), []).append((result, correct))
+    rows = []
+    for (dataset, _), entries in sorted(by_dataset.items()):
+        entries = sorted(entries, key=lambda entry: entry[0].model_fullname)
+        for i, (a, correct_a) in enumerate(entries):
+            for b, correct_b in entries[i + 1:]:
+                if len(correct_a) != len(correct_b) or a.model_fullname == b.model_fullname:
+                    continue
+                test = mcnemar_exact(correct_a, correct_b)
+                rows.append([dataset, a.model_fullname, percent(sum(correct_a) / test.n), b.model_fullname,
+                             percent(sum(correct_b) / test.n), str(test.n), str(test.only_a), str(test.only_b),
+                             f"{test.p_value:.3g}", "yes" if test.significant else "no"])
+    if not rows:
+        return None
+    return Table("Paired comparisons (exact McNemar)",
+                 ["dataset", "model A", "A %", "model B", "B %", "images", "only A right", "only B right",
+                  "p", "significant (p < 0.05)"], rows,
+                 note="Both models on the same images, in the same order. p is the two-sided exact McNemar test: a "
+                      "binomial test at 1/2 of the images exactly one of the two models gets right.",
+                 columns_right={2, 4, 5, 6, 7, 8})
 
 
 def shape_bias_table(results: Sequence[Result]) -> Optional[Table]:
@@ -68,12 +119,21 @@ def shape_bias_table(results: Sequence[Result]) -> Optional[Table]:
                                                "conflict images"], sorted(rows), columns_right={2, 3, 4, 5})
 
 
+def _cost_accuracy(cost: RunCost, results: Sequence[Result]) -> str:
+    """A run's accuracy with its 95% Wilson interval over the run's images."""
+    value = cost_accuracy(cost, list(results))
+    if value is None or math.isnan(value) or not cost.images:
+        return percent(value)
+    low, high = wilson_interval(round(value * cost.images), cost.images)
+    return f"{percent(value)} [{100 * low:.1f}–{100 * high:.1f}]"
+
+
 def cost_table(costs: Sequence[RunCost], results: Sequence[Result]) -> Optional[Table]:
     """Per diffusion run: UNet calls and seconds per image, next to the accuracy they bought."""
     if not costs:
         return None
     rows = [[c.model_fullname, c.dataset, c.settings_label, str(c.images), _number(c.mean_calls),
-             f"{c.min_calls}–{c.max_calls}", _number(c.seconds_per_image, 3), percent(cost_accuracy(c, list(results))),
+             f"{c.min_calls}–{c.max_calls}", _number(c.seconds_per_image, 3), _cost_accuracy(c, results),
              os.path.basename(c.path)]
             for c in costs]
     return Table("Diffusion cost per image", ["model", "dataset", "strategy", "images", "UNet calls / image",

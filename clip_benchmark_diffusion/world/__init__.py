@@ -4,7 +4,8 @@ It provides a captioned training set and small zero-shot test sets (shape,
 colour, colour+shape, attribute binding, shape-vs-texture cue conflict) in
 clip_benchmark's ``wds/`` format, so that models trained on the world can be
 evaluated with known ground truth. See ``scenes.py`` for the caption
-convention and ``writer.py`` for the on-disk layout.
+convention, ``writer.py`` for the on-disk layout and ``corruptions.py`` for world-C
+(the test sets after ImageNet-C-style corruptions).
 """
 
 from .render import COLOUR_RGB, COLOURS, IMAGE_SIZE, SHAPES, TEXTURES, TYPICAL_TEXTURE, ObjectSpec, Scene, render

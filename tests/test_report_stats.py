@@ -83,6 +83,7 @@ def test_clip_benchmark_eval_of_a_clip_model_leaves_per_image_predictions_only_w
     from clip_benchmark_diffusion.world import write_test_set
 
     root = write_test_set(str(tmp_path / "world"), "shape", 8)
+    (tmp_path / "results").mkdir()  # clip_benchmark itself does not create the output folder
     output = str(tmp_path / "results" / "shape_clip.json")
     args = ["--model", "ref-world-clip", "--pretrained", "ref-world", "--dataset", "wds/shape", "--dataset_root", root,
             "--num_workers", "0", "--output", output, "--quiet"]

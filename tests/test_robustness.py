@@ -183,7 +183,7 @@ def test_probe_runs_clip_and_diffusion_side_by_side_and_records_every_set(tmp_pa
     code = probes_main(["robustness", "--model", "ref-world-clip", "--pretrained", "ref-world",
                         "--model", "sd-diffusion", "--pretrained", tiny_epsilon_pipeline,
                         "--root", str(tmp_path / "world_c" / "shape"), "--out", str(out), "--diffusion_draws", "4",
-                        "--diffusion_no_progress"])
+                        "--diffusion_strategy", "fixed", "--diffusion_no_progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "| 2 |" in printed and "| 5 |" in printed and "mCE (baseline ref-world-clip ref-world)" in printed

@@ -79,7 +79,8 @@ def test_records_of_two_objectives_give_the_same_x0_errors_and_the_learned_run_m
         output = str(tmp_path / f"{name}.json")
         clip_benchmark_eval(["--model", "sd-diffusion", "--pretrained", tiny_epsilon_pipeline, "--dataset",
                              "wds/animals", "--dataset_root", tiny_wds, "--num_workers", "0", "--output", output,
-                             "--diffusion_draws", "8", "--diffusion_no_progress", "--quiet", *flags])
+                             "--diffusion_draws", "8", "--diffusion_strategy", "fixed", "--diffusion_templates",
+                             "average_errors", "--diffusion_no_progress", "--quiet", *flags])
         data[name] = load_draw_errors(output.replace(".json", ".diffusion.jsonl"))
     assert data["epsilon"].errors.shape == (6, 3, 8)
     assert np.array_equal(data["epsilon"].timesteps, data["buckets"].timesteps)

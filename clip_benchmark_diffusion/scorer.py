@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from .backends.base import DiffusionBackend, mean_rows, split_rows, stack_rows
+from .backends.base import DiffusionBackend, Encoded, mean_rows, rows_to_device, split_rows, stack_rows
 from .objectives import draw_noise, draw_timesteps, mix_seed
 from .schedules import NoiseSchedule
 from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings, UnsupportedSettings
@@ -216,7 +216,13 @@ class DiffusionScorer:
                   all_timesteps: list, on_calls: Optional[Callable[[int], None]]) -> Iterator[tuple[int, list]]:
         """Errors of (image, draw, conditioning) rows, `batch_size` rows per network call.
         Yields (image, [(draw, conditioning, error), ...]) as soon as all of an image's rows
-        are done. Noise is regenerated per batch from its seed, so memory is bounded by the batch."""
+        are done.
+
+        Host work per pass does not grow with its rows: the pass's distinct conditionings and
+        noises are copied to the device once and rows index them there; each (image, draw) noise
+        is generated once per round (kept while consecutive passes use it), so memory stays
+        bounded by the batch; errors stay on the device until an image completes, so the host
+        never waits for a pass it does not need the result of."""
         backend = self.backend
         errors = torch.empty(len(jobs), dtype=torch.float64)
         sample_shape = tuple(x0.shape[1:])
@@ -225,46 +231,65 @@ class DiffusionScorer:
         positions_of: dict[int, list[int]] = {}
         for n, (i, _, _) in enumerate(jobs):
             positions_of.setdefault(i, []).append(n)
-        remaining = {i: len(positions) for i, positions in positions_of.items()}
         todo = list(range(len(jobs)))
         if cache_keys is not None:
             todo = [n for n, key in enumerate(cache_keys) if key not in self.error_cache]
             for n, key in enumerate(cache_keys):
                 if key in self.error_cache:
                     errors[n] = self.error_cache[key]
-                    remaining[jobs[n][0]] -= 1
 
-        def completed(finished_rows: list[int]) -> Iterator[tuple[int, list]]:
-            for i in dict.fromkeys(jobs[n][0] for n in finished_rows):
-                if remaining[i] == 0:
-                    yield i, [(jobs[n][1], jobs[n][2], float(errors[n])) for n in positions_of[i]]
+        def finished(i: int) -> tuple[int, list]:
+            return i, [(jobs[n][1], jobs[n][2], float(errors[n])) for n in positions_of[i]]
 
-        pending = set(todo)
-        yield from completed([n for n in range(len(jobs)) if n not in pending])
+        # the position in `todo` of each image's last row: the pass that evaluates it completes the image
+        last_row = {jobs[n][0]: k for k, n in enumerate(todo)}
+        yield from (finished(i) for i in positions_of if i not in last_row)
+        completing = sorted((k, i) for i, k in last_row.items())
+        rows = torch.tensor(jobs, dtype=torch.int64).reshape(-1, 3)[torch.tensor(todo, dtype=torch.int64)]
+        timestep_table = torch.stack(all_timesteps) if all_timesteps else torch.empty(0, 0, dtype=torch.int64)
+        draws_per_image = timestep_table.shape[1]
+        noises: dict[int, torch.Tensor] = {}  # (image, draw) key -> its noise, for the passes that share it
+        device_errors: Optional[torch.Tensor] = None
+        synced = 0  # rows of `todo` whose errors are on the host
         for start in range(0, len(todo), self.settings.batch_size):
-            positions = todo[start:start + self.settings.batch_size]
-            chunk = [jobs[n] for n in positions]
-            noises: dict[tuple, torch.Tensor] = {}
-            for i, j, _ in chunk:
-                if (i, j) not in noises:
-                    noises[(i, j)] = draw_noise(seeds[i], j, sample_shape)
-            images = torch.tensor([i for i, _, _ in chunk])
-            timesteps = torch.stack([all_timesteps[i][j] for i, j, _ in chunk])
+            stop = min(start + self.settings.batch_size, len(todo))
+            images, draws, groups = rows[start:stop].unbind(dim=1)
+            timesteps = timestep_table[images, draws]
+            noise_keys, noise_rows = torch.unique(images * draws_per_image + draws, return_inverse=True)
+            noises = {key: noises[key] if key in noises else draw_noise(seeds[key // draws_per_image],
+                                                                        key % draws_per_image, sample_shape)
+                      for key in noise_keys.tolist()}
             clean = x0[images.to(x0.device)]
-            noise = torch.stack([noises[(i, j)] for i, j, _ in chunk]).to(clean.device)
+            noise = self._gather(list(noises.values()), noise_rows, clean.device)
+            unique_groups, group_rows = torch.unique(groups, return_inverse=True)
+            conditioning = self._gather([conditionings[g] for g in unique_groups.tolist()], group_rows, clean.device)
             x_t = self.schedule.add_noise(clean, noise, timesteps)
-            conditioning = stack_rows([conditionings[g] for _, _, g in chunk])
             output = backend.predict(x_t, self.schedule.network_time(timesteps), conditioning)
-            chunk_errors = self.schedule.errors(self.settings, output, clean, noise, x_t, timesteps
-                                                ).to("cpu", torch.float64)
-            errors[positions] = chunk_errors
-            if cache_keys is not None:
-                self.error_cache.update((cache_keys[n], e) for n, e in zip(positions, chunk_errors.tolist()))
+            chunk_errors = self.schedule.errors(self.settings, output, clean, noise, x_t, timesteps)
+            if device_errors is None:
+                device_errors = chunk_errors.new_empty(len(todo))
+            device_errors[start:stop] = chunk_errors
             if on_calls is not None:
-                on_calls(len(chunk) * backend.calls_per_prediction)
-            for i, _, _ in chunk:
-                remaining[i] -= 1
-            yield from completed(positions)
+                on_calls((stop - start) * backend.calls_per_prediction)
+            if not completing or completing[0][0] >= stop:
+                continue
+            positions = todo[synced:stop]
+            host_errors = device_errors[synced:stop].to("cpu", torch.float64)
+            errors[positions] = host_errors
+            if cache_keys is not None:
+                self.error_cache.update((cache_keys[n], e) for n, e in zip(positions, host_errors.tolist()))
+            synced = stop
+            while completing and completing[0][0] < stop:
+                yield finished(completing.pop(0)[1])
+
+    @staticmethod
+    def _gather(distinct: list, inverse: torch.Tensor, device: torch.device) -> Encoded:
+        """Row `inverse[n]` of `distinct` for every row n of a pass, on `device`: each distinct row
+        is stacked and copied once, and the rows index that table on the device."""
+        table = rows_to_device(stack_rows(distinct), device)
+        if len(distinct) == len(inverse) and bool((inverse == torch.arange(len(inverse))).all()):
+            return table
+        return table[inverse.to(device)]
 
     @staticmethod
     def _record_round(state: ImageState, groups: list, per_job: list, target: int) -> None:

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from .backends.base import DiffusionBackend, Encoded, mean_rows, rows_to_device, split_rows, stack_rows
+from .backends.base import DiffusionBackend, Encoded, mean_rows, rows_to_device, split_rows, stack_rows, take_rows
 from .objectives import draw_noise, draw_timesteps, mix_seed
 from .schedules import NoiseSchedule
 from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings, UnsupportedSettings
@@ -259,7 +259,7 @@ class DiffusionScorer:
             noises = {key: noises[key] if key in noises else draw_noise(seeds[key // draws_per_image],
                                                                         key % draws_per_image, sample_shape)
                       for key in noise_keys.tolist()}
-            clean = x0[images.to(x0.device)]
+            clean = x0.index_select(0, images.to(x0.device))
             noise = self._gather(list(noises.values()), noise_rows, clean.device)
             unique_groups, group_rows = torch.unique(groups, return_inverse=True)
             conditioning = self._gather([conditionings[g] for g in unique_groups.tolist()], group_rows, clean.device)
@@ -289,7 +289,7 @@ class DiffusionScorer:
         table = rows_to_device(stack_rows(distinct), device)
         if len(distinct) == len(inverse) and bool((inverse == torch.arange(len(inverse))).all()):
             return table
-        return table[inverse.to(device)]
+        return take_rows(table, inverse.to(device))
 
     @staticmethod
     def _record_round(state: ImageState, groups: list, per_job: list, target: int) -> None:

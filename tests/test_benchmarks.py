@@ -64,3 +64,15 @@ def test_gpu_throughput_toy_run_reports_its_figures(tmp_path):
         assert row["unet_calls_per_s"] > 0 and row["gflop_per_call"] > 0
         assert row["fraction_of_peak"] == pytest.approx(row["achieved_tflops"] / report["matmul_peak_tflops"], rel=0.05)
         assert np.isclose(row["seconds_per_10_class_image"], 300 / row["unet_calls_per_s"], rtol=0.01)
+
+
+def test_host_overhead_toy_run_prints_its_table(capsys):
+    from clip_benchmark_diffusion.benchmarks import host_overhead
+
+    results = host_overhead.main(["--scale", "0.05", "--repeats", "1"])
+    # 10 classes x 3 draws x 4 images; 50 classes kept 2/1/1 after 1/2/5 draws; 5 classes x 4 templates x 1 draw
+    assert [r["rows"] for r in results] == [120, 50 + 2 + 1 * 3, 20]
+    for r in results:
+        assert r["total_us"] > 0 and r["math_us"] > 0 and abs(r["host_us"] - (r["total_us"] - r["math_us"])) < 1e-6
+    text = capsys.readouterr().out
+    assert "| host work us/row |" in text and "| 10 classes x 64 draws, fixed | 120 |" in text and "| 2035 |" in text

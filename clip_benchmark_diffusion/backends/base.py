@@ -107,6 +107,13 @@ def stack_rows(rows: Sequence) -> Encoded:
     return Conditioning.stack(rows) if isinstance(rows[0], Conditioning) else torch.stack(list(rows))
 
 
+def take_rows(encoded: Encoded, index: torch.Tensor) -> Encoded:
+    """Rows `index` of a batch (`index_select`: on CPU several times faster than `encoded[index]`)."""
+    if isinstance(encoded, Conditioning):
+        return encoded.map(lambda value: value.index_select(0, index))
+    return encoded.index_select(0, index)
+
+
 def rows_to_device(encoded: Encoded, device: torch.device) -> Encoded:
     """A pass's rows on `device`. To CUDA they go from pinned memory without waiting, so the host
     prepares the next pass while this copy and the previous pass run."""

@@ -107,6 +107,12 @@ def stack_rows(rows: Sequence) -> Encoded:
     return Conditioning.stack(rows) if isinstance(rows[0], Conditioning) else torch.stack(list(rows))
 
 
+def row_bytes(row: Encoded) -> int:
+    """Bytes one row of `split_rows` holds."""
+    fields = row.fields().values() if isinstance(row, Conditioning) else [row]
+    return sum(value.numel() * value.element_size() for value in fields)
+
+
 def take_rows(encoded: Encoded, index: torch.Tensor) -> Encoded:
     """Rows `index` of a batch (`index_select`: on CPU several times faster than `encoded[index]`)."""
     if isinstance(encoded, Conditioning):

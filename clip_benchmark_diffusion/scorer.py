@@ -14,7 +14,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from .backends.base import DiffusionBackend, Encoded, mean_rows, row_bytes, rows_to_device, split_rows, stack_rows, take_rows
+from .backends.base import (DiffusionBackend, Encoded, mean_rows, row_bytes, rows_to_device, split_rows, stack_rows,
+                            take_rows)
 from .objectives import draw_noise, draw_timesteps, mix_seed
 from .schedules import NoiseSchedule
 from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings, UnsupportedSettings

@@ -14,7 +14,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from .backends.base import DiffusionBackend, mean_rows, split_rows, stack_rows
+from .backends.base import (DiffusionBackend, Encoded, mean_rows, row_bytes, rows_to_device, split_rows, stack_rows,
+                            take_rows)
 from .objectives import draw_noise, draw_timesteps, mix_seed
 from .schedules import NoiseSchedule
 from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings, UnsupportedSettings
@@ -81,6 +82,28 @@ def check_compatible(settings: ScorerSettings, schedule: NoiseSchedule) -> None:
                                   f"{steps} training timesteps (0 to {steps - 1})")
     if settings.t_min >= steps:
         raise UnsupportedSettings(f"t_min={settings.t_min} is outside this model's {steps} training timesteps")
+
+
+#: a round's distinct conditionings go to the device as one table when they take at most this much
+#: (1000 SD 2 text states: 158 MB); otherwise each pass copies its own distinct ones
+ROUND_TABLE_BYTES = 512 * 2**20
+
+
+class DeviceTable:
+    """Distinct rows (noises, conditionings) under sorted integer keys, stacked and copied to the
+    device once; the rows of a pass are gathered from it there, so a row shared by many rows of
+    a pass (or of a round) costs the host one copy, not one per row."""
+
+    def __init__(self, keys: torch.Tensor, rows: list, device: torch.device) -> None:
+        self.keys, self.device = keys, device
+        self.table = rows_to_device(stack_rows(rows), device)
+
+    def take(self, keys: torch.Tensor) -> Encoded:
+        """The rows of `keys`, in that order, on the device."""
+        index = torch.searchsorted(self.keys, keys)
+        if len(index) == len(self.keys) and bool((index == torch.arange(len(index))).all()):
+            return self.table
+        return take_rows(self.table, index.to(self.device))
 
 
 class DiffusionScorer:
@@ -234,7 +257,14 @@ class DiffusionScorer:
                   all_timesteps: list, on_calls: Optional[Callable[[int], None]]) -> Iterator[tuple[int, list]]:
         """Errors of (image, draw, conditioning) rows, `batch_size` rows per network call.
         Yields (image, [(draw, conditioning, error), ...]) as soon as all of an image's rows
-        are done. Noise is regenerated per batch from its seed, so memory is bounded by the batch."""
+        are done.
+
+        Host work does not grow with a pass's rows: distinct conditionings go to the device once
+        (the round's as one table when it fits `ROUND_TABLE_BYTES`, else each pass's) and rows are
+        gathered there; each (image, draw) noise is generated once per round and kept only while
+        consecutive passes use it, so memory stays bounded by the batch; errors stay on the device
+        until a pass completes an image (whose result must then reach `on_image`), so the host
+        does not wait for the device after every pass."""
         backend = self.backend
         errors = torch.empty(len(jobs), dtype=torch.float64)
         sample_shape = tuple(x0.shape[1:])
@@ -243,53 +273,78 @@ class DiffusionScorer:
         positions_of: dict[int, list[int]] = {}
         for n, (i, _, _) in enumerate(jobs):
             positions_of.setdefault(i, []).append(n)
-        remaining = {i: len(positions) for i, positions in positions_of.items()}
         todo = list(range(len(jobs)))
         if cache_keys is not None:
             todo = [n for n, key in enumerate(cache_keys) if key not in self.error_cache]
             for n, key in enumerate(cache_keys):
                 if key in self.error_cache:
                     errors[n] = self.error_cache[key]
-                    remaining[jobs[n][0]] -= 1
 
-        def completed(finished_rows: list[int]) -> Iterator[tuple[int, list]]:
-            for i in dict.fromkeys(jobs[n][0] for n in finished_rows):
-                if remaining[i] == 0:
-                    yield i, [(jobs[n][1], jobs[n][2], float(errors[n])) for n in positions_of[i]]
+        def finished(i: int) -> tuple[int, list]:
+            return i, [(jobs[n][1], jobs[n][2], float(errors[n])) for n in positions_of[i]]
 
-        pending = set(todo)
-        yield from completed([n for n in range(len(jobs)) if n not in pending])
+        # the position in `todo` of each image's last row: the pass that evaluates it completes the image
+        last_row = {jobs[n][0]: k for k, n in enumerate(todo)}
+        yield from (finished(i) for i in positions_of if i not in last_row)
+        completing = sorted((k, i) for i, k in last_row.items())
+        # (image, draw, conditioning) of the rows to evaluate, one contiguous row each
+        columns = torch.tensor(jobs, dtype=torch.int64).reshape(-1, 3)[torch.tensor(todo, dtype=torch.int64)]
+        columns = columns.T.contiguous()
+        timestep_table = torch.stack(all_timesteps) if all_timesteps else torch.empty(0, 0, dtype=torch.int64)
+        draws_per_image = timestep_table.shape[1]
+        noises: dict[int, torch.Tensor] = {}  # (image, draw) key -> its noise, for the passes that share it
+        device_errors: Optional[torch.Tensor] = None
+        round_groups = torch.unique(columns[2])
+        round_table = None
+        if len(round_groups) and len(round_groups) * row_bytes(conditionings[0]) <= ROUND_TABLE_BYTES:
+            round_table = self._conditioning_table(conditionings, round_groups, x0.device)
+        synced = 0  # rows of `todo` whose errors are on the host
         for start in range(0, len(todo), self.settings.batch_size):
-            positions = todo[start:start + self.settings.batch_size]
-            chunk = [jobs[n] for n in positions]
-            noises: dict[tuple, torch.Tensor] = {}
-            for i, j, _ in chunk:
-                if (i, j) not in noises:
-                    noises[(i, j)] = draw_noise(seeds[i], j, sample_shape)
-            images = torch.tensor([i for i, _, _ in chunk])
-            timesteps = torch.stack([all_timesteps[i][j] for i, j, _ in chunk])
-            clean = x0[images.to(x0.device)]
-            noise = torch.stack([noises[(i, j)] for i, j, _ in chunk]).to(clean.device)
+            stop = min(start + self.settings.batch_size, len(todo))
+            images, draws, groups = columns[:, start:stop]
+            timesteps = timestep_table[images, draws]
+            noise_keys = images * draws_per_image + draws
+            distinct = torch.unique(noise_keys)
+            noises = {key: noises[key] if key in noises else draw_noise(seeds[key // draws_per_image],
+                                                                        key % draws_per_image, sample_shape)
+                      for key in distinct.tolist()}
+            noise = DeviceTable(distinct, list(noises.values()), x0.device).take(noise_keys)
+            clean = x0.index_select(0, images.to(x0.device))
+            conditioning = (round_table or self._conditioning_table(conditionings, groups, x0.device)).take(groups)
             x_t = self.schedule.add_noise(clean, noise, timesteps)
-            conditioning = stack_rows([conditionings[g] for _, _, g in chunk])
             output = backend.predict(x_t, self.schedule.network_time(timesteps), conditioning)
-            chunk_errors = self.schedule.errors(self.settings, output, clean, noise, x_t, timesteps
-                                                ).to("cpu", torch.float64)
-            errors[positions] = chunk_errors
-            if cache_keys is not None:
-                self.error_cache.update((cache_keys[n], e) for n, e in zip(positions, chunk_errors.tolist()))
+            chunk_errors = self.schedule.errors(self.settings, output, clean, noise, x_t, timesteps)
+            if device_errors is None:
+                device_errors = chunk_errors.new_empty(len(todo))
+            device_errors[start:stop] = chunk_errors
             if on_calls is not None:
-                on_calls(len(chunk) * backend.calls_per_prediction)
-            for i, _, _ in chunk:
-                remaining[i] -= 1
-            yield from completed(positions)
+                on_calls((stop - start) * backend.calls_per_prediction)
+            if not completing or completing[0][0] >= stop:
+                continue
+            positions = todo[synced:stop]
+            host_errors = device_errors[synced:stop].to("cpu", torch.float64)
+            errors[positions] = host_errors
+            if cache_keys is not None:
+                self.error_cache.update((cache_keys[n], e) for n, e in zip(positions, host_errors.tolist()))
+            synced = stop
+            while completing and completing[0][0] < stop:
+                yield finished(completing.pop(0)[1])
+
+    @staticmethod
+    def _conditioning_table(conditionings: list, groups: torch.Tensor, device: torch.device) -> DeviceTable:
+        distinct = torch.unique(groups)
+        return DeviceTable(distinct, [conditionings[g] for g in distinct.tolist()], device)
 
     @staticmethod
     def _record_round(state: ImageState, groups: list, per_job: list, target: int) -> None:
         by_conditioning: dict[tuple, float] = {(j, g): e for j, g, e in per_job}
-        for c in torch.nonzero(state.active).flatten().tolist():
-            for j in range(state.draws_done, target):
-                state.per_draw[c, j] = sum(by_conditioning[(j, g)] for g in groups[c]) / len(groups[c])
+        active = torch.nonzero(state.active).flatten()
+        draws = range(state.draws_done, target)
+        # one block assignment: setting elements one by one costs microseconds each
+        values = [[sum(by_conditioning[(j, g)] for g in groups[c]) / len(groups[c]) for j in draws]
+                  for c in active.tolist()]
+        state.per_draw[active, state.draws_done:target] = torch.tensor(values, dtype=torch.float64).reshape(
+            len(active), len(draws))
         state.draws_done = target
         state.round += 1
 

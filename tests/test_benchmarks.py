@@ -74,3 +74,15 @@ def test_headline_costs_count_what_the_issue_measured_by_hand():
     assert rows["cifar10"]["old_defaults"] == 11520 and rows["cifar10"]["li_schedule"] == 2750
     assert rows["imagenet1k"]["old_defaults"] == 5_120_000 and rows["imagenet1k"]["li_schedule"] == 100_000
     assert rows["imagenet1k"]["defaults_most"] == 64_000  # templates no longer multiply the cost
+
+
+def test_host_overhead_toy_run_prints_its_table(capsys):
+    from clip_benchmark_diffusion.benchmarks import host_overhead
+
+    results = host_overhead.main(["--scale", "0.05", "--repeats", "1"])
+    # 10 classes x 3 draws x 4 images; 50 classes kept 2/1/1 after 1/2/5 draws; 5 classes x 4 templates x 1 draw
+    assert [r["rows"] for r in results] == [120, 50 + 2 + 1 * 3, 20]
+    for r in results:
+        assert r["total_us"] > 0 and r["math_us"] > 0 and abs(r["host_us"] - (r["total_us"] - r["math_us"])) < 1e-6
+    text = capsys.readouterr().out
+    assert "| host work us/row |" in text and "| 10 classes x 64 draws, fixed | 120 |" in text and "| 2035 |" in text

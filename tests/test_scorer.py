@@ -123,3 +123,63 @@ def test_empty_candidates_are_rejected():
         scorer.score(pixels(1, size=8), [])
     with pytest.raises(ValueError, match="at least one prompt"):
         scorer.score(pixels(1, size=8), [["a"], []])
+
+
+class ConditioningBackend(FakeBackend):
+    """A fake backend whose conditionings have several fields (float16 states, pooled, class ids),
+    as the real families' do; every row's prediction depends on all of them."""
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels[:, :2].to(torch.float32)
+
+    def encode_prompts(self, prompts):
+        from clip_benchmark_diffusion.backends.base import Conditioning
+        from fake_backend import _prompt_value
+
+        values = torch.tensor([_prompt_value(p) for p in prompts], dtype=torch.float32)
+        states = (values.view(-1, 1, 1) * torch.arange(1.0, 13.0).view(1, 3, 4)).to(torch.float16)
+        return Conditioning(states=states, pooled=values.view(-1, 1) * torch.ones(1, 5),
+                            class_ids=(values * 100).to(torch.int64))
+
+    def predict(self, x_t, timesteps, conditioning):
+        self.predict_rows += len(x_t)
+        per_row = (conditioning.states.float().mean(dim=(1, 2)) + conditioning.pooled.sum(dim=1)
+                   + conditioning.class_ids.float() / 7)
+        return x_t * 0.5 + per_row.view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("round_table_bytes", [2**30, 0])  # the round's conditionings in one table, or per pass
+def test_shared_noise_and_conditioning_rows_give_bit_identical_errors_to_a_per_row_loop(monkeypatch,
+                                                                                       round_table_bytes):
+    """Noises generated once per (image, draw) and conditionings copied once per round or per
+    pass, then indexed, give exactly the errors of computing every row on its own."""
+    import clip_benchmark_diffusion.scorer as scorer_module
+
+    monkeypatch.setattr(scorer_module, "ROUND_TABLE_BYTES", round_table_bytes)
+    backend = ConditioningBackend()
+    settings = ScorerSettings(draws=5, batch_size=16, objective="x0_heuristic")  # passes straddle draws
+    generated, moved = [], []
+    monkeypatch.setattr(scorer_module, "draw_noise", lambda *a: generated.append(a[:2]) or draw_noise(*a))
+    to_device = scorer_module.rows_to_device
+    monkeypatch.setattr(scorer_module, "rows_to_device", lambda rows, device: moved.append(len(rows)) or
+                        to_device(rows, device))
+    scorer = DiffusionScorer(backend, settings)
+    images, keys = pixels(2, size=4), [5, 6]
+    results = scorer.score(images, CANDIDATES, image_keys=keys)
+    assert sorted(generated) == sorted({(scorer.image_seed(k), j) for k in keys for j in range(5)})  # once each
+    assert moved and max(moved) <= 6  # a pass's distinct noises or conditionings, not one copy per row (16)
+    x0 = backend.encode_images(images)
+    schedule = scorer.schedule
+    for i, (key, result) in enumerate(zip(keys, results)):
+        expected = torch.zeros(len(CANDIDATES), 5, dtype=torch.float64)
+        for c, prompts in enumerate(CANDIDATES):
+            for j in range(5):
+                noise = draw_noise(scorer.image_seed(key), j, tuple(x0.shape[1:]))[None]
+                t = result.timesteps[j].view(1)
+                x_t = schedule.add_noise(x0[i:i + 1], noise, t)
+                row_errors = [float(schedule.errors(settings, backend.predict(x_t, schedule.network_time(t),
+                                                                              backend.encode_prompts([p])),
+                                                    x0[i:i + 1], noise, x_t, t).to(torch.float64))
+                              for p in prompts]
+                expected[c, j] = sum(row_errors) / len(row_errors)
+        assert torch.equal(result.per_draw, expected)

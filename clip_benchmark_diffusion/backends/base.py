@@ -107,6 +107,31 @@ def stack_rows(rows: Sequence) -> Encoded:
     return Conditioning.stack(rows) if isinstance(rows[0], Conditioning) else torch.stack(list(rows))
 
 
+def row_bytes(row: Encoded) -> int:
+    """Bytes one row of `split_rows` holds."""
+    fields = row.fields().values() if isinstance(row, Conditioning) else [row]
+    return sum(value.numel() * value.element_size() for value in fields)
+
+
+def take_rows(encoded: Encoded, index: torch.Tensor) -> Encoded:
+    """Rows `index` of a batch (`index_select`: on CPU several times faster than `encoded[index]`)."""
+    if isinstance(encoded, Conditioning):
+        return encoded.map(lambda value: value.index_select(0, index))
+    return encoded.index_select(0, index)
+
+
+def rows_to_device(encoded: Encoded, device: torch.device) -> Encoded:
+    """A pass's rows on `device`. To CUDA they go from pinned memory without waiting, so the host
+    prepares the next pass while this copy and the previous pass run."""
+    if device.type != "cuda":
+        return encoded.to(device)
+
+    def move(value: torch.Tensor) -> torch.Tensor:
+        return value.pin_memory().to(device, non_blocking=True)
+
+    return encoded.map(move) if isinstance(encoded, Conditioning) else move(encoded)
+
+
 def mean_rows(rows: Sequence) -> Any:
     """One row averaging several rows of `split_rows`."""
     return Conditioning.mean(rows) if isinstance(rows[0], Conditioning) else torch.stack(list(rows)).mean(dim=0)

@@ -79,7 +79,6 @@ class DiffusionZeroShotModel(torch.nn.Module):
         self.scorer = scorer
         self.tokenizer = tokenizer
         self.record_path = record_path
-        self.rank_record_path = rank_record_path(record_path, shard.rank) if shard and record_path else record_path
         self.record_header = record_header or {}
         self.recorder: Optional[RunRecorder] = None
         self.capacity = scorer.settings.max_candidates
@@ -99,6 +98,13 @@ class DiffusionZeroShotModel(torch.nn.Module):
         self.calls = 0
         self._progress: Optional[tqdm] = None
         self._device_anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    @property
+    def rank_record_path(self) -> Optional[str]:
+        """The record this process writes: the run's record, or this rank's file beside it."""
+        if self.shard is None or not self.record_path:
+            return self.record_path
+        return rank_record_path(self.record_path, self.shard.rank)
 
     # ------------------------------------------------------------ clip_benchmark interface
     def encode_text(self, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:

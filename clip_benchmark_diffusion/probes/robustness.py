@@ -220,7 +220,8 @@ def run_model(model_name: str, pretrained: str, sets: Sequence[CorruptionSet], o
     from clip_benchmark.metrics import zeroshot_classification
     from clip_benchmark.models import load_clip
 
-    from ..registration import diffusion_argument_parser, diffusion_run, file_safe_pretrained, is_diffusion_model
+    from ..registration import (diffusion_argument_parser, diffusion_run, effective_model_type, file_safe_pretrained,
+                                is_diffusion_model)
     from ..registration import register
 
     register()
@@ -236,7 +237,8 @@ def run_model(model_name: str, pretrained: str, sets: Sequence[CorruptionSet], o
         context = diffusion_run(options, seed, os.path.join(out, stem + ".diffusion.jsonl"), info)
     correct = {}
     with context:
-        model, transform, tokenizer = load_clip(model_type=model_type, model_name=model_name, pretrained=pretrained,
+        model, transform, tokenizer = load_clip(model_type=effective_model_type(model_type, model_name),
+                                                model_name=model_name, pretrained=pretrained,
                                                 cache_dir=cache_dir, device=device)
         model.eval()
         for item in sets:

@@ -157,7 +157,7 @@ def test_shared_noise_and_conditioning_rows_give_bit_identical_errors_to_a_per_r
 
     monkeypatch.setattr(scorer_module, "ROUND_TABLE_BYTES", round_table_bytes)
     backend = ConditioningBackend()
-    settings = ScorerSettings(draws=5, batch_size=16, objective="x0_heuristic")  # passes straddle draws
+    settings = ScorerSettings(**FIXED, draws=5, batch_size=16, objective="x0_heuristic")  # passes straddle draws
     generated, moved = [], []
     monkeypatch.setattr(scorer_module, "draw_noise", lambda *a: generated.append(a[:2]) or draw_noise(*a))
     to_device = scorer_module.rows_to_device

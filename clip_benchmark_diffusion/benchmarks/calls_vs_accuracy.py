@@ -117,7 +117,8 @@ def evaluate(name: str, task: str, scorer: DiffusionScorer, pixels: torch.Tensor
 
 def run(args: argparse.Namespace) -> list[Row]:
     backend = load_backend(args.pretrained, device=args.device)
-    base = ScorerSettings(batch_size=args.batch_size, seed=args.seed,
+    # every row is named by its strategy; the fixed budget is the baseline the others are measured against
+    base = ScorerSettings(strategy="fixed", templates="average_errors", batch_size=args.batch_size, seed=args.seed,
                           t_min=args.t_range[0] if args.t_range else 0,
                           t_max=args.t_range[1] if args.t_range else None)
     rows: list[Row] = []

@@ -292,7 +292,8 @@ class DiffusionZeroShotModel(torch.nn.Module):
         rank_files = other_rank_records(self.record_path)
         other_calls = sum((read_records(path)["summary"] or {}).get("unet_calls_this_session", 0)
                           for path in rank_files)
-        merged = self._recorder().merge(rank_files) if self._recorder() is not None else 0
+        recorder = self._recorder()
+        merged = recorder.merge(rank_files) if recorder is not None else 0
         self.shard_stats = {"images": self.images_seen, "reused": self.images_reused,
                             "scored_here": self.images_seen - self.images_reused - self.images_elsewhere,
                             "merged_from_ranks": merged, "unet_calls_other_ranks": other_calls}

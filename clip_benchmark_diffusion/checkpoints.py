@@ -214,7 +214,8 @@ def load_backend(pretrained: str, device: torch.device | str = "cpu", dtype: str
     folder, index = locate(pretrained, cache_dir=cache_dir, settings=settings)
     backend_class = backend_for_pipeline(index["_class_name"])
     try:
-        backend = backend_class.from_pretrained(folder, device=device, dtype=resolve_dtype(dtype, device, backend_class),
+        backend = backend_class.from_pretrained(folder, device=device,
+                                                dtype=resolve_dtype(dtype, device, backend_class),
                                                 local_files_only=True, speed=speed or SpeedOptions(), settings=settings)
     except Exception as error:  # diffusers/transformers raise many types for a file they cannot load
         if os.environ.get("CLIP_BENCHMARK_DIFFUSION_DEBUG"):

@@ -116,7 +116,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
             self._start_new_candidate_set()
         prompts = self.tokenizer.decode(token_ids)
         self.candidates.append(prompts)
-        self.scorer.encode_prompts(prompts)
+        self.scorer.encode_candidates([prompts])
         return rank_codec.class_embedding(len(self.candidates) - 1, self.capacity, len(prompts)).to(token_ids.device)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:

@@ -94,9 +94,11 @@ def test_prompts_are_encoded_once_and_template_modes_cost_what_they_say():
     scorer.score(pixels(2, seed=1, size=8), CANDIDATES)
     assert sum(len(c) for c in calls) == 6  # six distinct prompts, encoded once in total
     assert first[0].calls == 3 * 2 * 4
-    cheap = DiffusionScorer(backend, ScorerSettings(strategy="fixed", draws=4, templates="average_embeddings")).score(
-        pixels(2, size=8), CANDIDATES)
+    cheap_scorer = DiffusionScorer(backend, ScorerSettings(strategy="fixed", draws=4, templates="average_embeddings"))
+    cheap = cheap_scorer.score(pixels(2, size=8), CANDIDATES)
     assert cheap[0].calls == 3 * 4
+    # only the 3 means are held, not the 6 prompts' states (1000 x 80 SD 2 states would be ~12 GB)
+    assert len(cheap_scorer._mean_cache) == 3 and not cheap_scorer._prompt_cache
     # the cheap mode really conditions on the mean embedding
     mean_cond = (encode(["a photo of a cat."]) + encode(["a cat."])) / 2
     single = FakeBackend(spread=0.5)

@@ -82,7 +82,8 @@ def cases(scale: float) -> list[Case]:
     li_draws = tuple(sorted({n(d) for d in (5, 10, 50, 100)}))
     li_keep = (n(500), n(50), n(10), 1)[-len(li_draws):]
     return [
-        Case("10 classes x 64 draws, fixed", 10, 1, ScorerSettings(strategy="fixed", draws=n(64)), 4),
+        Case("10 classes x 64 draws, fixed", 10, 1,
+             ScorerSettings(strategy="fixed", templates="average_errors", draws=n(64)), 4),
         Case(f"{n(1000)} classes, keep-list {'/'.join(map(str, li_keep))} @ {'/'.join(map(str, li_draws))} draws",
              n(1000), 1, ScorerSettings(strategy="schedule", schedule_keep=li_keep, schedule_draws=li_draws,
                                         max_candidates=100_000), 1),

@@ -227,30 +227,31 @@ class DiffusionScorer:
             if self.settings.max_calls and max(rows_per_draw) > self.settings.max_calls:
                 raise UnsupportedSettings(f"max_calls={self.settings.max_calls} cannot pay for one draw of every "
                                           f"candidate ({max(rows_per_draw)} network calls)")
-            while True:
-                plans = {}
-                for i, state in enumerate(states):
-                    if results[i] is None:
-                        target = self._within_cap(state, groups, strategy.next_round(state), calls[i])
-                        if target is None:
-                            decide(i)
-                        else:
-                            plans[i] = target
-                if not plans:
-                    break
+            upcoming: dict[int, int] = {}  # image -> the draw count its next round brings it to
+
+            def plan(i: int) -> None:
+                """Ask the strategy (within the cap) for image i's next round, or decide it now."""
+                target = self._within_cap(states[i], groups, strategy.next_round(states[i]), calls[i])
+                if target is None:
+                    decide(i)
+                else:
+                    upcoming[i] = target
+
+            for i in range(len(states)):
+                plan(i)
+            while upcoming:
+                plans, upcoming = upcoming, {}
                 first_round = first_round or max(plans.values())
                 jobs = []  # (image, draw, conditioning) rows of this round, image by image
                 for i, target in plans.items():
-                    state = states[i]
-                    needed = sorted({g for c in torch.nonzero(state.active).flatten().tolist() for g in groups[c]})
-                    jobs.extend((i, j, g) for j in range(state.draws_done, target) for g in needed)
+                    needed = _open_conditionings(states[i], groups)
+                    jobs.extend((i, j, g) for j in range(states[i].draws_done, target) for g in needed)
                 for i, per_job in self._evaluate(jobs, x0, conditionings, seeds, all_timesteps, on_calls):
                     self._record_round(states[i], groups, per_job, plans[i])
                     calls[i] += len(per_job) * self.backend.calls_per_prediction
                     strategy.after_round(states[i])
                     states[i].survivors_per_round.append(int(states[i].active.sum()))
-                    if self._within_cap(states[i], groups, strategy.next_round(states[i]), calls[i]) is None:
-                        decide(i)
+                    plan(i)
         return results
 
     def _within_cap(self, state: ImageState, groups: list, target: Optional[int], calls: int) -> Optional[int]:
@@ -259,7 +260,7 @@ class DiffusionScorer:
         cap = self.settings.max_calls
         if target is None or not cap:
             return target
-        rows = len({g for c in torch.nonzero(state.active).flatten().tolist() for g in groups[c]})
+        rows = len(_open_conditionings(state, groups))
         affordable = (cap - calls) // (rows * self.backend.calls_per_prediction)
         if state.draws_done + affordable < target:
             state.capped = True
@@ -374,3 +375,7 @@ class DiffusionScorer:
             dropped_round=list(state.dropped_round), survivors_per_round=list(state.survivors_per_round),
             confidence=confidence, capped=state.capped)
 
+
+def _open_conditionings(state: ImageState, groups: list) -> list[int]:
+    """The conditionings the image's active candidates average (each scored once per draw)."""
+    return sorted({g for c in torch.nonzero(state.active).flatten().tolist() for g in groups[c]})

@@ -73,7 +73,8 @@ def _round(value: float) -> Optional[float]:
     return None if value != value else float(f"{value:.7g}")  # NaN -> null
 
 
-def _warn(message: str) -> None:
+def warn(message: str) -> None:
+    """One line on stderr, in the form every plugin warning takes."""
     print(f"clip_benchmark_diffusion: warning: {message}", file=sys.stderr)
 
 
@@ -144,7 +145,7 @@ def _read_lines(path: str) -> tuple[list[dict], int]:
                 if any(rest.strip() for rest in pieces[number:]):
                     raise RecordError(f"{path}, line {number}: not valid JSON (the file was changed by hand or "
                                       "damaged); move it away to start this record afresh") from None
-                _warn(f"{path}, line {number}: dropped a torn last line (the run writing it was interrupted)")
+                warn(f"{path}, line {number}: dropped a torn last line (the run writing it was interrupted)")
                 break
         intact = offset
     return lines, intact
@@ -277,7 +278,7 @@ class RunRecorder:
         while os.path.exists(target):
             target, n = archive_path(path, f"{fingerprint}-{n}"), n + 1
         os.replace(path, target)
-        _warn(f"{path} held a record of other settings (or another model or candidates); it is kept as {target}")
+        warn(f"{path} held a record of other settings (or another model or candidates); it is kept as {target}")
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._handle is None:

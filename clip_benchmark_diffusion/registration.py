@@ -29,7 +29,7 @@ import sys
 from typing import Any, Iterator, Optional
 
 from .checkpoints import CheckpointError
-from .records import RecordError, record_lock
+from .records import RecordError, record_lock, warn
 from .sharding import rank_record_path
 from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, SIGMA_DISTRIBUTIONS, STRATEGIES, TEMPLATE_MODES,
                        TIMESTEP_SAMPLERS, TTEST_VARIANCES, ScorerSettings, UnsupportedSettings)
@@ -203,7 +203,7 @@ def _register_reference_clip() -> None:
 
         register_reference_clip()
     except Exception as error:  # an open_clip change must not cost the diffusion models
-        _warn(f"the reference CLIP could not be registered with open_clip ({type(error).__name__}: {error}); "
+        warn(f"the reference CLIP could not be registered with open_clip ({type(error).__name__}: {error}); "
               "pass its file path as --pretrained instead")
 
 
@@ -468,16 +468,13 @@ def _set_item(table: dict, key: str, value: Any) -> None:
     _UNDO.append(lambda: table.__setitem__(key, original) if had else table.pop(key, None))
 
 
-def _warn(message: str) -> None:
-    print(f"clip_benchmark_diffusion: warning: {message}", file=sys.stderr)
-
 
 def _disable(reason: str) -> None:
     """Undo every patch and stay off: clip_benchmark works as if the plugin were not installed."""
     while _UNDO:
         _UNDO.pop()()
     _registration["disabled"] = reason
-    _warn(f"diffusion models are disabled, clip_benchmark itself works as usual: {reason}. "
+    warn(f"diffusion models are disabled, clip_benchmark itself works as usual: {reason}. "
           "Update clip-benchmark-diffusion, or install the clip-benchmark version it supports (1.6.x)")
 
 

@@ -76,12 +76,13 @@ class UnsupportedPromptError(CheckpointError):
 def _packaged_checkpoints() -> dict[str, str]:
     found = dict(PACKAGED)
     try:
-        from .reference import REFERENCE_SD_DIR
+        from .reference import REFERENCE_FLOW_DIR, REFERENCE_SD_DIR
     except ImportError:
         return found
-    if os.path.isfile(os.path.join(REFERENCE_SD_DIR, "model_index.json")):
-        found.setdefault("ref-world", REFERENCE_SD_DIR)
-        found.setdefault("ref-world-sd", REFERENCE_SD_DIR)
+    for names, folder in ((("ref-world", "ref-world-sd"), REFERENCE_SD_DIR), (("ref-world-flow",), REFERENCE_FLOW_DIR)):
+        if os.path.isfile(os.path.join(folder, "model_index.json")):
+            for name in names:
+                found.setdefault(name, folder)
     return found
 
 

@@ -3,9 +3,10 @@
     python -m clip_benchmark_diffusion demo [--images 100] [--out results/demo] [--data data/world] [--diffusion_* ...]
 
 Writes the world's test sets if they are missing, runs the *unmodified* clip_benchmark `eval`
-(in this process, through its own `main`) for the shipped reference diffusion model and the
-shipped reference CLIP model on each task, and prints a side-by-side table: accuracy per task,
-seconds per image and UNet calls per image.
+(in this process, through its own `main`) for the shipped reference diffusion models (SD format
+and flow matching) and the shipped reference CLIP model on each task (`--models` picks a subset),
+and prints a side-by-side table: accuracy per task, seconds per image and network (UNet / MMDiT)
+calls per image.
 """
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ TASKS = {
     "binding": ("image_caption_selection", "text_acc"),
 }
 DIFFUSION = ("sd-diffusion", "ref-world")
+FLOW = ("sd-diffusion", "ref-world-flow")
 CLIP = ("ref-world-clip", "ref-world")
-# The diffusion model runs with the package defaults (no --diffusion_* flag), as a user's first run would.
+#: the demo's models by short name; diffusion ones run with the package defaults (no --diffusion_* flag),
+#: as a user's first run would
+MODELS = {"ref-world": DIFFUSION, "ref-world-flow": FLOW, "ref-world-clip": CLIP}
 
 
 
@@ -72,7 +76,7 @@ def clip_benchmark_eval(arguments: list[str]) -> None:
 
 def run_one(task: str, folder: str, model: tuple[str, str], out: str, extra: list[str]) -> RunResult:
     cb_task, metric = TASKS[task]
-    name = f"{task}_{model[0]}"
+    name = f"{task}_{model[0]}" if model == CLIP else f"{task}_{model[0]}_{model[1]}"
     output = os.path.join(out, name + ".json")
     arguments = ["--model", model[0], "--pretrained", model[1], "--dataset", f"wds/{task}", "--dataset_root", folder,
                  "--task", cb_task, "--num_workers", "0", "--batch_size", "16", "--output", output, "--quiet",
@@ -84,25 +88,33 @@ def run_one(task: str, folder: str, model: tuple[str, str], out: str, extra: lis
     images = json.load(open(os.path.join(folder, "info.json")))["n"]
     calls = None
     record = os.path.splitext(output)[0] + ".diffusion.jsonl"
-    if model == DIFFUSION and os.path.isfile(record):
+    if model != CLIP and os.path.isfile(record):
         from .records import read_records
 
         lines = read_records(record)["images"]
         calls = sum(line["calls"] for line in lines) / max(len(lines), 1)
         # each image's own scoring time (images resumed from an earlier record cost nothing now)
         seconds = sum(line["seconds"] for line in lines)
-    return RunResult(task, model[0], float(result["metrics"][metric]), seconds / images, calls)
+    short = next(key for key, value in MODELS.items() if value == model)
+    return RunResult(task, short, float(result["metrics"][metric]), seconds / images, calls)
 
 
 def table(results: list[RunResult]) -> str:
+    """Accuracy of every model side by side, then each diffusion model's cost (seconds and network
+    calls per image) and CLIP's seconds per image (whole run, loading included)."""
     by_key = {(r.task, r.model): r for r in results}
-    lines = ["| task (metric) | diffusion `ref-world` | CLIP `ref-world-clip` | diffusion scoring s / image | "
-             "diffusion UNet calls / image | CLIP s / image (whole run) |", "|---|---|---|---|---|---|"]
+    models = list(dict.fromkeys(r.model for r in results))
+    diffusion = [m for m in models if MODELS[m] != CLIP]
+    header = ["task (metric)"] + [f"`{m}`" for m in models] + [f"`{m}` s / image" for m in diffusion] \
+        + [f"`{m}` calls / image" for m in diffusion] + (["CLIP s / image (whole run)"] if "ref-world-clip" in models else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for task in dict.fromkeys(r.task for r in results):
-        d, c = by_key.get((task, DIFFUSION[0])), by_key.get((task, CLIP[0]))
-        metric = TASKS[task][1]
-        lines.append(f"| {task} ({metric}) | {d.score:.1%} | {c.score:.1%} | {d.seconds_per_image:.2f} | "
-                     f"{d.unet_calls_per_image:.0f} | {c.seconds_per_image:.3f} |")
+        row = [f"{task} ({TASKS[task][1]})"] + [f"{by_key[task, m].score:.1%}" for m in models]
+        row += [f"{by_key[task, m].seconds_per_image:.2f}" for m in diffusion]
+        row += [f"{by_key[task, m].unet_calls_per_image:.0f}" for m in diffusion]
+        if "ref-world-clip" in models:
+            row.append(f"{by_key[task, 'ref-world-clip'].seconds_per_image:.3f}")
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -110,6 +122,8 @@ def main(argv: Optional[list[str]] = None) -> list[RunResult]:
     parser = argparse.ArgumentParser(prog="python -m clip_benchmark_diffusion demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100, help="test images per task")
     parser.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
+                        help="the shipped SD-format and flow-matching diffusion models, and the reference CLIP")
     parser.add_argument("--data", default="data/world", help="where the world's test sets are written")
     parser.add_argument("--out", default="results/demo", help="where result JSONs, records and the table go")
     parser.add_argument("--seed", type=int, default=1, help="seed of the test sets")
@@ -125,7 +139,8 @@ def main(argv: Optional[list[str]] = None) -> list[RunResult]:
     started = time.time()
     for task in args.tasks:
         # CLIP's per-image predictions feed the report's intervals and paired tests
-        for model, extra in ((CLIP, ["--diffusion_predictions"]), (DIFFUSION, diffusion_flags)):
+        for model in (MODELS[name] for name in args.models):
+            extra = ["--diffusion_predictions"] if model == CLIP else diffusion_flags
             print(f"== {task}: {model[0]} --pretrained {model[1]}", flush=True)
             results.append(run_one(task, folders[task], model, args.out, extra))
     text = table(results)

@@ -79,6 +79,36 @@ def test_train_diffusion_writes_a_loadable_pipeline(tmp_path):
     assert accuracy["binding"] * 2 in (0, 1, 2)  # a fraction of exactly the 2 instances asked for
 
 
+def test_train_flow_writes_a_loadable_sd3_pipeline(tmp_path):
+    from diffusers import AutoencoderKL, StableDiffusion3Pipeline
+
+    from clip_benchmark_diffusion.checkpoints import load_backend
+    from clip_benchmark_diffusion.reference import train_flow
+
+    out = tmp_path / "flow"
+    train_flow.main(["--out", str(out), "--steps", "3", "--samples", "12", "--batch-size", "4", "--threads", "1",
+                     "--device", "cpu", "--layers", "1", "--heads", "2", "--head-dim", "8", "--clip-hidden", "16",
+                     "--t5-width", "32", "--t5-heads", "2"])
+    pipeline = StableDiffusion3Pipeline.from_pretrained(str(out))
+    parts = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+    assert all(getattr(pipeline, part).dtype == torch.float32 for part in parts)
+    assert pipeline.tokenizer_3.model_max_length == pipeline.tokenizer.model_max_length == ref_tokenizer.MODEL_MAX_LENGTH
+    assert pipeline.scheduler.config.shift == 1.0
+    # the SD-format model's VAE, frozen, with SD3's shift and scale measured on the world's latents
+    reference_vae = AutoencoderKL.from_pretrained(reference.REFERENCE_SD_DIR, subfolder="vae")
+    assert all(torch.equal(a, b) for a, b in zip(pipeline.vae.state_dict().values(),
+                                                    reference_vae.state_dict().values()))
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["steps"] == 3 and len((out / "training_log.csv").read_text().splitlines()) == 1 + 3
+    assert pipeline.vae.config.shift_factor == pytest.approx(summary["shift_factor"]) != 0.0
+    assert pipeline.vae.config.scaling_factor == pytest.approx(summary["scaling_factor"]) != 1.0
+    # and the plugin picks it up as an SD3 model with its T5 (16 tokens, not 256 zero tokens)
+    backend = load_backend(str(out), device="cpu")
+    assert backend.family == "sd3" and backend.max_sequence_length == ref_tokenizer.MODEL_MAX_LENGTH
+    conditioning = backend.encode_prompts(["a red circle", "a blue square"])
+    assert conditioning.states.shape == (2, 2 * ref_tokenizer.MODEL_MAX_LENGTH, 32)
+
+
 def test_train_clip_writes_a_loadable_open_clip_model(tmp_path):
     import open_clip
 

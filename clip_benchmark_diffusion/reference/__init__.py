@@ -2,6 +2,8 @@
 
 * `REFERENCE_SD_DIR`: a tiny Stable Diffusion pipeline folder (diffusers layout), trained by
   `python -m clip_benchmark_diffusion.reference.train_diffusion`;
+* `REFERENCE_FLOW_DIR`: a tiny Stable Diffusion 3 folder (MMDiT, rectified flow), trained by
+  `python -m clip_benchmark_diffusion.reference.train_flow`;
 * `REFERENCE_CLIP_FILE`: a tiny open_clip model (safetensors + `ref-world-clip.json` config),
   trained by `python -m clip_benchmark_diffusion.reference.train_clip`; call
   `register_reference_clip()` before `open_clip.create_model_and_transforms("ref-world-clip", ...)`.
@@ -15,6 +17,8 @@ import os
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 #: diffusers `StableDiffusionPipeline` folder of the reference diffusion model
 REFERENCE_SD_DIR = os.path.join(WEIGHTS_DIR, "ref-world-sd")
+#: diffusers `StableDiffusion3Pipeline` folder of the flow-matching reference model
+REFERENCE_FLOW_DIR = os.path.join(WEIGHTS_DIR, "ref-world-flow")
 #: open_clip model name of the reference CLIP (the stem of its config file)
 REFERENCE_CLIP_MODEL = "ref-world-clip"
 #: state dict (float16 safetensors) of the reference CLIP
@@ -54,5 +58,5 @@ def register_reference_clip() -> None:
 
 __all__ = [
     "REFERENCE_CLIP_CONFIG", "REFERENCE_CLIP_FILE", "REFERENCE_CLIP_MODEL", "REFERENCE_PRETRAINED_TAG",
-    "REFERENCE_SD_DIR", "WEIGHTS_DIR", "register_reference_clip",
+    "REFERENCE_FLOW_DIR", "REFERENCE_SD_DIR", "WEIGHTS_DIR", "register_reference_clip",
 ]

@@ -10,7 +10,7 @@ import math
 import os
 import random
 import time
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -160,3 +160,36 @@ def make_readable(path: str) -> None:
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def train_with_budget(parameters: list[torch.nn.Parameter], batch_loss: Callable[[], torch.Tensor], *, phase: str,
+                      lr: float, weight_decay: float, ema_decay: float, minutes: Optional[float],
+                      steps: Optional[int], log: LossLog, warmup_steps: int = 100) -> int:
+    """The denoiser training loop both reference trainers share: AdamW with warm-up + cosine to the
+    end of a wall-clock/step budget, gradient clipping at 1, an EMA copied into the model at the end.
+
+    `batch_loss()` draws its own batch (so each trainer owns its data, noise process and
+    conditioning) and returns the loss to minimise. Returns the number of steps run.
+    """
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    ema = EMA(parameters, ema_decay) if ema_decay > 0 else None
+    budget = TimeBudget(minutes, steps)
+    from tqdm.auto import tqdm
+
+    progress = tqdm(desc=phase, unit="step", total=steps)
+    running = None
+    while not budget.done():
+        schedule_learning_rate(optimizer, lr, budget, warmup_steps=warmup_steps)
+        loss = batch_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        if ema is not None:
+            ema.update()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        finish_step(phase, budget, optimizer, log, progress, {"loss": f"{running:.4f}"}, loss=loss.item())
+    progress.close()
+    if ema is not None:
+        ema.copy_to_model()
+    return budget.step

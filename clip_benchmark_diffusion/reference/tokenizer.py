@@ -99,3 +99,25 @@ def save_clip_tokenizer(directory: str, model_max_length: int = MODEL_MAX_LENGTH
     }
     with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as handle:
         json.dump(config, handle, indent=2)
+
+
+#: Whole-word pieces of the reference T5 tokenizer: the world's caption vocabulary, the words of
+#: common zero-shot templates, and punctuation; anything else falls back to single letters.
+T5_WORDS: tuple[str, ...] = tuple(
+    "a an and object circle square triangle star cross heart red orange yellow green blue purple "
+    "photo picture image of the this is".split())
+
+
+def build_t5_tokenizer(model_max_length: int = MODEL_MAX_LENGTH):
+    """A genuine T5 (Unigram) tokenizer over `T5_WORDS` plus single letters, built offline.
+
+    Real T5's 32k-piece sentencepiece model is not reachable here and is far larger than the
+    reference model needs; a Unigram model from (piece, score) pairs is what transformers builds
+    T5 tokenizers from, so the shipped folder loads with `T5TokenizerFast.from_pretrained`.
+    """
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + word, -5.0) for word in T5_WORDS]
+    pieces += [(char, -8.0) for char in "abcdefghijklmnopqrstuvwxyz0123456789.,'-"]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._common import (EMA, LossLog, TimeBudget, count_parameters, finish_step, make_readable, schedule_learning_rate,
-                      start_run, world_dataset)
+from ._common import (LossLog, TimeBudget, count_parameters, finish_step, make_readable, schedule_learning_rate,
+                      start_run, train_with_budget, world_dataset)
 from .tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer, save_clip_tokenizer
 
 LOG_FIELDS = ["phase", "step", "seconds", "lr", "loss", "recon", "kl"]
@@ -49,16 +49,17 @@ def build_vae(channels: tuple[int, ...] = (16, 32)):
     )
 
 
-def build_text_encoder(hidden: int, layers: int, heads: int):
-    """A small CLIP text transformer on CLIP's full 49408-token vocabulary."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def build_text_encoder(hidden: int, layers: int, heads: int, with_projection: bool = False):
+    """A small CLIP text transformer on CLIP's full 49408-token vocabulary (with the pooled
+    projection head that SDXL's and SD3's pipelines read when `with_projection`)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
         vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
         num_attention_heads=heads, max_position_embeddings=MODEL_MAX_LENGTH, projection_dim=hidden,
         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
     )
-    return CLIPTextModel(config)
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
 
 
 def build_unet(channels: tuple[int, ...], layers_per_block: int, heads: int, cross_attention_dim: int,
@@ -141,15 +142,9 @@ def train_denoiser(unet, text_encoder, scheduler, latents: tuple[torch.Tensor, t
     mean, std = latents
     unet.to(device).train()
     text_encoder.to(device).train()
-    parameters = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
-    ema = EMA(parameters, args.ema_decay) if args.ema_decay > 0 else None
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
-    budget = TimeBudget(args.minutes_denoiser, args.steps)
-    progress = tqdm(desc="unet", unit="step", total=args.steps)
-    running = None
-    while not budget.done():
-        schedule_learning_rate(optimizer, args.lr, budget, warmup_steps=100)
+
+    def batch_loss() -> torch.Tensor:
         index = torch.randint(len(mean), (args.batch_size,), generator=generator)
         x0 = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)).to(device)
         x0 = x0 * args.scaling_factor
@@ -164,21 +159,14 @@ def train_denoiser(unet, text_encoder, scheduler, latents: tuple[torch.Tensor, t
         noisy = a * x0 + s * noise  # = scheduler.add_noise, without its per-call dtype/device shuffling
         hidden = text_encoder(ids.to(device)).last_hidden_state
         prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(prediction, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        if ema is not None:
-            ema.update()
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        finish_step("unet", budget, optimizer, log, progress, {"loss": f"{running:.4f}"}, loss=loss.item())
-    progress.close()
-    if ema is not None:
-        ema.copy_to_model()
+        return F.mse_loss(prediction, noise)
+
+    steps = train_with_budget(list(unet.parameters()) + list(text_encoder.parameters()), batch_loss, phase="unet",
+                              lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema_decay,
+                              minutes=args.minutes_denoiser, steps=args.steps, log=log)
     unet.eval()
     text_encoder.eval()
-    return budget.step
+    return steps
 
 
 def load_components(folder: str):
@@ -195,7 +183,7 @@ def load_components(folder: str):
 def save_pipeline(out: str, vae, text_encoder, unet, scheduler, half: bool = True) -> None:
     """Save a `StableDiffusionPipeline` folder; weights in float16 when `half` (halves the size).
 
-    Every component's config still says float32 (see `_force_float32_configs`) so a plain
+    Every component's config still says float32 (see `force_float32_configs`) so a plain
     `from_pretrained(out)` upcasts the stored halves and the pipeline runs in float32 on CPU.
     """
     from diffusers import StableDiffusionPipeline
@@ -211,7 +199,7 @@ def save_pipeline(out: str, vae, text_encoder, unet, scheduler, half: bool = Tru
     pipeline.save_pretrained(out, safe_serialization=True)
     if half:
         pipeline.to(torch.float32)
-        _force_float32_configs(out)
+        force_float32_configs(out)
     # The classic vocab.json + merges.txt layout loads with every transformers version and is
     # less than half the size of tokenizer.json.
     shutil.rmtree(os.path.join(out, "tokenizer"))
@@ -219,19 +207,20 @@ def save_pipeline(out: str, vae, text_encoder, unet, scheduler, half: bool = Tru
     make_readable(out)
 
 
-def _force_float32_configs(out: str) -> None:
-    """Record float32 as the text encoder's dtype: transformers>=5 loads in the config's dtype by default."""
-    path = os.path.join(out, "text_encoder", "config.json")
-    with open(path, encoding="utf-8") as handle:
-        config = json.load(handle)
-    for key in ("dtype", "torch_dtype"):
-        if key in config:
-            config[key] = "float32"
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(config, handle, indent=2, sort_keys=True)
+def force_float32_configs(out: str, parts: tuple[str, ...] = ("text_encoder",)) -> None:
+    """Record float32 as the text encoders' dtype: transformers>=5 loads in the config's dtype by default."""
+    for part in parts:
+        path = os.path.join(out, part, "config.json")
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+        for key in ("dtype", "torch_dtype"):
+            if key in config:
+                config[key] = "float32"
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(config, handle, indent=2, sort_keys=True)
 
 
-def _read_summary(folder: str) -> Optional[dict]:
+def read_summary(folder: str) -> Optional[dict]:
     """The training summary of the run a continued run started from (provenance of shipped weights)."""
     path = os.path.join(folder, "training_summary.json")
     if not os.path.isfile(path):
@@ -327,7 +316,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "parameters": {"vae": count_parameters(vae), "unet": count_parameters(unet),
                        "text_encoder": count_parameters(text_encoder)},
         "scaling_factor": args.scaling_factor,
-        "init_summary": _read_summary(args.init) if args.init else None,
+        "init_summary": read_summary(args.init) if args.init else None,
     }
     with open(os.path.join(args.out, "training_summary.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)

@@ -18,7 +18,7 @@ from clip_benchmark_diffusion.reference import tokenizer as ref_tokenizer
 
 CAPTIONS = ["a red circle", "a circle", "a orange object", "a red circle and a blue square",
             "a purple heart and a green star.", "A Yellow Cross!"]
-MAX_WEIGHTS_BYTES = 25 * 1024 * 1024
+MAX_MODEL_BYTES = 20 * 1024 * 1024  # each shipped model, tokenizer files included
 
 
 @pytest.fixture(autouse=True)
@@ -139,9 +139,10 @@ def _check_clip_runs(model, preprocess):
     assert next(model.parameters()).dtype == torch.float32
 
 
-def _weights_bytes() -> int:
-    return sum(os.path.getsize(os.path.join(root, name))
-               for root, _, names in os.walk(reference.WEIGHTS_DIR) for name in names)
+def _bytes(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
 
 
 def test_shipped_weights_are_small_and_load():
@@ -150,7 +151,8 @@ def test_shipped_weights_are_small_and_load():
 
     assert os.path.isfile(os.path.join(reference.REFERENCE_SD_DIR, "model_index.json"))
     assert os.path.isfile(reference.REFERENCE_CLIP_FILE)
-    assert _weights_bytes() <= MAX_WEIGHTS_BYTES
+    for model in (reference.REFERENCE_SD_DIR, reference.REFERENCE_FLOW_DIR, reference.REFERENCE_CLIP_FILE):
+        assert 0 < _bytes(model) <= MAX_MODEL_BYTES, model
 
     pipeline = StableDiffusionPipeline.from_pretrained(reference.REFERENCE_SD_DIR)
     ids = pipeline.tokenizer(["a red circle"], padding="max_length", max_length=pipeline.tokenizer.model_max_length,
@@ -160,6 +162,16 @@ def test_shipped_weights_are_small_and_load():
         latents = torch.randn(1, 4, 16, 16)
         noise = pipeline.unet(latents, torch.tensor([500]), encoder_hidden_states=hidden).sample
     assert noise.shape == latents.shape and torch.isfinite(noise).all()
+
+    from diffusers import StableDiffusion3Pipeline
+
+    flow = StableDiffusion3Pipeline.from_pretrained(reference.REFERENCE_FLOW_DIR)
+    with torch.no_grad():
+        states, _, pooled, _ = flow.encode_prompt(["a red circle"], None, None, device="cpu",
+                                                  do_classifier_free_guidance=False, max_sequence_length=16)
+        velocity = flow.transformer(hidden_states=latents, timestep=torch.tensor([500.0]),
+                                    encoder_hidden_states=states, pooled_projections=pooled).sample
+    assert velocity.shape == latents.shape and torch.isfinite(velocity).all()
 
     reference.register_reference_clip()
     for pretrained in (reference.REFERENCE_CLIP_FILE, reference.REFERENCE_PRETRAINED_TAG):

@@ -6,7 +6,7 @@ flow velocity into the weighted error of an objective, and seeds the draws.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +87,8 @@ def objective_weight(settings: ScorerSettings, schedule: "NoiseSchedule", timest
 
 def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     """Per-sample loss averaged over all non-batch elements."""
-    if loss == "l2":
-        values = (prediction - target).pow(2)
+    if loss == "l2":  # one fused pass; the same bits as (prediction - target).pow(2)
+        values = F.mse_loss(prediction, target, reduction="none")
     elif loss == "l1":
         values = (prediction - target).abs()
     elif loss == "huber":
@@ -98,21 +98,26 @@ def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str) 
     return values.flatten(1).mean(dim=1)
 
 
-def weighted_error(settings: ScorerSettings, estimates: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                   noise: torch.Tensor, x0: torch.Tensor, schedule: "NoiseSchedule",
-                   timesteps: torch.Tensor) -> torch.Tensor:
-    """Per-row weighted error of the objective, from a schedule's (eps_hat, x0_hat, v_hat).
+#: which of a schedule's estimates ("epsilon", "x0" or "velocity") each objective compares
+ESTIMATE_OF = {"epsilon": "epsilon", "velocity": "velocity"}
 
-    "epsilon" compares eps_hat with the noise, "velocity" v_hat with eps - x0 (the flow target,
-    Self-Bench's score), the x0 objectives x0_hat with x0.
+
+def estimate_of(objective: str) -> str:
+    """The estimate an objective compares: "epsilon", "velocity", or "x0" (the x0 objectives)."""
+    return ESTIMATE_OF.get(objective, "x0")
+
+
+def weighted_error(settings: ScorerSettings, estimate: Callable[[str], torch.Tensor], noise: torch.Tensor,
+                   x0: Optional[torch.Tensor], schedule: "NoiseSchedule", timesteps: torch.Tensor) -> torch.Tensor:
+    """Per-row weighted error of the objective, from a schedule's `estimate(kind)` of "epsilon",
+    "x0" or "velocity" (only the one the objective needs is computed: the others cost several
+    passes over every row). "epsilon" compares eps_hat with the noise, "velocity" v_hat with
+    eps - x0 (the flow target, Self-Bench's score), the x0 objectives x0_hat with x0; `x0` may be
+    None for "epsilon", which never reads it.
     """
-    eps_hat, x0_hat, v_hat = estimates
-    if settings.objective == "epsilon":
-        error = elementwise_loss(eps_hat, noise, settings.loss)
-    elif settings.objective == "velocity":
-        error = elementwise_loss(v_hat, noise - x0, settings.loss)
-    else:
-        error = elementwise_loss(x0_hat, x0, settings.loss)
+    kind = estimate_of(settings.objective)
+    target = noise if kind == "epsilon" else noise - x0 if kind == "velocity" else x0
+    error = elementwise_loss(estimate(kind), target, settings.loss)
     return error * objective_weight(settings, schedule, timesteps).to(error.device)
 
 
@@ -168,6 +173,6 @@ def draw_noise(image_seed: int, draw_index: int, shape: tuple, device: torch.dev
 
 
 __all__ = [
-    "van_der_corput", "draw_timesteps", "objective_weight", "weighted_error", "predicted_epsilon_and_x0",
+    "van_der_corput", "draw_timesteps", "objective_weight", "estimate_of", "weighted_error", "predicted_epsilon_and_x0",
     "timestep_weight", "elementwise_loss", "denoising_error", "mix_seed", "unit_float", "draw_noise",
 ]

@@ -150,14 +150,14 @@ class ConditioningBackend(FakeBackend):
         return x_t * 0.5 + per_row.view(-1, 1, 1, 1)
 
 
-@pytest.mark.parametrize("round_table_bytes", [2**30, 0])  # the round's conditionings in one table, or per pass
+@pytest.mark.parametrize("table_bytes", [2**30, 0])  # the candidates' conditionings in one table, or per pass
 def test_shared_noise_and_conditioning_rows_give_bit_identical_errors_to_a_per_row_loop(monkeypatch,
-                                                                                       round_table_bytes):
-    """Noises generated once per (image, draw) and conditionings copied once per round or per
+                                                                                       table_bytes):
+    """Noises generated once per (image, draw) and conditionings copied once per run or per
     pass, then indexed, give exactly the errors of computing every row on its own."""
     import clip_benchmark_diffusion.scorer as scorer_module
 
-    monkeypatch.setattr(scorer_module, "ROUND_TABLE_BYTES", round_table_bytes)
+    monkeypatch.setattr(scorer_module, "CONDITIONING_TABLE_BYTES", table_bytes)
     backend = ConditioningBackend()
     settings = ScorerSettings(**FIXED, draws=5, batch_size=16, objective="x0_heuristic")  # passes straddle draws
     generated, moved = [], []

@@ -164,11 +164,15 @@ def mix_seed(*parts: int) -> int:
     return state & 0x7FFFFFFFFFFFFFFF
 
 
-def draw_noise(image_seed: int, draw_index: int, shape: tuple, device: torch.device | str = "cpu"
-               ) -> torch.Tensor:
+def draw_noise(image_seed: int, draw_index: int, shape: tuple, device: torch.device | str = "cpu",
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Gaussian noise of one draw, seeded by (image seed, draw index) alone: independent of batch
-    size, class order, worker count and of how many draws are requested at once."""
+    size, class order, worker count and of how many draws are requested at once. `out` (a
+    contiguous float32 CPU tensor of `shape`, e.g. a row of a pass's noise table) receives the
+    same values without a copy."""
     generator = torch.Generator().manual_seed(mix_seed(image_seed, draw_index))
+    if out is not None:
+        return torch.randn(shape, generator=generator, out=out)
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
 
 

@@ -85,12 +85,16 @@ def objective_weight(settings: ScorerSettings, schedule: "NoiseSchedule", timest
     return weight.to(torch.float32)
 
 
-def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-sample loss averaged over all non-batch elements."""
-    if loss == "l2":  # one fused pass; the same bits as (prediction - target).pow(2)
-        values = F.mse_loss(prediction, target, reduction="none")
+def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str,
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-sample loss averaged over all non-batch elements. `out` (float32, `prediction`'s shape;
+    it may be `prediction` itself) takes the elementwise values of l2 and l1 in place of a new
+    multi-megabyte tensor per call; the values are the same bits either way."""
+    if loss == "l2":  # one fused pass, or two in place; the same bits as (prediction - target).pow(2)
+        values = F.mse_loss(prediction, target, reduction="none") if out is None else \
+            torch.sub(prediction, target, out=out).square_()
     elif loss == "l1":
-        values = (prediction - target).abs()
+        values = (prediction - target).abs() if out is None else torch.sub(prediction, target, out=out).abs_()
     elif loss == "huber":
         values = F.huber_loss(prediction, target, reduction="none", delta=1.0)
     else:
@@ -108,16 +112,17 @@ def estimate_of(objective: str) -> str:
 
 
 def weighted_error(settings: ScorerSettings, estimate: Callable[[str], torch.Tensor], noise: torch.Tensor,
-                   x0: Optional[torch.Tensor], schedule: "NoiseSchedule", timesteps: torch.Tensor) -> torch.Tensor:
+                   x0: Optional[torch.Tensor], schedule: "NoiseSchedule", timesteps: torch.Tensor,
+                   scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-row weighted error of the objective, from a schedule's `estimate(kind)` of "epsilon",
     "x0" or "velocity" (only the one the objective needs is computed: the others cost several
     passes over every row). "epsilon" compares eps_hat with the noise, "velocity" v_hat with
     eps - x0 (the flow target, Self-Bench's score), the x0 objectives x0_hat with x0; `x0` may be
-    None for "epsilon", which never reads it.
+    None for "epsilon", which never reads it. `scratch` is `elementwise_loss`'s `out`.
     """
     kind = estimate_of(settings.objective)
     target = noise if kind == "epsilon" else noise - x0 if kind == "velocity" else x0
-    error = elementwise_loss(estimate(kind), target, settings.loss)
+    error = elementwise_loss(estimate(kind), target, settings.loss, scratch)
     return error * objective_weight(settings, schedule, timesteps).to(error.device)
 
 

@@ -119,15 +119,16 @@ class RowGather:
         if len(index) == len(table) and bool((index == torch.arange(len(index))).all()):
             return table
         if isinstance(table, Conditioning):
-            out = Conditioning(**{field: self._buffer(f"{name}.{field}", value, len(index))
+            out = Conditioning(**{field: self.buffer(f"{name}.{field}", value, len(index))
                                   for field, value in table.fields().items()})
             index = index.to(next(iter(table.fields().values())).device)
         else:
-            out = self._buffer(name, table, len(index))
+            out = self.buffer(name, table, len(index))
             index = index.to(table.device)
         return take_rows(table, index, out)
 
-    def _buffer(self, name: str, like: torch.Tensor, rows: int) -> torch.Tensor:
+    def buffer(self, name: str, like: torch.Tensor, rows: int) -> torch.Tensor:
+        """`rows` rows shaped, typed and placed like `like`'s, reused by the next call of that name."""
         found = self.buffers.get(name)
         if found is None or found.shape[1:] != like.shape[1:] or found.dtype != like.dtype or \
                 found.device != like.device or len(found) < rows:
@@ -418,7 +419,8 @@ class DiffusionScorer:
             output = backend.predict(x_t, self.schedule.network_time(timesteps), conditioning)
             chunk_errors = self.schedule.errors(self.settings, output,
                                                 gather("clean", clean, rows) if clean_needed else None,
-                                                gather("noise", noise, rows), x_t, timesteps)
+                                                gather("noise", noise, rows), x_t, timesteps,
+                                                gather.buffer("scratch", noise, len(rows)))
             if device_errors is None:
                 device_errors = chunk_errors.new_empty(len(todo))
             device_errors[start:stop] = chunk_errors

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from .devices import to_device
 from .settings import ScorerSettings
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ def weighted_error(settings: ScorerSettings, estimate: Callable[[str], torch.Ten
     kind = estimate_of(settings.objective)
     target = noise if kind == "epsilon" else noise - x0 if kind == "velocity" else x0
     error = elementwise_loss(estimate(kind), target, settings.loss, scratch)
-    return error * objective_weight(settings, schedule, timesteps).to(error.device)
+    return error * to_device(objective_weight(settings, schedule, timesteps), error.device)
 
 
 # ---------------------------------------------------------------- the DDPM-table signatures of 0.1

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import torch
 
+from .devices import to_device
 from .objectives import weighted_error
 from .settings import SIGMA_DISTRIBUTIONS, ScorerSettings
 
@@ -112,8 +113,8 @@ class DiscreteSchedule(NoiseSchedule):
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         if self.scheduler is not None:
-            return self.scheduler.add_noise(x0, noise, timesteps.to(x0.device))
-        a = _broadcast(self.alphas_cumprod[timesteps.cpu()].to(torch.float32), x0).to(x0.device)
+            return self.scheduler.add_noise(x0, noise, to_device(timesteps, x0.device))
+        a = to_device(_broadcast(self.alphas_cumprod[timesteps.cpu()].to(torch.float32), x0), x0.device)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
     def network_time(self, timesteps: torch.Tensor) -> torch.Tensor:
@@ -123,7 +124,7 @@ class DiscreteSchedule(NoiseSchedule):
                  ) -> torch.Tensor:
         if kind == "epsilon" and self.prediction_type == "epsilon":
             return model_output
-        alpha_bar = self.alphas_cumprod.to(x_t.device)[timesteps.to(x_t.device)].to(torch.float32)
+        alpha_bar = to_device(self.alphas_cumprod[timesteps.cpu()].to(torch.float32), x_t.device)
         a = _broadcast(alpha_bar.sqrt(), x_t)
         s = _broadcast((1 - alpha_bar).sqrt(), x_t)
         if self.prediction_type == "epsilon":
@@ -206,7 +207,7 @@ class FlowSchedule(NoiseSchedule):
         return self.shift * u / (1 + (self.shift - 1) * u)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        sigma = _broadcast(self.sigmas(timesteps).to(torch.float32), x0).to(x0.device)
+        sigma = to_device(_broadcast(self.sigmas(timesteps).to(torch.float32), x0), x0.device)
         return (1 - sigma) * x0 + sigma * noise
 
     def network_time(self, timesteps: torch.Tensor) -> torch.Tensor:
@@ -217,7 +218,7 @@ class FlowSchedule(NoiseSchedule):
         # x_t = (1 - s) x0 + s eps and v = eps - x0  =>  eps = x_t + (1 - s) v,  x0 = x_t - s v
         if kind == "velocity":
             return model_output
-        sigma = _broadcast(self.sigmas(timesteps).to(torch.float32), x_t).to(x_t.device)
+        sigma = to_device(_broadcast(self.sigmas(timesteps).to(torch.float32), x_t), x_t.device)
         return x_t + (1 - sigma) * model_output if kind == "epsilon" else x_t - sigma * model_output
 
     def snr(self, timesteps: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 
 from .backends.base import (Conditioning, DiffusionBackend, Encoded, mean_rows, row_bytes, rows_to_device, split_rows,
                             stack_rows, take_rows)
+from .devices import to_device
 from .objectives import draw_noise, draw_timesteps, estimate_of, mix_seed
 from .schedules import NoiseSchedule
 from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings, UnsupportedSettings
@@ -121,10 +122,10 @@ class RowGather:
         if isinstance(table, Conditioning):
             out = Conditioning(**{field: self.buffer(f"{name}.{field}", value, len(index))
                                   for field, value in table.fields().items()})
-            index = index.to(next(iter(table.fields().values())).device)
+            index = to_device(index, next(iter(table.fields().values())).device)
         else:
             out = self.buffer(name, table, len(index))
-            index = index.to(table.device)
+            index = to_device(index, table.device)
         return take_rows(table, index, out)
 
     def buffer(self, name: str, like: torch.Tensor, rows: int) -> torch.Tensor:
@@ -393,7 +394,7 @@ class DiffusionScorer:
         columns = columns[:, todo]
         round_draws = RoundDraws(columns[0], columns[1], seeds, torch.stack(all_timesteps), tuple(x0.shape[1:]),
                                  pinned=device.type == "cuda")
-        draw_images = round_draws.images.to(device)
+        draw_images = to_device(round_draws.images, device)
         clean_needed = estimate_of(self.settings.objective) != "epsilon"
         table = self._candidate_table(conditionings, device)
         gather = self._gather
@@ -416,7 +417,7 @@ class DiffusionScorer:
             else:
                 pass_table = self._conditioning_table(conditionings, groups, device)
                 conditioning = gather("conditioning", pass_table.table, pass_table.positions(groups))
-            output = backend.predict(x_t, self.schedule.network_time(timesteps), conditioning)
+            output = backend.predict(x_t, to_device(self.schedule.network_time(timesteps), device), conditioning)
             chunk_errors = self.schedule.errors(self.settings, output,
                                                 gather("clean", clean, rows) if clean_needed else None,
                                                 gather("noise", noise, rows), x_t, timesteps,

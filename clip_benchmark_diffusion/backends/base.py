@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from ..devices import to_device
 from ..schedules import DiscreteSchedule, NoiseSchedule
 from ..settings import ScorerSettings
 
@@ -129,13 +130,9 @@ def take_rows(encoded: Encoded, index: torch.Tensor, out: Optional[Encoded] = No
 def rows_to_device(encoded: Encoded, device: torch.device) -> Encoded:
     """A pass's rows on `device`. To CUDA they go from pinned memory without waiting, so the host
     prepares the next pass while this copy and the previous pass run."""
-    if device.type != "cuda":
-        return encoded.to(device)
-
-    def move(value: torch.Tensor) -> torch.Tensor:
-        return value.pin_memory().to(device, non_blocking=True)
-
-    return encoded.map(move) if isinstance(encoded, Conditioning) else move(encoded)
+    if isinstance(encoded, Conditioning):
+        return encoded.map(lambda value: to_device(value, device))
+    return to_device(encoded, device)
 
 
 def mean_rows(rows: Sequence) -> Any:

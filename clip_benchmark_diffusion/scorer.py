@@ -113,28 +113,26 @@ class RowGather:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.buffers: dict[str, torch.Tensor] = {}
+        self.buffers: dict[str, tuple[tuple, torch.Tensor]] = {}  # name -> (row shape, dtype, device), buffer
 
     def __call__(self, name: str, table: Encoded, index: torch.Tensor) -> Encoded:
         """Rows `index` (CPU) of `table`: the table itself when `index` is 0, 1, ..., len - 1."""
-        if len(index) == len(table) and bool((index == torch.arange(len(index))).all()):
+        rows = index.shape[0]
+        fields = table.fields() if isinstance(table, Conditioning) else {"": table}
+        first = next(iter(fields.values()))
+        if rows == first.shape[0] and bool((index == torch.arange(rows)).all()):
             return table
-        if isinstance(table, Conditioning):
-            out = Conditioning(**{field: self.buffer(f"{name}.{field}", value, len(index))
-                                  for field, value in table.fields().items()})
-            index = to_device(index, next(iter(table.fields().values())).device)
-        else:
-            out = self.buffer(name, table, len(index))
-            index = to_device(index, table.device)
-        return take_rows(table, index, out)
+        out = {field: self.buffer(f"{name}.{field}", value, rows) for field, value in fields.items()}
+        index = to_device(index, first.device)
+        return take_rows(table, index, Conditioning(**out) if isinstance(table, Conditioning) else out[""])
 
     def buffer(self, name: str, like: torch.Tensor, rows: int) -> torch.Tensor:
         """`rows` rows shaped, typed and placed like `like`'s, reused by the next call of that name."""
+        kind = (like.shape[1:], like.dtype, like.device)
         found = self.buffers.get(name)
-        if found is None or found.shape[1:] != like.shape[1:] or found.dtype != like.dtype or \
-                found.device != like.device or len(found) < rows:
-            found = self.buffers[name] = like.new_empty((max(rows, self.capacity), *like.shape[1:]))
-        return found[:rows]
+        if found is None or found[0] != kind or found[1].shape[0] < rows:
+            found = self.buffers[name] = (kind, like.new_empty((max(rows, self.capacity), *kind[0])))
+        return found[1][:rows]
 
 
 class RoundDraws:

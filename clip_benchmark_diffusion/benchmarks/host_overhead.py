@@ -146,6 +146,28 @@ def run_case(case: Case, repeats: int) -> dict:
             "host_us": (total - math_seconds) / rows * 1e6, "noise_us": noise_seconds / rows * 1e6}
 
 
+def floors(repeats: int, batch: int = 64) -> dict:
+    """What no scorer avoids on this machine, best of `repeats` (CPU time): one draw's noise on the
+    CPU generator (host work, shared by the rows of that draw), and gathering one row's network
+    inputs (a 4x64x64 float32 latent and a 77x1024 float16 text state) into reused buffers at
+    `batch` rows per pass (tensor math on a CPU device, memory-bound)."""
+    latent_out, text_out = torch.empty(batch, *LATENT), torch.empty(batch, *TEXT, dtype=torch.float16)
+    latents, texts = torch.randn(8, *LATENT), torch.randn(10, *TEXT).to(torch.float16)
+    index = torch.arange(batch)
+    noise, gather = float("inf"), float("inf")
+    for _ in range(max(repeats, 3)):
+        start = time.process_time()
+        for j in range(20):
+            draw_noise(0, j, LATENT, "cpu", latent_out[j])
+        noise = min(noise, (time.process_time() - start) / 20)
+        start = time.process_time()
+        for _ in range(5):
+            torch.index_select(latents, 0, index % len(latents), out=latent_out)
+            torch.index_select(texts, 0, index % len(texts), out=text_out)
+        gather = min(gather, (time.process_time() - start) / (5 * batch))
+    return {"noise_per_draw_us": noise * 1e6, "gather_per_row_us": gather * 1e6}
+
+
 def table(results: list[dict]) -> str:
     h100_us = GFLOP_PER_ROW / (HALF_H100_TFLOPS * 1e3) * 1e6
     lines = ["| setting | UNet rows | total us/row | host work us/row | of which noise generation | "
@@ -170,6 +192,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with torch.no_grad():
         results = [run_case(case, args.repeats) for case in cases(args.scale)]
     print(table(results))
+    floor = floors(args.repeats)
+    print(f"\nFloors on this machine: one draw's noise (16384 normal samples on the CPU generator, the same on "
+          f"every device) {floor['noise_per_draw_us']:.0f} us, shared by the rows of that draw; gathering one "
+          f"row's network inputs (64 KB latent + 158 KB text state) into reused buffers "
+          f"{floor['gather_per_row_us']:.1f} us.")
     print(f"\n({time.perf_counter() - started:.0f} s wall clock, torch {torch.__version__}, {args.threads} thread(s))")
     return results
 

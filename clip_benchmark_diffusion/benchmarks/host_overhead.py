@@ -158,7 +158,7 @@ def floors(repeats: int, batch: int = 64) -> dict:
     for _ in range(max(repeats, 3)):
         start = time.process_time()
         for j in range(20):
-            draw_noise(0, j, LATENT, "cpu", latent_out[j])
+            draw_noise(0, j, LATENT)
         noise = min(noise, (time.process_time() - start) / 20)
         start = time.process_time()
         for _ in range(5):

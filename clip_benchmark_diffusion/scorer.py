@@ -98,7 +98,7 @@ class DeviceTable:
 
     def __init__(self, keys: torch.Tensor, rows: list, device: torch.device) -> None:
         self.keys, self.device = keys, device
-        self.table = rows_to_device(stack_rows(rows), device)
+        self.table = rows_to_device(stack_rows(rows, pin_memory=device.type == "cuda"), device)
 
     def positions(self, keys: torch.Tensor) -> torch.Tensor:
         """Where the rows of `keys` are in the table."""

@@ -71,10 +71,11 @@ class Conditioning:
         return [Conditioning(**{name: value[i] for name, value in fields.items()}) for i in range(len(self))]
 
     @staticmethod
-    def stack(rows: Sequence["Conditioning"]) -> "Conditioning":
-        """A batch from rows of `rows()` (a pass's rows, gathered from the prompt cache)."""
+    def stack(rows: Sequence["Conditioning"], pin_memory: bool = False) -> "Conditioning":
+        """A batch from rows of `rows()` (a pass's rows, gathered from the prompt cache), in pinned
+        memory when asked (it then goes to CUDA without a second copy)."""
         names = rows[0].fields()
-        return Conditioning(**{name: torch.stack([getattr(row, name) for row in rows]) for name in names})
+        return Conditioning(**{name: _stack([getattr(row, name) for row in rows], pin_memory) for name in names})
 
     @staticmethod
     def mean(rows: Sequence["Conditioning"]) -> "Conditioning":
@@ -103,9 +104,16 @@ def split_rows(encoded: Encoded) -> list:
     return encoded.rows() if isinstance(encoded, Conditioning) else list(encoded)
 
 
-def stack_rows(rows: Sequence) -> Encoded:
-    """A batch from rows of `split_rows`."""
-    return Conditioning.stack(rows) if isinstance(rows[0], Conditioning) else torch.stack(list(rows))
+def stack_rows(rows: Sequence, pin_memory: bool = False) -> Encoded:
+    """A batch from rows of `split_rows`, in pinned memory when asked."""
+    return Conditioning.stack(rows, pin_memory) if isinstance(rows[0], Conditioning) else _stack(list(rows), pin_memory)
+
+
+def _stack(values: list, pin_memory: bool) -> torch.Tensor:
+    if not pin_memory:
+        return torch.stack(values)
+    out = torch.empty((len(values), *values[0].shape), dtype=values[0].dtype, pin_memory=True)
+    return torch.stack(values, out=out)
 
 
 def row_bytes(row: Encoded) -> int:

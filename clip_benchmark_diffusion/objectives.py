@@ -87,20 +87,36 @@ def objective_weight(settings: ScorerSettings, schedule: "NoiseSchedule", timest
 
 
 def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str,
-                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     out: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-sample loss averaged over all non-batch elements. `out` (float32, `prediction`'s shape;
     it may be `prediction` itself) takes the elementwise values of l2 and l1 in place of a new
-    multi-megabyte tensor per call; the values are the same bits either way."""
-    if loss == "l2":  # one fused pass, or two in place; the same bits as (prediction - target).pow(2)
-        values = F.mse_loss(prediction, target, reduction="none") if out is None else \
-            torch.sub(prediction, target, out=out).square_()
-    elif loss == "l1":
-        values = (prediction - target).abs() if out is None else torch.sub(prediction, target, out=out).abs_()
-    elif loss == "huber":
-        values = F.huber_loss(prediction, target, reduction="none", delta=1.0)
-    else:
+    multi-megabyte tensor per call. `rows` (optional, CPU, non-decreasing) says which row of
+    `target` each prediction row is compared with: a draw's noise serves all the rows that share
+    it without being copied to each. The values are the same bits every way."""
+    if rows is not None and (out is None or loss not in ("l2", "l1")):
+        target, rows = target.index_select(0, to_device(rows, target.device)), None
+    if loss not in ("l2", "l1", "huber"):
         raise ValueError(f"unknown loss {loss!r}")
+    if loss == "huber":
+        values = F.huber_loss(prediction, target, reduction="none", delta=1.0)
+    elif out is None:  # l2 as one fused pass: the same bits as (prediction - target).pow(2)
+        values = F.mse_loss(prediction, target, reduction="none") if loss == "l2" else (prediction - target).abs()
+    else:
+        _subtract(prediction, target, out, rows)
+        values = out.square_() if loss == "l2" else out.abs_()
     return values.flatten(1).mean(dim=1)
+
+
+def _subtract(prediction: torch.Tensor, target: torch.Tensor, out: torch.Tensor, rows: Optional[torch.Tensor]) -> None:
+    """out = prediction - target[rows], one broadcast subtraction per run of rows sharing a target row."""
+    if rows is None:
+        torch.sub(prediction, target, out=out)
+        return
+    runs, counts = torch.unique_consecutive(rows, return_counts=True)
+    start = 0
+    for run, count in zip(runs.tolist(), counts.tolist()):
+        torch.sub(prediction[start:start + count], target[run:run + 1], out=out[start:start + count])
+        start += count
 
 
 #: which of a schedule's estimates ("epsilon", "x0" or "velocity") each objective compares
@@ -114,16 +130,17 @@ def estimate_of(objective: str) -> str:
 
 def weighted_error(settings: ScorerSettings, estimate: Callable[[str], torch.Tensor], noise: torch.Tensor,
                    x0: Optional[torch.Tensor], schedule: "NoiseSchedule", timesteps: torch.Tensor,
-                   scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   scratch: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-row weighted error of the objective, from a schedule's `estimate(kind)` of "epsilon",
     "x0" or "velocity" (only the one the objective needs is computed: the others cost several
     passes over every row). "epsilon" compares eps_hat with the noise, "velocity" v_hat with
     eps - x0 (the flow target, Self-Bench's score), the x0 objectives x0_hat with x0; `x0` may be
-    None for "epsilon", which never reads it. `scratch` is `elementwise_loss`'s `out`.
+    None for "epsilon", which never reads it. `scratch` and `rows` are `elementwise_loss`'s `out` and
+    `rows` (with `rows`, `noise` and `x0` hold one row per draw, the estimates one per row).
     """
     kind = estimate_of(settings.objective)
     target = noise if kind == "epsilon" else noise - x0 if kind == "velocity" else x0
-    error = elementwise_loss(estimate(kind), target, settings.loss, scratch)
+    error = elementwise_loss(estimate(kind), target, settings.loss, scratch, rows)
     return error * to_device(objective_weight(settings, schedule, timesteps), error.device)
 
 

@@ -73,16 +73,18 @@ class NoiseSchedule(ABC):
 
     def errors(self, settings: ScorerSettings, model_output: torch.Tensor, x0: Optional[torch.Tensor],
                noise: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor,
-               scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
+               scratch: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Weighted per-row error of the settings' objective, float32 (`x0` may be None when the
         objective compares epsilon: see `objectives.estimate_of`). `scratch` (optional, float32,
         the output's shape, overwritten) holds the float32 output and the loss's elementwise values
-        instead of two new tensors per call: a caller scoring pass after pass reuses one."""
+        instead of two new tensors per call: a caller scoring pass after pass reuses one. With
+        `rows` (CPU, non-decreasing), `x0` and `noise` hold one row per draw and output row i
+        belongs to draw `rows[i]` (`x_t`, `timesteps` and the output have one row per row)."""
         if scratch is not None and model_output.dtype != torch.float32:
             model_output = scratch.copy_(model_output)
         model_output, x0, noise, x_t = (None if v is None else v.to(torch.float32) for v in (model_output, x0, noise, x_t))
         return weighted_error(settings, lambda kind: self.estimate(kind, model_output, x_t, timesteps), noise, x0,
-                              self, timesteps.cpu(), scratch)
+                              self, timesteps.cpu(), scratch, rows)
 
     def check(self, settings: ScorerSettings) -> None:
         """Reject settings that do not apply to this process."""

@@ -416,10 +416,8 @@ class DiffusionScorer:
                 pass_table = self._conditioning_table(conditionings, groups, device)
                 conditioning = gather("conditioning", pass_table.table, pass_table.positions(groups))
             output = backend.predict(x_t, to_device(self.schedule.network_time(timesteps), device), conditioning)
-            chunk_errors = self.schedule.errors(self.settings, output,
-                                                gather("clean", clean, rows) if clean_needed else None,
-                                                gather("noise", noise, rows), x_t, timesteps,
-                                                gather.buffer("scratch", noise, len(rows)))
+            chunk_errors = self.schedule.errors(self.settings, output, clean if clean_needed else None, noise, x_t,
+                                                timesteps, gather.buffer("scratch", noise, len(rows)), rows)
             if device_errors is None:
                 device_errors = chunk_errors.new_empty(len(todo))
             device_errors[start:stop] = chunk_errors

@@ -82,7 +82,8 @@ class NoiseSchedule(ABC):
         belongs to draw `rows[i]` (`x_t`, `timesteps` and the output have one row per row)."""
         if scratch is not None and model_output.dtype != torch.float32:
             model_output = scratch.copy_(model_output)
-        model_output, x0, noise, x_t = (None if v is None else v.to(torch.float32) for v in (model_output, x0, noise, x_t))
+        model_output, x0, noise, x_t = (None if v is None else v.to(torch.float32)
+                                        for v in (model_output, x0, noise, x_t))
         return weighted_error(settings, lambda kind: self.estimate(kind, model_output, x_t, timesteps), noise, x0,
                               self, timesteps.cpu(), scratch, rows)
 

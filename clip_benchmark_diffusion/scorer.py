@@ -351,7 +351,8 @@ class DiffusionScorer:
         if self._table[0] != key:
             fits = len(conditionings) * row_bytes(conditionings[0]) <= CONDITIONING_TABLE_BYTES
             self._table = (key, None)  # the previous table is freed before a new one is built
-            self._table = (key, rows_to_device(stack_rows(conditionings), device) if fits else None)
+            # once per run, a plain copy: a pinned staging copy of up to 2 GiB would stay in CUDA's host cache
+            self._table = (key, stack_rows(conditionings).to(device) if fits else None)
         return self._table[1]
 
     def _evaluate(self, blocks: dict[int, RoundRows], x0: torch.Tensor, conditionings: list, seeds: list,

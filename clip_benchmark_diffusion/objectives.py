@@ -6,11 +6,12 @@ flow velocity into the weighted error of an objective, and seeds the draws.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
+from .devices import to_device
 from .settings import ScorerSettings
 
 if TYPE_CHECKING:
@@ -85,35 +86,62 @@ def objective_weight(settings: ScorerSettings, schedule: "NoiseSchedule", timest
     return weight.to(torch.float32)
 
 
-def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
-    """Per-sample loss averaged over all non-batch elements."""
-    if loss == "l2":
-        values = (prediction - target).pow(2)
-    elif loss == "l1":
-        values = (prediction - target).abs()
-    elif loss == "huber":
-        values = F.huber_loss(prediction, target, reduction="none", delta=1.0)
-    else:
+def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss: str,
+                     out: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-sample loss averaged over all non-batch elements. `out` (float32, `prediction`'s shape;
+    it may be `prediction` itself) takes the elementwise values of l2 and l1 in place of a new
+    multi-megabyte tensor per call. `rows` (optional, CPU, non-decreasing) says which row of
+    `target` each prediction row is compared with: a draw's noise serves all the rows that share
+    it without being copied to each. The values are the same bits every way."""
+    if rows is not None and (out is None or loss not in ("l2", "l1")):
+        target, rows = target.index_select(0, to_device(rows, target.device)), None
+    if loss not in ("l2", "l1", "huber"):
         raise ValueError(f"unknown loss {loss!r}")
+    if loss == "huber":
+        values = F.huber_loss(prediction, target, reduction="none", delta=1.0)
+    elif out is None:  # l2 as one fused pass: the same bits as (prediction - target).pow(2)
+        values = F.mse_loss(prediction, target, reduction="none") if loss == "l2" else (prediction - target).abs()
+    else:
+        _subtract(prediction, target, out, rows)
+        values = out.square_() if loss == "l2" else out.abs_()
     return values.flatten(1).mean(dim=1)
 
 
-def weighted_error(settings: ScorerSettings, estimates: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                   noise: torch.Tensor, x0: torch.Tensor, schedule: "NoiseSchedule",
-                   timesteps: torch.Tensor) -> torch.Tensor:
-    """Per-row weighted error of the objective, from a schedule's (eps_hat, x0_hat, v_hat).
+def _subtract(prediction: torch.Tensor, target: torch.Tensor, out: torch.Tensor, rows: Optional[torch.Tensor]) -> None:
+    """out = prediction - target[rows], one broadcast subtraction per run of rows sharing a target row."""
+    if rows is None:
+        torch.sub(prediction, target, out=out)
+        return
+    runs, counts = torch.unique_consecutive(rows, return_counts=True)
+    start = 0
+    for run, count in zip(runs.tolist(), counts.tolist()):
+        torch.sub(prediction[start:start + count], target[run:run + 1], out=out[start:start + count])
+        start += count
 
-    "epsilon" compares eps_hat with the noise, "velocity" v_hat with eps - x0 (the flow target,
-    Self-Bench's score), the x0 objectives x0_hat with x0.
+
+#: which of a schedule's estimates ("epsilon", "x0" or "velocity") each objective compares
+ESTIMATE_OF = {"epsilon": "epsilon", "velocity": "velocity"}
+
+
+def estimate_of(objective: str) -> str:
+    """The estimate an objective compares: "epsilon", "velocity", or "x0" (the x0 objectives)."""
+    return ESTIMATE_OF.get(objective, "x0")
+
+
+def weighted_error(settings: ScorerSettings, estimate: Callable[[str], torch.Tensor], noise: torch.Tensor,
+                   x0: Optional[torch.Tensor], schedule: "NoiseSchedule", timesteps: torch.Tensor,
+                   scratch: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-row weighted error of the objective, from a schedule's `estimate(kind)` of "epsilon",
+    "x0" or "velocity" (only the one the objective needs is computed: the others cost several
+    passes over every row). "epsilon" compares eps_hat with the noise, "velocity" v_hat with
+    eps - x0 (the flow target, Self-Bench's score), the x0 objectives x0_hat with x0; `x0` may be
+    None for "epsilon", which never reads it. `scratch` and `rows` are `elementwise_loss`'s `out` and
+    `rows` (with `rows`, `noise` and `x0` hold one row per draw, the estimates one per row).
     """
-    eps_hat, x0_hat, v_hat = estimates
-    if settings.objective == "epsilon":
-        error = elementwise_loss(eps_hat, noise, settings.loss)
-    elif settings.objective == "velocity":
-        error = elementwise_loss(v_hat, noise - x0, settings.loss)
-    else:
-        error = elementwise_loss(x0_hat, x0, settings.loss)
-    return error * objective_weight(settings, schedule, timesteps).to(error.device)
+    kind = estimate_of(settings.objective)
+    target = noise if kind == "epsilon" else noise - x0 if kind == "velocity" else x0
+    error = elementwise_loss(estimate(kind), target, settings.loss, scratch, rows)
+    return error * to_device(objective_weight(settings, schedule, timesteps), error.device)
 
 
 # ---------------------------------------------------------------- the DDPM-table signatures of 0.1
@@ -159,15 +187,19 @@ def mix_seed(*parts: int) -> int:
     return state & 0x7FFFFFFFFFFFFFFF
 
 
-def draw_noise(image_seed: int, draw_index: int, shape: tuple, device: torch.device | str = "cpu"
-               ) -> torch.Tensor:
+def draw_noise(image_seed: int, draw_index: int, shape: tuple, device: torch.device | str = "cpu",
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Gaussian noise of one draw, seeded by (image seed, draw index) alone: independent of batch
-    size, class order, worker count and of how many draws are requested at once."""
+    size, class order, worker count and of how many draws are requested at once. `out` (a
+    contiguous float32 CPU tensor of `shape`, e.g. a row of a pass's noise table) receives the
+    same values without a copy."""
     generator = torch.Generator().manual_seed(mix_seed(image_seed, draw_index))
+    if out is not None:
+        return torch.randn(shape, generator=generator, out=out)
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
 
 
 __all__ = [
-    "van_der_corput", "draw_timesteps", "objective_weight", "weighted_error", "predicted_epsilon_and_x0",
+    "van_der_corput", "draw_timesteps", "objective_weight", "estimate_of", "weighted_error", "predicted_epsilon_and_x0",
     "timestep_weight", "elementwise_loss", "denoising_error", "mix_seed", "unit_float", "draw_noise",
 ]

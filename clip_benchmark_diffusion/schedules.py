@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import torch
 
+from .devices import to_device
 from .objectives import weighted_error
 from .settings import SIGMA_DISTRIBUTIONS, ScorerSettings
 
@@ -42,9 +43,15 @@ class NoiseSchedule(ABC):
         """Forward-diffuse clean samples to x_t."""
 
     @abstractmethod
+    def estimate(self, kind: str, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
+                 ) -> torch.Tensor:
+        """eps_hat ("epsilon"), x0_hat ("x0") or v_hat ("velocity", the flow velocity eps - x0)
+        implied by a model output; only what `kind` needs is computed (an error needs one)."""
+
     def estimates(self, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(eps_hat, x0_hat, v_hat) implied by a model output, v being the flow velocity eps - x0."""
+        """(eps_hat, x0_hat, v_hat) implied by a model output."""
+        return tuple(self.estimate(kind, model_output, x_t, timesteps) for kind in ("epsilon", "x0", "velocity"))
 
     @abstractmethod
     def network_time(self, timesteps: torch.Tensor) -> torch.Tensor:
@@ -64,12 +71,21 @@ class NoiseSchedule(ABC):
         """Equal-width bucket of each timestep on the unit-time axis."""
         return torch.floor(self.unit_time(timesteps) * buckets).to(torch.int64).clamp(0, buckets - 1)
 
-    def errors(self, settings: ScorerSettings, model_output: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
-               x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Weighted per-row error of the settings' objective, float32."""
-        model_output, x0, noise, x_t = (v.to(torch.float32) for v in (model_output, x0, noise, x_t))
-        estimates = self.estimates(model_output, x_t, timesteps)
-        return weighted_error(settings, estimates, noise, x0, self, timesteps.cpu())
+    def errors(self, settings: ScorerSettings, model_output: torch.Tensor, x0: Optional[torch.Tensor],
+               noise: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor,
+               scratch: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Weighted per-row error of the settings' objective, float32 (`x0` may be None when the
+        objective compares epsilon: see `objectives.estimate_of`). `scratch` (optional, float32,
+        the output's shape, overwritten) holds the float32 output and the loss's elementwise values
+        instead of two new tensors per call: a caller scoring pass after pass reuses one. With
+        `rows` (CPU, non-decreasing), `x0` and `noise` hold one row per draw and output row i
+        belongs to draw `rows[i]` (`x_t`, `timesteps` and the output have one row per row)."""
+        if scratch is not None and model_output.dtype != torch.float32:
+            model_output = scratch.copy_(model_output)
+        model_output, x0, noise, x_t = (None if v is None else v.to(torch.float32)
+                                        for v in (model_output, x0, noise, x_t))
+        return weighted_error(settings, lambda kind: self.estimate(kind, model_output, x_t, timesteps), noise, x0,
+                              self, timesteps.cpu(), scratch, rows)
 
     def check(self, settings: ScorerSettings) -> None:
         """Reject settings that do not apply to this process."""
@@ -100,25 +116,29 @@ class DiscreteSchedule(NoiseSchedule):
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         if self.scheduler is not None:
-            return self.scheduler.add_noise(x0, noise, timesteps.to(x0.device))
-        a = _broadcast(self.alphas_cumprod[timesteps.cpu()].to(torch.float32), x0).to(x0.device)
+            return self.scheduler.add_noise(x0, noise, to_device(timesteps, x0.device))
+        a = to_device(_broadcast(self.alphas_cumprod[timesteps.cpu()].to(torch.float32), x0), x0.device)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
     def network_time(self, timesteps: torch.Tensor) -> torch.Tensor:
         return timesteps
 
-    def estimates(self, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        alpha_bar = self.alphas_cumprod.to(x_t.device)[timesteps.to(x_t.device)].to(torch.float32)
+    def estimate(self, kind: str, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
+                 ) -> torch.Tensor:
+        if kind == "epsilon" and self.prediction_type == "epsilon":
+            return model_output
+        alpha_bar = to_device(self.alphas_cumprod[timesteps.cpu()].to(torch.float32), x_t.device)
         a = _broadcast(alpha_bar.sqrt(), x_t)
         s = _broadcast((1 - alpha_bar).sqrt(), x_t)
         if self.prediction_type == "epsilon":
             eps_hat = model_output
             x0_hat = (x_t - s * eps_hat) / a
         else:  # v_prediction: v = a eps - s x0
-            x0_hat = a * x_t - s * model_output
-            eps_hat = s * x_t + a * model_output
-        return eps_hat, x0_hat, eps_hat - x0_hat
+            x0_hat = a * x_t - s * model_output if kind != "epsilon" else None
+            eps_hat = s * x_t + a * model_output if kind != "x0" else None
+        if kind == "velocity":
+            return eps_hat - x0_hat
+        return eps_hat if kind == "epsilon" else x0_hat
 
     def snr(self, timesteps: torch.Tensor) -> torch.Tensor:
         alpha_bar = self.alphas_cumprod[timesteps.cpu()]
@@ -190,17 +210,19 @@ class FlowSchedule(NoiseSchedule):
         return self.shift * u / (1 + (self.shift - 1) * u)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        sigma = _broadcast(self.sigmas(timesteps).to(torch.float32), x0).to(x0.device)
+        sigma = to_device(_broadcast(self.sigmas(timesteps).to(torch.float32), x0), x0.device)
         return (1 - sigma) * x0 + sigma * noise
 
     def network_time(self, timesteps: torch.Tensor) -> torch.Tensor:
         return self.sigmas(timesteps)
 
-    def estimates(self, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def estimate(self, kind: str, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
+                 ) -> torch.Tensor:
         # x_t = (1 - s) x0 + s eps and v = eps - x0  =>  eps = x_t + (1 - s) v,  x0 = x_t - s v
-        sigma = _broadcast(self.sigmas(timesteps).to(torch.float32), x_t).to(x_t.device)
-        return x_t + (1 - sigma) * model_output, x_t - sigma * model_output, model_output
+        if kind == "velocity":
+            return model_output
+        sigma = to_device(_broadcast(self.sigmas(timesteps).to(torch.float32), x_t), x_t.device)
+        return x_t + (1 - sigma) * model_output if kind == "epsilon" else x_t - sigma * model_output
 
     def snr(self, timesteps: torch.Tensor) -> torch.Tensor:
         sigma = self.sigmas(timesteps)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 
-from .backends.base import (DiffusionBackend, Encoded, mean_rows, row_bytes, rows_to_device, split_rows, stack_rows,
-                            take_rows)
-from .objectives import draw_noise, draw_timesteps, mix_seed
+from .backends.base import (Conditioning, DiffusionBackend, Encoded, mean_rows, row_bytes, rows_to_device, split_rows,
+                            stack_rows, take_rows)
+from .devices import to_device
+from .objectives import draw_noise, draw_timesteps, estimate_of, mix_seed
 from .schedules import NoiseSchedule
 from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings, UnsupportedSettings
 from .strategies import ImageState, make_strategy
@@ -84,26 +85,95 @@ def check_compatible(settings: ScorerSettings, schedule: NoiseSchedule) -> None:
         raise UnsupportedSettings(f"t_min={settings.t_min} is outside this model's {steps} training timesteps")
 
 
-#: a round's distinct conditionings go to the device as one table when they take at most this much
-#: (1000 SD 2 text states: 158 MB); otherwise each pass copies its own distinct ones
-ROUND_TABLE_BYTES = 512 * 2**20
+#: the candidates' distinct conditionings stay on the device as one table, for every image of a run,
+#: when they take at most this much (1000 SD 2 text states: 158 MB; 100 classes x 80 templates:
+#: 1.26 GB); otherwise each pass copies its own distinct ones
+CONDITIONING_TABLE_BYTES = 2 * 2**30
 
 
 class DeviceTable:
-    """Distinct rows (noises, conditionings) under sorted integer keys, stacked and copied to the
-    device once; the rows of a pass are gathered from it there, so a row shared by many rows of
-    a pass (or of a round) costs the host one copy, not one per row."""
+    """Distinct rows (conditionings) under sorted integer keys, stacked and copied to the device
+    once; the rows of a pass are gathered from it there, so a row shared by many rows of a pass
+    costs the host one copy, not one per row."""
 
     def __init__(self, keys: torch.Tensor, rows: list, device: torch.device) -> None:
         self.keys, self.device = keys, device
-        self.table = rows_to_device(stack_rows(rows), device)
+        self.table = rows_to_device(stack_rows(rows, pin_memory=device.type == "cuda"), device)
 
-    def take(self, keys: torch.Tensor) -> Encoded:
-        """The rows of `keys`, in that order, on the device."""
-        index = torch.searchsorted(self.keys, keys)
-        if len(index) == len(self.keys) and bool((index == torch.arange(len(index))).all()):
-            return self.table
-        return take_rows(self.table, index.to(self.device))
+    def positions(self, keys: torch.Tensor) -> torch.Tensor:
+        """Where the rows of `keys` are in the table."""
+        return torch.searchsorted(self.keys, keys)
+
+
+class RowGather:
+    """Rows of device tables for one pass, written into buffers reused from pass to pass: a fresh
+    multi-megabyte block per pass costs page faults (on one CPU thread, gathering a pass's 64
+    SD 2 latents took ~9 us per row into new memory and ~4 into a reused buffer). A buffer is
+    overwritten by the next pass, after the device has finished this one's work in stream order."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.buffers: dict[str, tuple[tuple, torch.Tensor]] = {}  # name -> (row shape, dtype, device), buffer
+
+    def __call__(self, name: str, table: Encoded, index: torch.Tensor) -> Encoded:
+        """Rows `index` (CPU) of `table`: the table itself when `index` is 0, 1, ..., len - 1."""
+        rows = index.shape[0]
+        fields = table.fields() if isinstance(table, Conditioning) else {"": table}
+        first = next(iter(fields.values()))
+        if rows == first.shape[0] and bool((index == torch.arange(rows)).all()):
+            return table
+        out = {field: self.buffer(f"{name}.{field}", value, rows) for field, value in fields.items()}
+        index = to_device(index, first.device)
+        return take_rows(table, index, Conditioning(**out) if isinstance(table, Conditioning) else out[""])
+
+    def buffer(self, name: str, like: torch.Tensor, rows: int) -> torch.Tensor:
+        """`rows` rows shaped, typed and placed like `like`'s, reused by the next call of that name."""
+        kind = (like.shape[1:], like.dtype, like.device)
+        found = self.buffers.get(name)
+        if found is None or found[0] != kind or found[1].shape[0] < rows:
+            found = self.buffers[name] = (kind, like.new_empty((max(rows, self.capacity), *kind[0])))
+        return found[1][:rows]
+
+
+class RoundDraws:
+    """The distinct (image, draw)s of a round's rows, in row order (rows are image by image, draw
+    by draw, so the rows sharing a draw are consecutive), and the noise tables of its passes."""
+
+    def __init__(self, images: torch.Tensor, draws: torch.Tensor, seeds: list, timestep_table: torch.Tensor,
+                 sample_shape: tuple, pinned: bool) -> None:
+        per_image = timestep_table.shape[1]
+        keys, self.of_row = torch.unique_consecutive(images * per_image + draws, return_inverse=True)
+        self.images, indices = keys // per_image, keys % per_image
+        self.timesteps = timestep_table[self.images, indices]
+        self.seeds = [seeds[i] for i in self.images.tolist()]
+        self.indices = indices.tolist()
+        self.sample_shape, self.pinned = sample_shape, pinned
+        self.carried: Optional[tuple[int, torch.Tensor]] = None  # the last draw of the previous pass
+
+    def noise(self, first: int, last: int) -> torch.Tensor:
+        """Noises of draws [first, last) as one host table (pinned for CUDA), each generated once
+        straight into it; a draw the previous pass began is copied from that pass's table."""
+        table = torch.empty((last - first, *self.sample_shape), dtype=torch.float32, pin_memory=self.pinned)
+        for k in range(first, last):
+            if self.carried is not None and self.carried[0] == k:
+                table[k - first].copy_(self.carried[1])
+            else:
+                draw_noise(self.seeds[k], self.indices[k], self.sample_shape, "cpu", table[k - first])
+        self.carried = (last - 1, table[-1])
+        return table
+
+
+class RoundRows(NamedTuple):
+    """One image's rows of a round: every conditioning its open candidates need (sorted) at each
+    draw in [first_draw, target), draw by draw."""
+
+    conditionings: list
+    first_draw: int
+    target: int
+
+    @property
+    def size(self) -> int:
+        return len(self.conditionings) * (self.target - self.first_draw)
 
 
 class DiffusionScorer:
@@ -126,6 +196,9 @@ class DiffusionScorer:
                 raise ValueError("an error cache may only be shared by scorers whose settings differ only in settings "
                                  f"that do not change an error: {sorted(ERROR_CACHE_IGNORED_SETTINGS)}")
         self._conditioning_names: list = []
+        #: (the conditionings' names, their device table) of the last candidates, reused while they repeat
+        self._table: tuple[list, Optional[Encoded]] = ([], None)
+        self._gather = RowGather(self.settings.batch_size)  # a pass's row buffers, reused by the next
         self._prompt_cache: dict[str, object] = {}  # prompt -> its conditioning row (CPU)
         self._mean_cache: dict[tuple, object] = {}
 
@@ -242,13 +315,11 @@ class DiffusionScorer:
             while upcoming:
                 plans, upcoming = upcoming, {}
                 first_round = first_round or max(plans.values())
-                jobs = []  # (image, draw, conditioning) rows of this round, image by image
-                for i, target in plans.items():
-                    needed = _open_conditionings(states[i], groups)
-                    jobs.extend((i, j, g) for j in range(states[i].draws_done, target) for g in needed)
-                for i, per_job in self._evaluate(jobs, x0, conditionings, seeds, all_timesteps, on_calls):
-                    self._record_round(states[i], groups, per_job, plans[i])
-                    calls[i] += len(per_job) * self.backend.calls_per_prediction
+                blocks = {i: RoundRows(_open_conditionings(states[i], groups), states[i].draws_done, target)
+                          for i, target in plans.items()}
+                for i, image_errors in self._evaluate(blocks, x0, conditionings, seeds, all_timesteps, on_calls):
+                    self._record_round(states[i], groups, blocks[i], image_errors)
+                    calls[i] += blocks[i].size * self.backend.calls_per_prediction
                     strategy.after_round(states[i])
                     states[i].survivors_per_round.append(int(states[i].active.sum()))
                     plan(i)
@@ -267,67 +338,87 @@ class DiffusionScorer:
             target = state.draws_done + affordable
         return target if target > state.draws_done else None
 
-    def _evaluate(self, jobs: list, x0: torch.Tensor, conditionings: list, seeds: list,
-                  all_timesteps: list, on_calls: Optional[Callable[[int], None]]) -> Iterator[tuple[int, list]]:
-        """Errors of (image, draw, conditioning) rows, `batch_size` rows per network call.
-        Yields (image, [(draw, conditioning, error), ...]) as soon as all of an image's rows
-        are done.
+    def prepare(self, candidates: Sequence[Sequence[str]]) -> None:
+        """Encode the candidates and put their conditionings on the device: what every image of a
+        run shares, done once before the first (`score` does it when it was not done)."""
+        self._candidate_table(self._conditionings(candidates)[0], self.backend.device)
 
-        Host work does not grow with a pass's rows: distinct conditionings go to the device once
-        (the round's as one table when it fits `ROUND_TABLE_BYTES`, else each pass's) and rows are
-        gathered there; each (image, draw) noise is generated once per round and kept only while
-        consecutive passes use it, so memory stays bounded by the batch; errors stay on the device
-        until a pass completes an image (whose result must then reach `on_image`), so the host
-        does not wait for the device after every pass."""
-        backend = self.backend
-        errors = torch.empty(len(jobs), dtype=torch.float64)
-        sample_shape = tuple(x0.shape[1:])
-        cache_keys = [(seeds[i], j, self._conditioning_names[g]) for i, j, g in jobs] if self.error_cache is not None \
-            else None
-        positions_of: dict[int, list[int]] = {}
-        for n, (i, _, _) in enumerate(jobs):
-            positions_of.setdefault(i, []).append(n)
-        todo = list(range(len(jobs)))
-        if cache_keys is not None:
-            todo = [n for n, key in enumerate(cache_keys) if key not in self.error_cache]
-            for n, key in enumerate(cache_keys):
-                if key in self.error_cache:
-                    errors[n] = self.error_cache[key]
+    def _candidate_table(self, conditionings: list, device: torch.device) -> Optional[Encoded]:
+        """Every candidate's conditioning on the device, in `_conditionings` order, kept while the
+        candidates repeat (clip_benchmark scores every batch against the same classes); None when
+        they would take more than `CONDITIONING_TABLE_BYTES`."""
+        key = [device] + self._conditioning_names
+        if self._table[0] != key:
+            fits = len(conditionings) * row_bytes(conditionings[0]) <= CONDITIONING_TABLE_BYTES
+            self._table = (key, None)  # the previous table is freed before a new one is built
+            # once per run, a plain copy: a pinned staging copy of up to 2 GiB would stay in CUDA's host cache
+            self._table = (key, stack_rows(conditionings).to(device) if fits else None)
+        return self._table[1]
 
-        def finished(i: int) -> tuple[int, list]:
-            return i, [(jobs[n][1], jobs[n][2], float(errors[n])) for n in positions_of[i]]
+    def _evaluate(self, blocks: dict[int, RoundRows], x0: torch.Tensor, conditionings: list, seeds: list,
+                  all_timesteps: list, on_calls: Optional[Callable[[int], None]]
+                  ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Errors (float64, CPU) of the round's rows of each image, `batch_size` rows per network
+        call, yielded as (image, errors in `RoundRows` order) as soon as all its rows are done.
 
-        # the position in `todo` of each image's last row: the pass that evaluates it completes the image
-        last_row = {jobs[n][0]: k for k, n in enumerate(todo)}
-        yield from (finished(i) for i in positions_of if i not in last_row)
-        completing = sorted((k, i) for i, k in last_row.items())
-        # (image, draw, conditioning) of the rows to evaluate, one contiguous row each
-        columns = torch.tensor(jobs, dtype=torch.int64).reshape(-1, 3)[torch.tensor(todo, dtype=torch.int64)]
-        columns = columns.T.contiguous()
-        timestep_table = torch.stack(all_timesteps) if all_timesteps else torch.empty(0, 0, dtype=torch.int64)
-        draws_per_image = timestep_table.shape[1]
-        noises: dict[int, torch.Tensor] = {}  # (image, draw) key -> its noise, for the passes that share it
+        Host work per pass does not grow with its rows: the candidates' conditionings are one device
+        table for the run when they fit `CONDITIONING_TABLE_BYTES` (else each pass copies its distinct
+        ones) and rows are gathered there; each (image, draw) noise is generated once per round
+        and kept only while consecutive passes use it; each distinct (image, draw) of a pass is
+        noised once on the device and its rows gathered; errors stay on the device until a pass
+        completes an image (whose result must then reach `on_image`), so the host does not wait
+        for the device after every pass."""
+        backend, device = self.backend, x0.device
+        columns = _round_columns(blocks)  # (image, draw, conditioning) of every row, image by image
+        errors = torch.empty(columns.shape[1], dtype=torch.float64)
+        todo = torch.arange(columns.shape[1])
+        cache_keys = None
+        if self.error_cache is not None:
+            cache_keys = [(seeds[i], j, self._conditioning_names[g]) for i, j, g in columns.T.tolist()]
+            cached = torch.tensor([key in self.error_cache for key in cache_keys], dtype=torch.bool)
+            errors[cached] = torch.tensor([self.error_cache[key] for key, hit in zip(cache_keys, cached.tolist())
+                                           if hit], dtype=torch.float64)
+            todo = todo[~cached]
+        ends = torch.tensor([block.size for block in blocks.values()]).cumsum(0).tolist()
+        extent = {i: (end - block.size, end) for (i, block), end in zip(blocks.items(), ends)}
+
+        def finished(i: int) -> tuple[int, torch.Tensor]:
+            return i, errors[extent[i][0]:extent[i][1]]
+
+        # the pass that evaluates an image's last row to do completes the image
+        pending, counts = torch.unique_consecutive(columns[0, todo], return_counts=True)
+        completing = list(zip((counts.cumsum(0) - 1).tolist(), pending.tolist()))
+        evaluated = set(pending.tolist())
+        yield from (finished(i) for i in blocks if i not in evaluated)
+        columns = columns[:, todo]
+        round_draws = RoundDraws(columns[0], columns[1], seeds, torch.stack(all_timesteps), tuple(x0.shape[1:]),
+                                 pinned=device.type == "cuda")
+        draw_images = to_device(round_draws.images, device)
+        clean_needed = estimate_of(self.settings.objective) != "epsilon"
+        table = self._candidate_table(conditionings, device)
+        gather = self._gather
         device_errors: Optional[torch.Tensor] = None
-        round_groups = torch.unique(columns[2])
-        round_table = None
-        if len(round_groups) and len(round_groups) * row_bytes(conditionings[0]) <= ROUND_TABLE_BYTES:
-            round_table = self._conditioning_table(conditionings, round_groups, x0.device)
         synced = 0  # rows of `todo` whose errors are on the host
         for start in range(0, len(todo), self.settings.batch_size):
             stop = min(start + self.settings.batch_size, len(todo))
-            images, draws, groups = columns[:, start:stop]
-            timesteps = timestep_table[images, draws]
-            noise_keys = images * draws_per_image + draws
-            distinct = torch.unique(noise_keys)
-            noises = {key: noises[key] if key in noises else draw_noise(seeds[key // draws_per_image],
-                                                                        key % draws_per_image, sample_shape)
-                      for key in distinct.tolist()}
-            noise = DeviceTable(distinct, list(noises.values()), x0.device).take(noise_keys)
-            clean = x0.index_select(0, images.to(x0.device))
-            conditioning = (round_table or self._conditioning_table(conditionings, groups, x0.device)).take(groups)
-            x_t = self.schedule.add_noise(clean, noise, timesteps)
-            output = backend.predict(x_t, self.schedule.network_time(timesteps), conditioning)
-            chunk_errors = self.schedule.errors(self.settings, output, clean, noise, x_t, timesteps)
+            groups = columns[2, start:stop]
+            # one noise, clean sample and x_t per distinct (image, draw) of the pass, on the device;
+            # rows index them
+            first, last = int(round_draws.of_row[start]), int(round_draws.of_row[stop - 1]) + 1
+            rows = round_draws.of_row[start:stop] - first
+            noise = rows_to_device(round_draws.noise(first, last), device)
+            clean = take_rows(x0, draw_images[first:last])
+            draw_timesteps_ = round_draws.timesteps[first:last]
+            x_t = gather("x_t", self.schedule.add_noise(clean, noise, draw_timesteps_), rows)
+            timesteps = draw_timesteps_[rows]
+            if table is not None:
+                conditioning = gather("conditioning", table, groups)
+            else:
+                pass_table = self._conditioning_table(conditionings, groups, device)
+                conditioning = gather("conditioning", pass_table.table, pass_table.positions(groups))
+            output = backend.predict(x_t, to_device(self.schedule.network_time(timesteps), device), conditioning)
+            chunk_errors = self.schedule.errors(self.settings, output, clean if clean_needed else None, noise, x_t,
+                                                timesteps, gather.buffer("scratch", noise, len(rows)), rows)
             if device_errors is None:
                 device_errors = chunk_errors.new_empty(len(todo))
             device_errors[start:stop] = chunk_errors
@@ -339,7 +430,7 @@ class DiffusionScorer:
             host_errors = device_errors[synced:stop].to("cpu", torch.float64)
             errors[positions] = host_errors
             if cache_keys is not None:
-                self.error_cache.update((cache_keys[n], e) for n, e in zip(positions, host_errors.tolist()))
+                self.error_cache.update((cache_keys[n], e) for n, e in zip(positions.tolist(), host_errors.tolist()))
             synced = stop
             while completing and completing[0][0] < stop:
                 yield finished(completing.pop(0)[1])
@@ -350,17 +441,26 @@ class DiffusionScorer:
         return DeviceTable(distinct, [conditionings[g] for g in distinct.tolist()], device)
 
     @staticmethod
-    def _record_round(state: ImageState, groups: list, per_job: list, target: int) -> None:
-        by_conditioning: dict[tuple, float] = {(j, g): e for j, g, e in per_job}
+    def _record_round(state: ImageState, groups: list, block: RoundRows, errors: torch.Tensor) -> None:
+        """Each open candidate's error at each draw of the round: the mean over the conditionings it
+        averages, summed one template at a time in float64 as `sum(...) / len(...)` would (the
+        same bits), for all candidates and draws at once."""
         active = torch.nonzero(state.active).flatten()
-        draws = range(state.draws_done, target)
-        # one block assignment: setting elements one by one costs microseconds each
-        values = [[sum(by_conditioning[(j, g)] for g in groups[c]) / len(groups[c]) for j in draws]
-                  for c in active.tolist()]
-        state.per_draw[active, state.draws_done:target] = torch.tensor(values, dtype=torch.float64).reshape(
-            len(active), len(draws))
-        state.draws_done = target
-        state.round += 1
+        position = {g: k for k, g in enumerate(block.conditionings)}
+        members = [[position[g] for g in groups[c]] for c in active.tolist()]
+        width = max((len(m) for m in members), default=0)
+        zero = len(block.conditionings)  # a column of zeros pads candidates with fewer templates
+        state.draws_done, state.round = block.target, state.round + 1
+        if not members:
+            return
+        index = torch.tensor([m + [zero] * (width - len(m)) for m in members], dtype=torch.int64)
+        per_draw = torch.cat([errors.view(block.target - block.first_draw, zero),
+                              torch.zeros(block.target - block.first_draw, 1, dtype=torch.float64)], dim=1)
+        total = per_draw[:, index[:, 0]]
+        for k in range(1, width):
+            total = total + per_draw[:, index[:, k]]
+        sizes = torch.tensor([len(m) for m in members], dtype=torch.float64)
+        state.per_draw[active, block.first_draw:block.target] = (total / sizes).T
 
     @staticmethod
     def _result(key: int, state: ImageState, timesteps: torch.Tensor, calls: int,
@@ -374,6 +474,18 @@ class DiffusionScorer:
             timesteps=timesteps[:n], draws=(~torch.isnan(per_draw)).sum(dim=1), calls=calls,
             dropped_round=list(state.dropped_round), survivors_per_round=list(state.survivors_per_round),
             confidence=confidence, capped=state.capped)
+
+
+def _round_columns(blocks: dict[int, RoundRows]) -> torch.Tensor:
+    """(3, rows) int64: image, draw and conditioning of every row of a round, image by image and,
+    within an image, draw by draw (so rows sharing a noise are consecutive)."""
+    columns = [torch.zeros(3, 0, dtype=torch.int64)]
+    for i, block in blocks.items():
+        needed = torch.tensor(block.conditionings, dtype=torch.int64)
+        draws = torch.arange(block.first_draw, block.target)
+        columns.append(torch.stack([torch.full((block.size,), i, dtype=torch.int64),
+                                    draws.repeat_interleave(len(needed)), needed.repeat(len(draws))]))
+    return torch.cat(columns, dim=1)
 
 
 def _open_conditionings(state: ImageState, groups: list) -> list[int]:

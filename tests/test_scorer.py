@@ -150,14 +150,14 @@ class ConditioningBackend(FakeBackend):
         return x_t * 0.5 + per_row.view(-1, 1, 1, 1)
 
 
-@pytest.mark.parametrize("round_table_bytes", [2**30, 0])  # the round's conditionings in one table, or per pass
+@pytest.mark.parametrize("table_bytes", [2**30, 0])  # the candidates' conditionings in one table, or per pass
 def test_shared_noise_and_conditioning_rows_give_bit_identical_errors_to_a_per_row_loop(monkeypatch,
-                                                                                       round_table_bytes):
-    """Noises generated once per (image, draw) and conditionings copied once per round or per
+                                                                                       table_bytes):
+    """Noises generated once per (image, draw) and conditionings copied once per run or per
     pass, then indexed, give exactly the errors of computing every row on its own."""
     import clip_benchmark_diffusion.scorer as scorer_module
 
-    monkeypatch.setattr(scorer_module, "ROUND_TABLE_BYTES", round_table_bytes)
+    monkeypatch.setattr(scorer_module, "CONDITIONING_TABLE_BYTES", table_bytes)
     backend = ConditioningBackend()
     settings = ScorerSettings(**FIXED, draws=5, batch_size=16, objective="x0_heuristic")  # passes straddle draws
     generated, moved = [], []
@@ -170,12 +170,20 @@ def test_shared_noise_and_conditioning_rows_give_bit_identical_errors_to_a_per_r
     results = scorer.score(images, CANDIDATES, image_keys=keys)
     assert sorted(generated) == sorted({(scorer.image_seed(k), j) for k in keys for j in range(5)})  # once each
     assert moved and max(moved) <= 6  # a pass's distinct noises or conditionings, not one copy per row (16)
+    for expected, result in zip(per_row_loop_errors(scorer, backend, images, keys, CANDIDATES, results, 5), results):
+        assert torch.equal(result.per_draw, expected)
+
+
+def per_row_loop_errors(scorer, backend, images, keys, candidates, results, draws):
+    """Reference: every (candidate, prompt, draw) row computed on its own, a candidate's error
+    at a draw the mean of its prompts' as sum / len."""
     x0 = backend.encode_images(images)
-    schedule = scorer.schedule
+    schedule, settings = scorer.schedule, scorer.settings
+    per_image = []
     for i, (key, result) in enumerate(zip(keys, results)):
-        expected = torch.zeros(len(CANDIDATES), 5, dtype=torch.float64)
-        for c, prompts in enumerate(CANDIDATES):
-            for j in range(5):
+        expected = torch.zeros(len(candidates), draws, dtype=torch.float64)
+        for c, prompts in enumerate(candidates):
+            for j in range(draws):
                 noise = draw_noise(scorer.image_seed(key), j, tuple(x0.shape[1:]))[None]
                 t = result.timesteps[j].view(1)
                 x_t = schedule.add_noise(x0[i:i + 1], noise, t)
@@ -184,4 +192,50 @@ def test_shared_noise_and_conditioning_rows_give_bit_identical_errors_to_a_per_r
                                                     x0[i:i + 1], noise, x_t, t).to(torch.float64))
                               for p in prompts]
                 expected[c, j] = sum(row_errors) / len(row_errors)
+        per_image.append(expected)
+    return per_image
+
+
+class HalfOutputBackend(ConditioningBackend):
+    """Returns float16 outputs, as a real UNet does (the scorer converts them in a reused buffer)."""
+
+    def predict(self, x_t, timesteps, conditioning):
+        return super().predict(x_t, timesteps, conditioning).half()
+
+
+UNEVEN = [["a photo of a cat.", "a cat.", "cat"], ["a photo of a dog."], ["a photo of a bird.", "a bird."]]
+
+
+@pytest.mark.parametrize("objective,loss", [("epsilon", "l2"), ("velocity", "l1"), ("x0_snr", "huber")])
+def test_float16_outputs_and_uneven_templates_give_bit_identical_errors_to_a_per_row_loop(objective, loss):
+    """Errors computed in reused buffers from float16 outputs, and candidates averaging different
+    numbers of templates (summed template by template for all candidates at once), are the
+    per-row loop's bit for bit."""
+    backend = HalfOutputBackend()
+    scorer = DiffusionScorer(backend, ScorerSettings(**FIXED, draws=4, batch_size=7, objective=objective, loss=loss))
+    images, keys = pixels(2, size=4), [3, 4]
+    results = scorer.score(images, UNEVEN, image_keys=keys)
+    for expected, result in zip(per_row_loop_errors(scorer, backend, images, keys, UNEVEN, results, 4), results):
         assert torch.equal(result.per_draw, expected)
+
+
+def test_the_candidates_go_to_the_device_once_per_run(monkeypatch):
+    """`prepare` puts the candidates' conditionings on the device once; later batches scored
+    against the same candidates gather rows from that table (new candidates get a new one)."""
+    import clip_benchmark_diffusion.scorer as scorer_module
+
+    stacked = []
+    stack_rows = scorer_module.stack_rows
+    monkeypatch.setattr(scorer_module, "stack_rows", lambda rows, *a, **k: stacked.append(len(rows)) or
+                        stack_rows(rows, *a, **k))
+    settings = ScorerSettings(**FIXED, draws=3, batch_size=8)
+    scorer = DiffusionScorer(ConditioningBackend(), settings)
+    scorer.prepare(CANDIDATES)
+    assert stacked == [6]
+    first = scorer.score(pixels(2, size=4), CANDIDATES, image_keys=[1, 2])
+    scorer.score(pixels(2, seed=3, size=4), CANDIDATES, image_keys=[3, 4])
+    assert stacked == [6]
+    scorer.score(pixels(1, size=4), CANDIDATES[:2], image_keys=[1])
+    assert stacked == [6, 4]
+    fresh = DiffusionScorer(ConditioningBackend(), settings).score(pixels(2, size=4), CANDIDATES, image_keys=[1, 2])
+    assert all(torch.equal(a.per_draw, b.per_draw) for a, b in zip(first, fresh))

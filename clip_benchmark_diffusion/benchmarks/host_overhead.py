@@ -13,7 +13,11 @@ inflate them less than wall time. The split: "tensor math" is the CPU time spent
 that would run on the accelerator, timed in the run itself: the schedule's `add_noise` and
 `errors`, the network's `predict` (here only its dtype/device moves) and the scorer's on-device
 row gathers (`take_rows`, where the scorer has it); "host work" is the rest of the total (Python
-bookkeeping, noise generation, stacking conditionings for the copy, syncs, strategies).
+bookkeeping, noise generation, stacking conditionings for the copy, syncs, strategies), and the
+part of it spent generating noise on the CPU generator (`draw_noise`: a draw's 16384 normal
+samples, which keep the draws the same on every device, shared by all the rows of that draw) is
+printed on its own. The candidates are prepared once beforehand (`DiffusionScorer.prepare`: prompts
+encoded, conditionings on the device), as a run does once for all its images.
 One SD2-base row at 50% of an H100's bf16 peak (804 GFLOP at ~395 TFLOP/s) is printed beside them.
 """
 from __future__ import annotations
@@ -32,6 +36,7 @@ from ..scorer import DiffusionScorer
 from ..settings import ScorerSettings
 
 take_rows = getattr(scorer_module, "take_rows", None)  # on-device row gathers (absent before issue 11)
+draw_noise = scorer_module.draw_noise
 
 LATENT = (4, 64, 64)
 TEXT = (77, 1024)
@@ -111,39 +116,66 @@ def run_case(case: Case, repeats: int) -> dict:
     backend = ZeroCostBackend()
     candidates = [[f"template {t} of class {c}." for t in range(case.templates)] for c in range(case.classes)]
     scorer = DiffusionScorer(backend, case.settings)
-    scorer.encode_prompts([p for c in candidates for p in c])
-    math = [0.0]
+    if hasattr(scorer, "prepare"):
+        scorer.prepare(candidates)
+    else:  # before issue 11
+        scorer.encode_prompts([p for c in candidates for p in c])
+    math, noise = [0.0], [0.0]
     schedule = scorer.schedule
     schedule.add_noise, schedule.errors = timed(schedule.add_noise, math), timed(schedule.errors, math)
     backend.predict = timed(backend.predict, math)
-    if hasattr(scorer_module, "take_rows"):
+    if take_rows is not None:
         scorer_module.take_rows = timed(take_rows, math)
+    scorer_module.draw_noise = timed(draw_noise, noise)
     pixels = torch.zeros(case.images, 3, 8, 8)
     best = None
     try:
         for repeat in range(repeats):
-            math[0] = 0.0
+            math[0] = noise[0] = 0.0
             start = time.process_time()
             results = scorer.score(pixels, candidates, image_keys=[repeat * 1000 + k for k in range(case.images)])
             total = time.process_time() - start
             if best is None or total < best[0]:
-                best = (total, math[0], sum(r.calls for r in results))
+                best = (total, math[0], noise[0], sum(r.calls for r in results))
     finally:
-        if hasattr(scorer_module, "take_rows"):
+        if take_rows is not None:
             scorer_module.take_rows = take_rows
-    total, math_seconds, rows = best
+        scorer_module.draw_noise = draw_noise
+    total, math_seconds, noise_seconds, rows = best
     return {"case": case.name, "rows": rows, "total_us": total / rows * 1e6, "math_us": math_seconds / rows * 1e6,
-            "host_us": (total - math_seconds) / rows * 1e6}
+            "host_us": (total - math_seconds) / rows * 1e6, "noise_us": noise_seconds / rows * 1e6}
+
+
+def floors(repeats: int, batch: int = 64) -> dict:
+    """What no scorer avoids on this machine, best of `repeats` (CPU time): one draw's noise on the
+    CPU generator (host work, shared by the rows of that draw), and gathering one row's network
+    inputs (a 4x64x64 float32 latent and a 77x1024 float16 text state) into reused buffers at
+    `batch` rows per pass (tensor math on a CPU device, memory-bound)."""
+    latent_out, text_out = torch.empty(batch, *LATENT), torch.empty(batch, *TEXT, dtype=torch.float16)
+    latents, texts = torch.randn(8, *LATENT), torch.randn(10, *TEXT).to(torch.float16)
+    index = torch.arange(batch)
+    noise, gather = float("inf"), float("inf")
+    for _ in range(max(repeats, 3)):
+        start = time.process_time()
+        for j in range(20):
+            draw_noise(0, j, LATENT)
+        noise = min(noise, (time.process_time() - start) / 20)
+        start = time.process_time()
+        for _ in range(5):
+            torch.index_select(latents, 0, index % len(latents), out=latent_out)
+            torch.index_select(texts, 0, index % len(texts), out=text_out)
+        gather = min(gather, (time.process_time() - start) / (5 * batch))
+    return {"noise_per_draw_us": noise * 1e6, "gather_per_row_us": gather * 1e6}
 
 
 def table(results: list[dict]) -> str:
     h100_us = GFLOP_PER_ROW / (HALF_H100_TFLOPS * 1e3) * 1e6
-    lines = ["| setting | UNet rows | total us/row | host work us/row | tensor math us/row | "
-             "SD2-base row at 50% H100 bf16 peak, us |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| setting | UNet rows | total us/row | host work us/row | of which noise generation | "
+             "tensor math us/row | SD2-base row at 50% H100 bf16 peak, us |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r['case']} | {r['rows']} | {r['total_us']:.1f} | {r['host_us']:.1f} | {r['math_us']:.1f} "
-                     f"| {h100_us:.0f} |")
+        lines.append(f"| {r['case']} | {r['rows']} | {r['total_us']:.1f} | {r['host_us']:.1f} | {r['noise_us']:.1f} "
+                     f"| {r['math_us']:.1f} | {h100_us:.0f} |")
     lines.append(f"\nTargets: total <= {TARGET_TOTAL_US:.0f}, host work <= {TARGET_HOST_US:.0f} us per row "
                  "(one CPU thread, zero-cost network; no GPU measured).")
     return "\n".join(lines)
@@ -160,6 +192,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with torch.no_grad():
         results = [run_case(case, args.repeats) for case in cases(args.scale)]
     print(table(results))
+    floor = floors(args.repeats)
+    print(f"\nFloors on this machine: one draw's noise (16384 normal samples on the CPU generator, the same on "
+          f"every device) {floor['noise_per_draw_us']:.0f} us, shared by the rows of that draw; gathering one "
+          f"row's network inputs (64 KB latent + 158 KB text state) into reused buffers "
+          f"{floor['gather_per_row_us']:.1f} us.")
     print(f"\n({time.perf_counter() - started:.0f} s wall clock, torch {torch.__version__}, {args.threads} thread(s))")
     return results
 

@@ -54,6 +54,9 @@ def test_defaults_row_allocates_as_a_run_without_flags():
                                             round_draws=ScorerSettings().round_draws,
                                             ttest_variance=ScorerSettings().ttest_variance)
     assert [c.name for c in configs][:2] == ["fixed 256", "fixed 16"]  # the largest budget still fills the cache first
+    published = list(calls_vs_accuracy.configurations(6, [16], [0.1], [4], ["paired"], base, ("5@25,1@250",)))
+    assert [c.name for c in published if c.family == "Li"] == ["Li schedule 5@2,1@16", "Li schedule 5@25,1@250"]
+    assert published[-1].settings.schedule_keep == (5, 1) and published[-1].settings.schedule_draws == (25, 250)
 
 
 def test_calls_vs_accuracy_reads_a_world_c_root_and_reuses_its_error_cache(tiny_epsilon_pipeline, tmp_path,

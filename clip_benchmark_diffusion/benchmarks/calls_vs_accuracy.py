@@ -74,10 +74,17 @@ def li_schedule(num_classes: int, budget: int) -> tuple[tuple[int, ...], tuple[i
     return tuple(keep), tuple(scaled)
 
 
+def parse_schedule(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """"5@25,1@250" -> ((5, 1), (25, 250)): keep-lists as `--diffusion_schedule` writes them."""
+    stages = [stage.split("@") for stage in text.split(",")]
+    return tuple(int(k) for k, _ in stages), tuple(int(d) for _, d in stages)
+
+
 def configurations(num_classes: int, budgets: list[int], p_values: list[float], min_draws: list[int],
-                   variances: list[str], base: ScorerSettings) -> Iterator[Configuration]:
+                   variances: list[str], base: ScorerSettings, schedules: tuple = ()) -> Iterator[Configuration]:
     """Every strategy compared on `num_classes` candidates; the largest fixed budget comes first
-    (it fills the error cache the others replay)."""
+    (it fills the error cache the others replay). `schedules` adds keep-lists as given (e.g. Li et
+    al.'s published ones) to those scaled to each budget."""
     ordered = sorted(set(budgets), reverse=True)
     for budget in ordered:
         yield Configuration(f"fixed {budget}", "fixed", base.replace(draws=budget))
@@ -93,8 +100,8 @@ def configurations(num_classes: int, budgets: list[int], p_values: list[float], 
                     f"t-test {variance} p={p:g} min={first}", "t-test",
                     base.replace(strategy="ttest", draws=ordered[0], ttest_p=p, min_draws=first,
                                  round_draws=max(1, min(4, first // 4)), ttest_variance=variance))
-    schedules = dict.fromkeys(li_schedule(num_classes, budget) for budget in ordered)
-    for keep, draws in schedules:
+    scaled = [li_schedule(num_classes, budget) for budget in ordered]
+    for keep, draws in dict.fromkeys(scaled + [parse_schedule(text) for text in schedules]):
         label = ",".join(f"{k}@{d}" for k, d in zip(keep, draws))
         yield Configuration(f"Li schedule {label}", "Li",
                             base.replace(strategy="schedule", schedule_keep=keep, schedule_draws=draws))
@@ -195,7 +202,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         shortlists = [0] + [k for k in args.prefilter_k if 1 < k < len(candidates)]
         for shortlist in shortlists:
             for config in configurations(len(candidates), args.budgets, args.p_values, args.min_draws,
-                                         args.variances, base):
+                                         args.variances, base, tuple(args.schedules)):
                 name = config.name if not shortlist else f"CLIP top-{shortlist} + {config.name}"
                 started = time.time()
                 scorer = DiffusionScorer(backend, config.settings, error_cache=cache)
@@ -333,6 +340,8 @@ def main(argv=None) -> None:
                         help="t-test: draws before the first test (the paper: 20); rounds add min_draws/4 (<= 4)")
     parser.add_argument("--variances", nargs="+", default=["paired", "pooled"], choices=["paired", "pooled"],
                         help="t-test variance estimates compared")
+    parser.add_argument("--schedules", nargs="*", default=[], metavar="KEEP@DRAWS,...",
+                        help="keep-lists to add as given, e.g. Li et al.'s Pets schedule 5@25,1@250")
     parser.add_argument("--prefilter", default="ref-world-clip,ref-world", metavar="MODEL,PRETRAINED",
                         help="open_clip model of the CLIP pre-filter rows")
     parser.add_argument("--prefilter_k", type=int, nargs="*", default=[5],

@@ -124,6 +124,26 @@ def run(module: types.ModuleType, backend, pixels: torch.Tensor, labels: torch.T
     return np.array(correct), np.array(calls), np.array(seconds)
 
 
+def run_ours(backend, pixels: torch.Tensor, labels: torch.Tensor, candidates: Sequence[Sequence[str]],
+             args: argparse.Namespace, seed: int = 0, image_batch: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
+    """The same keep-list through this package's scorer (`--diffusion_schedule`), timed the same way:
+    per-image correctness, calls, and seconds per image (images are scored `image_batch` at a time)."""
+    from ..scorer import DiffusionScorer
+    from ..settings import ScorerSettings
+
+    settings = ScorerSettings(strategy="schedule", schedule_keep=tuple(args.to_keep),
+                              schedule_draws=tuple(args.n_samples), templates="average_errors",
+                              batch_size=args.batch_size, seed=seed)
+    scorer = DiffusionScorer(backend, settings)
+    started = time.perf_counter()
+    results = []
+    for start in range(0, len(pixels), image_batch):
+        results += scorer.score(pixels[start:start + image_batch], [list(c[:1]) for c in candidates])
+    seconds = (time.perf_counter() - started) / len(pixels)
+    correct = np.array([r.prediction == int(y) for r, y in zip(results, labels)])
+    return correct, np.array([r.calls for r in results]), seconds
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     from ..checkpoints import load_backend
     from . import calls_vs_accuracy as bench
@@ -143,6 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--ours", action="store_true",
+                        help="also run the same keep-list through this package's scorer, timed the same way")
     parser.add_argument("--out", default=None, help="append the rows (calls_vs_accuracy's Row fields) to this JSON")
     options = parser.parse_args(argv)
     torch.set_num_threads(options.threads)
@@ -161,9 +183,18 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                                                          backend.image_transform())
         correct, calls, seconds = run(module, backend, pixels, labels, candidates, args, options.seed)
         nan = float("nan")
-        rows.append(bench.Row(task, label, "Li", 0, float(correct.mean()), float(calls.mean()), nan, nan, nan))
-        print(f"| {task} | {label} | {correct.mean():.1%} | {calls.mean():.0f} | {seconds.mean():.2f} s / image "
-              f"({len(correct)} images, {torch.get_num_threads()} thread(s), {options.device}) |", flush=True)
+        rows.append(bench.Row(task, label, "Li", 0, float(correct.mean()), float(calls.mean()), nan, nan, nan,
+                              float(seconds.mean())))
+        if options.ours:
+            ours, our_calls, our_seconds = run_ours(backend, pixels, labels, candidates, args, options.seed)
+            name = (f"schedule {','.join(f'{k}@{n}' for k, n in zip(args.to_keep, args.n_samples))} "
+                    "(this package, timed alongside)")
+            rows.append(bench.Row(task, name, "Li", 0, float(ours.mean()), float(our_calls.mean()), nan, nan, nan,
+                                  our_seconds))
+        for row in rows[-2 if options.ours else -1:]:
+            print(f"| {task} | {row.name} | {row.accuracy:.1%} | {row.calls_per_image:.0f} | "
+                  f"{row.seconds_per_image:.2f} s / image ({len(correct)} images, {torch.get_num_threads()} "
+                  f"thread(s), {options.device}) |", flush=True)
     if options.out:
         previous = json.load(open(options.out)) if os.path.exists(options.out) else []
         with open(options.out, "w") as handle:

@@ -2,7 +2,8 @@
 package's model and images, so the calls-vs-accuracy table compares against their code and not only
 against this package's re-implementation of their keep-lists.
 
-    git clone https://github.com/alexlioralexli/diffusion-classifier /path/to/li   # their code, not vendored
+    # their code, not vendored (the paper's official repository, also at github.com/diffusion-classifier/...)
+    git clone https://github.com/alexlioralexli/diffusion-classifier /path/to/li
     python -m clip_benchmark_diffusion.benchmarks.li_adaptive --li_repo /path/to/li --pretrained ref-world \\
         --root data/world_c/colour_shape --sets gaussian_noise/5 --images 24 \\
         --to_keep 20 10 5 1 --n_samples 10 26 51 256 --out results/li_row.json

@@ -11,8 +11,9 @@ Every configuration uses the same seeded (t, noise) draws per image; the largest
 computed first and its per-(image, draw, prompt) errors are shared through the scorer's error
 cache, so the other strategies spend (and are charged) exactly the calls they would make, but
 the benchmark computes each error once. `--error_cache FILE` keeps that cache between runs, so a
-first run with few strategies (to find a setting worth it) pays for every later one. The pre-filter is the shipped reference CLIP model
-(`--prefilter ref-world-clip,ref-world`), which ranks every class once per image.
+first run with few strategies (to find a setting worth it) pays for every later one. The
+pre-filter is the shipped reference CLIP model (`--prefilter ref-world-clip,ref-world`), which
+ranks every class once per image.
 """
 from __future__ import annotations
 
@@ -218,8 +219,9 @@ def run(args: argparse.Namespace) -> list[Row]:
                                 expected_calibration_error([r.softmax_confidence for r in results], correct)))
                 print(f"{task:13s} {name:45s} acc {rows[-1].accuracy:6.1%}  calls/img "
                       f"{rows[-1].calls_per_image:8.1f}  ({time.time() - started:.0f} s)", flush=True)
-                if config.family == "fixed" and not shortlist:
+                if config.family == "fixed" and config.settings.draws == max(args.budgets) and not shortlist:
                     save_error_cache(cache, args.error_cache)  # the largest budget is first: later rows replay it
+        save_error_cache(cache, args.error_cache)  # and whatever a t-test drew beyond it
     return rows
 
 

@@ -327,8 +327,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pretrained", default="ref-world")
     parser.add_argument("--tasks", nargs="+", default=["shape", "colour_shape"])
-    parser.add_argument("--root", default=None, help="a corruption root (world-C: <out>/<task>; ImageNet-C, CIFAR-10-C): "
-                        "its sets replace --tasks")
+    parser.add_argument("--root", default=None,
+                        help="a corruption root (world-C: <out>/<task>; ImageNet-C, CIFAR-10-C): its sets replace --tasks")
     parser.add_argument("--sets", nargs="+", default=None, metavar="CORRUPTION/SEVERITY",
                         help="with --root: only these sets (default: all)")
     parser.add_argument("--extra_rows", nargs="*", default=[], metavar="JSON",

@@ -30,9 +30,10 @@ def test_calls_vs_accuracy_runs_on_a_tiny_pipeline(tiny_epsilon_pipeline, tmp_pa
                             "--out", str(out), "--device", "cpu"])
     rows = json.loads((out / "rows.json").read_text())
     names = [row["name"] for row in rows]
-    assert names[:5] == ["CLIP pre-filter model alone (top-1)", "fixed 8", "fixed 4", "t-test paired p=0.1 min=4",
+    assert names[:6] == ["CLIP pre-filter model alone (top-1)", "fixed 8", "fixed 4",
+                         "defaults: t-test pooled p=0.02 min=2 round=1 max=64", "t-test paired p=0.1 min=4",
                          "t-test pooled p=0.1 min=4"]
-    assert names[5].startswith("Li schedule") and names[-1].startswith("CLIP top-3 + Li schedule")
+    assert names[6].startswith("Li schedule") and names[-1].startswith("CLIP top-3 + Li schedule")
     by_name = {row["name"]: row for row in rows}
     assert by_name["fixed 8"]["calls_per_image"] == 6 * 8 and by_name["fixed 4"]["calls_per_image"] == 6 * 4
     assert by_name["CLIP top-3 + fixed 8"]["calls_per_image"] == 3 * 8  # only the shortlist is scored
@@ -40,6 +41,56 @@ def test_calls_vs_accuracy_runs_on_a_tiny_pipeline(tiny_epsilon_pipeline, tmp_pa
     assert all((row["accuracy"] * 4) % 1 == 0 for row in rows)  # fractions of exactly the 4 images asked for
     text = (out / "table.md").read_text()
     assert (out / "calls_vs_accuracy.png").stat().st_size > 1000 and "| shape |" in text and "Targets:" in text
+
+
+def test_defaults_row_allocates_as_a_run_without_flags():
+    from clip_benchmark_diffusion.settings import ScorerSettings
+
+    base = ScorerSettings(strategy="fixed", templates="average_errors", draws=256)
+    configs = list(calls_vs_accuracy.configurations(36, [16, 256], [0.1], [4], ["paired"], base))
+    default = next(c for c in configs if c.name.startswith("defaults"))
+    assert default.settings == base.replace(strategy="ttest", draws=ScorerSettings().draws,
+                                            ttest_p=ScorerSettings().ttest_p, min_draws=ScorerSettings().min_draws,
+                                            round_draws=ScorerSettings().round_draws,
+                                            ttest_variance=ScorerSettings().ttest_variance)
+    assert [c.name for c in configs][:2] == ["fixed 256", "fixed 16"]  # the largest budget still fills the cache first
+    published = list(calls_vs_accuracy.configurations(6, [16], [0.1], [4], ["paired"], base, ("5@25,1@250",)))
+    assert [c.name for c in published if c.family == "Li"] == ["Li schedule 5@2,1@16", "Li schedule 5@25,1@250"]
+    assert published[-1].settings.schedule_keep == (5, 1) and published[-1].settings.schedule_draws == (25, 250)
+
+
+def test_calls_vs_accuracy_reads_a_world_c_root_and_reuses_its_error_cache(tiny_epsilon_pipeline, tmp_path,
+                                                                          monkeypatch):
+    from clip_benchmark_diffusion.backends.stable_diffusion import StableDiffusionBackend
+    from clip_benchmark_diffusion.world.corruptions import write_corrupted_set
+
+    write_corrupted_set(str(tmp_path / "world_c"), "shape", "gaussian_noise", 5, n=5)
+    write_corrupted_set(str(tmp_path / "world_c"), "shape", "contrast", 5, n=5)
+    cache = tmp_path / "cache.pkl"
+    argv = ["--pretrained", tiny_epsilon_pipeline, "--root", str(tmp_path / "world_c" / "shape"), "--sets",
+            "contrast/5", "--images", "4", "--budgets", "4", "64", "--p_values", "0.1", "--min_draws", "2",
+            "--variances", "pooled", "--prefilter_k", "--error_cache", str(cache), "--device", "cpu"]
+    calls_vs_accuracy.main(argv + ["--out", str(tmp_path / "first")])
+    first = json.loads((tmp_path / "first" / "rows.json").read_text())
+    assert {row["task"] for row in first} == {"shape/contrast/5"}  # only the set asked for
+    assert first[0]["name"] == "fixed 64" and first[0]["calls_per_image"] == 6 * 64  # 6 shapes x 64 draws
+    import pickle
+    assert len(pickle.load(open(cache, "rb"))) == 1 + 4 * 64 * 6  # its settings + every (image, draw, class) error
+
+    def no_model_calls(*args, **kwargs):
+        raise AssertionError("a UNet call although every error is in the cache")
+
+    monkeypatch.setattr(StableDiffusionBackend, "predict", no_model_calls)
+    li_row = dict(first[0], name="their code", family="Li", calls_per_image=7.0, seconds_per_image=0.5)
+    (tmp_path / "li.json").write_text(json.dumps([li_row, dict(li_row, task="another task")]))
+    calls_vs_accuracy.main(argv + ["--out", str(tmp_path / "second"), "--extra_rows", str(tmp_path / "li.json")])
+    second = json.loads((tmp_path / "second" / "rows.json").read_text())
+    assert [(r["name"], r["accuracy"], r["calls_per_image"]) for r in second[:-1]] == \
+        [(r["name"], r["accuracy"], r["calls_per_image"]) for r in first]
+    assert second[-1]["name"] == "their code" and len(second) == len(first) + 1  # the other task's row is left out
+    assert "| shape/contrast/5 | their code | " in (tmp_path / "second" / "table.md").read_text()
+    with pytest.raises(SystemExit, match="no corruption set jpeg/3"):
+        calls_vs_accuracy.main(argv[:5] + ["jpeg/3"] + argv[6:] + ["--out", str(tmp_path / "third")])
 
 
 def _row(name, family, accuracy, calls, shortlist=0):

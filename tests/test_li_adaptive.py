@@ -45,6 +45,17 @@ def test_a_folder_that_is_not_their_checkout_is_refused_in_one_line(tmp_path):
     assert "diffusion/models.py" in message and "eval_prob_adaptive.py" not in message.split("no ")[-1]
 
 
+def test_placeholders_for_their_unused_imports_do_not_outlive_the_import(tmp_path):
+    """An empty `pandas` left in sys.modules breaks scikit-learn (and clip_benchmark's metrics) later on."""
+    import importlib.util
+    import sys
+
+    li_adaptive.import_li(fake_checkout(tmp_path / "li"))
+    for name in li_adaptive.UNUSED_IMPORTS:
+        if importlib.util.find_spec(name) is None:
+            assert name not in sys.modules
+
+
 def test_their_keep_lists_are_checked_before_any_model_call():
     with pytest.raises(SystemExit, match="keeps 1 class"):
         li_adaptive.li_args([20, 5], [10, 50], batch_size=8)

@@ -48,6 +48,7 @@ def import_li(repo: str) -> types.ModuleType:
     if missing:
         raise SystemExit(f"--li_repo {repo} is not a checkout of Li et al.'s diffusion-classifier "
                          f"(github.com/alexlioralexli/diffusion-classifier): no {', '.join(missing)}")
+    placeholders = []
     for name in UNUSED_IMPORTS:
         try:
             importlib.import_module(name)
@@ -56,6 +57,7 @@ def import_li(repo: str) -> types.ModuleType:
             # the one name `diffusion.datasets` imports from imagenetv2_pytorch (it subclasses it)
             placeholder.ImageNetV2Dataset = type("ImageNetV2Dataset", (), {})
             sys.modules[name] = placeholder
+            placeholders.append(name)
     repo = os.path.abspath(repo)
     cached = sys.modules.get("eval_prob_adaptive")
     if cached is not None and not os.path.abspath(cached.__file__).startswith(repo + os.sep):
@@ -68,6 +70,10 @@ def import_li(repo: str) -> types.ModuleType:
         module = importlib.import_module("eval_prob_adaptive")
     finally:
         os.chdir(here)
+        # their modules keep their references; the rest of the process must not see an empty
+        # `pandas` (libraries such as scikit-learn test `sys.modules["pandas"].DataFrame`)
+        for name in placeholders:
+            sys.modules.pop(name, None)
     if not os.path.abspath(module.__file__).startswith(repo + os.sep):
         raise SystemExit(f"eval_prob_adaptive was imported from {module.__file__}, not from --li_repo {repo}")
     return module

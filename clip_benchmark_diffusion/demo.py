@@ -74,7 +74,9 @@ def clip_benchmark_eval(arguments: list[str]) -> None:
         sys.argv = saved
 
 
-def run_one(task: str, folder: str, model: tuple[str, str], out: str, extra: list[str]) -> RunResult:
+def run_one(task: str, folder: str, short: str, out: str, extra: list[str]) -> RunResult:
+    """One clip_benchmark eval of the model named `short` (a key of MODELS) on one task."""
+    model = MODELS[short]
     cb_task, metric = TASKS[task]
     name = f"{task}_{model[0]}" if model == CLIP else f"{task}_{model[0]}_{model[1]}"
     output = os.path.join(out, name + ".json")
@@ -95,7 +97,6 @@ def run_one(task: str, folder: str, model: tuple[str, str], out: str, extra: lis
         calls = sum(line["calls"] for line in lines) / max(len(lines), 1)
         # each image's own scoring time (images resumed from an earlier record cost nothing now)
         seconds = sum(line["seconds"] for line in lines)
-    short = next(key for key, value in MODELS.items() if value == model)
     return RunResult(task, short, float(result["metrics"][metric]), seconds / images, calls)
 
 
@@ -139,10 +140,11 @@ def main(argv: Optional[list[str]] = None) -> list[RunResult]:
     started = time.time()
     for task in args.tasks:
         # CLIP's per-image predictions feed the report's intervals and paired tests
-        for model in (MODELS[name] for name in args.models):
+        for short in args.models:
+            model = MODELS[short]
             extra = ["--diffusion_predictions"] if model == CLIP else diffusion_flags
             print(f"== {task}: {model[0]} --pretrained {model[1]}", flush=True)
-            results.append(run_one(task, folders[task], model, args.out, extra))
+            results.append(run_one(task, folders[task], short, args.out, extra))
     text = table(results)
     print(f"\nReference world, {args.images} test images per task ({time.time() - started:.0f} s in all):\n")
     print(text)

@@ -5,7 +5,9 @@ loss log, and so the evaluation sees images exactly as training did.
 """
 from __future__ import annotations
 
+import argparse
 import csv
+import json
 import math
 import os
 import random
@@ -193,3 +195,36 @@ def train_with_budget(parameters: list[torch.nn.Parameter], batch_loss: Callable
     if ema is not None:
         ema.copy_to_model()
     return budget.step
+
+
+# --------------------------------------------------------------------------- what the denoiser trainers share
+def add_denoiser_arguments(parser: argparse.ArgumentParser, *, minutes_help: str, steps_help: str, init_help: str,
+                           batch_size: int, lr: float) -> None:
+    """The options both reference diffusion trainers take (budget, data, device, optimiser, saving);
+    each trainer adds its architecture flags."""
+    parser.add_argument("--out", required=True, help="output folder of the diffusers pipeline")
+    parser.add_argument("--minutes", type=float, default=None, help=minutes_help)
+    parser.add_argument("--steps", type=int, default=None, help=steps_help)
+    parser.add_argument("--init", default=None, help=init_help)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=30000, help="distinct world samples to train on")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--ema-decay", type=float, default=0.995, help="0 disables the EMA")
+    parser.add_argument("--caption-dropout", type=float, default=0.1)
+    parser.add_argument("--float32", action="store_true", help="save float32 weights instead of float16")
+
+
+def remaining_minutes(minutes: Optional[float], started: float) -> Optional[float]:
+    """What is left of a wall-clock budget of `minutes` begun at `started` (time.monotonic)."""
+    return None if minutes is None else max(0.0, minutes - (time.monotonic() - started) / 60.0)
+
+
+def write_summary(out: str, summary: dict, shown: tuple[str, ...]) -> None:
+    """`training_summary.json` beside the weights (provenance of shipped models); print the `shown` keys."""
+    with open(os.path.join(out, "training_summary.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
+    print(json.dumps({key: summary[key] for key in shown}))

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._common import (LossLog, TimeBudget, count_parameters, finish_step, make_readable, schedule_learning_rate,
-                      start_run, train_with_budget, world_dataset)
+from ._common import (LossLog, TimeBudget, add_denoiser_arguments, count_parameters, finish_step, make_readable,
+                      remaining_minutes, schedule_learning_rate, start_run, train_with_budget, world_dataset,
+                      write_summary)
 from .tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer, save_clip_tokenizer
 
 LOG_FIELDS = ["phase", "step", "seconds", "lr", "loss", "recon", "kl"]
@@ -233,23 +234,12 @@ def read_summary(folder: str) -> Optional[dict]:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder of the diffusers pipeline")
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="total wall-clock budget; the VAE gets --vae-fraction of it")
-    parser.add_argument("--steps", type=int, default=None, help="UNet steps (caps --minutes)")
+    add_denoiser_arguments(
+        parser, minutes_help="total wall-clock budget; the VAE gets --vae-fraction of it",
+        steps_help="UNet steps (caps --minutes)", batch_size=64, lr=1e-3,
+        init_help="continue from this pipeline folder (its VAE is kept; architecture flags are ignored)")
     parser.add_argument("--vae-steps", type=int, default=None, help="VAE steps (caps the VAE's share of --minutes)")
     parser.add_argument("--vae-fraction", type=float, default=0.12)
-    parser.add_argument("--init", default=None,
-                        help="continue from this pipeline folder (its VAE is kept; architecture flags are ignored)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--samples", type=int, default=30000, help="distinct world samples to train on")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--ema-decay", type=float, default=0.995, help="0 disables the EMA")
-    parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--unet-channels", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--layers-per-block", type=int, default=1)
     parser.add_argument("--attention-heads", type=int, default=4)
@@ -262,7 +252,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--vae-batch-size", type=int, default=32)
     parser.add_argument("--vae-lr", type=float, default=2e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-4)
-    parser.add_argument("--float32", action="store_true", help="save float32 weights instead of float16")
     args = parser.parse_args(argv)
     if args.minutes is None and args.steps is None:
         parser.error("give --minutes and/or --steps")
@@ -301,8 +290,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     token_ids, empty_ids = tokenize(captions), tokenize([""])[0]
     scheduler = build_scheduler()
-    args.minutes_denoiser = None if args.minutes is None else max(
-        0.0, args.minutes - (time.monotonic() - started) / 60.0)
+    args.minutes_denoiser = remaining_minutes(args.minutes, started)
     unet_steps = train_denoiser(unet, text_encoder, scheduler, (mean, std), token_ids, empty_ids, args, device,
                                 log, generator)
     log.close()
@@ -318,9 +306,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "scaling_factor": args.scaling_factor,
         "init_summary": read_summary(args.init) if args.init else None,
     }
-    with open(os.path.join(args.out, "training_summary.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2)
-    print(json.dumps({key: summary[key] for key in ("unet_steps", "vae_steps", "seconds", "parameters")}))
+    write_summary(args.out, summary, ("unet_steps", "vae_steps", "seconds", "parameters"))
 
 
 if __name__ == "__main__":

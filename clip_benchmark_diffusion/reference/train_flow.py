@@ -22,7 +22,6 @@ per row for a comparable model); a 16-token T5 keeps calls cheap and exercises a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import time
@@ -32,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from . import REFERENCE_SD_DIR
-from ._common import LossLog, count_parameters, make_readable, start_run, train_with_budget, world_dataset
+from ._common import (LossLog, add_denoiser_arguments, count_parameters, make_readable, remaining_minutes, start_run,
+                      train_with_budget, world_dataset, write_summary)
 from .tokenizer import MODEL_MAX_LENGTH, build_clip_tokenizer, build_t5_tokenizer, save_clip_tokenizer
 from .train_diffusion import build_text_encoder, encode_latents, force_float32_configs, read_summary
 
@@ -166,20 +166,10 @@ def save_flow_pipeline(out: str, pipe, half: bool = True) -> None:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder of the diffusers pipeline")
-    parser.add_argument("--minutes", type=float, default=None, help="total wall-clock budget")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (caps --minutes)")
+    add_denoiser_arguments(parser, minutes_help="total wall-clock budget", steps_help="training steps (caps --minutes)",
+                           init_help="continue from this SD3 folder (architecture flags ignored)",
+                           batch_size=32, lr=8e-4)
     parser.add_argument("--vae-from", default=REFERENCE_SD_DIR, help="pipeline folder whose VAE is reused, frozen")
-    parser.add_argument("--init", default=None, help="continue from this SD3 folder (architecture flags ignored)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--samples", type=int, default=30000, help="distinct world samples to train on")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=8e-4)
-    parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--ema-decay", type=float, default=0.995, help="0 disables the EMA")
-    parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--shift", type=float, default=1.0, help="the scheduler's sigma shift (SD3: 3.0)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=3)
@@ -190,7 +180,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--t5-width", type=int, default=64)
     parser.add_argument("--t5-layers", type=int, default=2)
     parser.add_argument("--t5-heads", type=int, default=4)
-    parser.add_argument("--float32", action="store_true", help="save float32 weights instead of float16")
     args = parser.parse_args(argv)
     if args.minutes is None and args.steps is None:
         parser.error("give --minutes and/or --steps")
@@ -219,8 +208,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     pipe.vae.requires_grad_(False)
     latent_seconds = time.monotonic() - started - data_seconds
 
-    args.minutes_denoiser = None if args.minutes is None else max(
-        0.0, args.minutes - (time.monotonic() - started) / 60.0)
+    args.minutes_denoiser = remaining_minutes(args.minutes, started)
     steps = train_flow(pipe, (mean, std), captions, args, device, log, generator)
     log.close()
     save_flow_pipeline(args.out, pipe, half=not args.float32)
@@ -233,9 +221,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         "shift_factor": float(pipe.vae.config.shift_factor), "scaling_factor": float(pipe.vae.config.scaling_factor),
         "init_summary": read_summary(args.init) if args.init else None,
     }
-    with open(os.path.join(args.out, "training_summary.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2)
-    print(json.dumps({key: summary[key] for key in ("steps", "seconds", "parameters")}))
+    write_summary(args.out, summary, ("steps", "seconds", "parameters"))
 
 
 if __name__ == "__main__":

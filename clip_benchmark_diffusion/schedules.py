@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 
 from .devices import to_device
-from .objectives import weighted_error
+from .objectives import estimate_of, weighted_error
 from .settings import SIGMA_DISTRIBUTIONS, ScorerSettings
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -47,6 +47,10 @@ class NoiseSchedule(ABC):
                  ) -> torch.Tensor:
         """eps_hat ("epsilon"), x0_hat ("x0") or v_hat ("velocity", the flow velocity eps - x0)
         implied by a model output; only what `kind` needs is computed (an error needs one)."""
+
+    @abstractmethod
+    def is_output(self, kind: str) -> bool:
+        """Whether the network's output already is the `kind` estimate (x_t and t are not needed)."""
 
     def estimates(self, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,8 +82,11 @@ class NoiseSchedule(ABC):
         objective compares epsilon: see `objectives.estimate_of`). `scratch` (optional, float32,
         the output's shape, overwritten) holds the float32 output and the loss's elementwise values
         instead of two new tensors per call: a caller scoring pass after pass reuses one. With
-        `rows` (CPU, non-decreasing), `x0` and `noise` hold one row per draw and output row i
-        belongs to draw `rows[i]` (`x_t`, `timesteps` and the output have one row per row)."""
+        `rows` (CPU, non-decreasing), `x0`, `noise` and `x_t` hold one row per draw and output row i
+        belongs to draw `rows[i]` (`timesteps` and the output have one row per row); x_t rows are
+        gathered only for an estimate that needs them."""
+        if rows is not None and not self.is_output(estimate_of(settings.objective)):
+            x_t = x_t.index_select(0, to_device(rows, x_t.device))
         if scratch is not None and model_output.dtype != torch.float32:
             model_output = scratch.copy_(model_output)
         model_output, x0, noise, x_t = (None if v is None else v.to(torch.float32)
@@ -125,7 +132,7 @@ class DiscreteSchedule(NoiseSchedule):
 
     def estimate(self, kind: str, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
                  ) -> torch.Tensor:
-        if kind == "epsilon" and self.prediction_type == "epsilon":
+        if self.is_output(kind):
             return model_output
         alpha_bar = to_device(self.alphas_cumprod[timesteps.cpu()].to(torch.float32), x_t.device)
         a = _broadcast(alpha_bar.sqrt(), x_t)
@@ -139,6 +146,9 @@ class DiscreteSchedule(NoiseSchedule):
         if kind == "velocity":
             return eps_hat - x0_hat
         return eps_hat if kind == "epsilon" else x0_hat
+
+    def is_output(self, kind: str) -> bool:
+        return kind == "epsilon" and self.prediction_type == "epsilon"
 
     def snr(self, timesteps: torch.Tensor) -> torch.Tensor:
         alpha_bar = self.alphas_cumprod[timesteps.cpu()]
@@ -219,10 +229,13 @@ class FlowSchedule(NoiseSchedule):
     def estimate(self, kind: str, model_output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor
                  ) -> torch.Tensor:
         # x_t = (1 - s) x0 + s eps and v = eps - x0  =>  eps = x_t + (1 - s) v,  x0 = x_t - s v
-        if kind == "velocity":
+        if self.is_output(kind):
             return model_output
         sigma = to_device(_broadcast(self.sigmas(timesteps).to(torch.float32), x_t), x_t.device)
         return x_t + (1 - sigma) * model_output if kind == "epsilon" else x_t - sigma * model_output
+
+    def is_output(self, kind: str) -> bool:
+        return kind == "velocity"
 
     def snr(self, timesteps: torch.Tensor) -> torch.Tensor:
         sigma = self.sigmas(timesteps)

@@ -135,6 +135,13 @@ class RowGather:
         return found[1][:rows]
 
 
+def as_network_input(x_t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A pass's noised samples (one per draw) in the network's dtype: cast once per draw before
+    the rows are gathered, not once per row inside the backend (the same values; in half
+    precision the gathered rows are also half the bytes)."""
+    return x_t if x_t.dtype == dtype else x_t.to(dtype)
+
+
 class RoundDraws:
     """The distinct (image, draw)s of a round's rows, in row order (rows are image by image, draw
     by draw, so the rows sharing a draw are consecutive), and the noise tables of its passes."""
@@ -397,6 +404,7 @@ class DiffusionScorer:
         clean_needed = estimate_of(self.settings.objective) != "epsilon"
         table = self._candidate_table(conditionings, device)
         gather = self._gather
+        network_dtype = getattr(backend, "dtype", None) or x0.dtype
         device_errors: Optional[torch.Tensor] = None
         synced = 0  # rows of `todo` whose errors are on the host
         for start in range(0, len(todo), self.settings.batch_size):
@@ -409,14 +417,16 @@ class DiffusionScorer:
             noise = rows_to_device(round_draws.noise(first, last), device)
             clean = take_rows(x0, draw_images[first:last])
             draw_timesteps_ = round_draws.timesteps[first:last]
-            x_t = gather("x_t", self.schedule.add_noise(clean, noise, draw_timesteps_), rows)
+            x_t = self.schedule.add_noise(clean, noise, draw_timesteps_)
+            network_input = gather("x_t", as_network_input(x_t, network_dtype), rows)
             timesteps = draw_timesteps_[rows]
             if table is not None:
                 conditioning = gather("conditioning", table, groups)
             else:
                 pass_table = self._conditioning_table(conditionings, groups, device)
                 conditioning = gather("conditioning", pass_table.table, pass_table.positions(groups))
-            output = backend.predict(x_t, to_device(self.schedule.network_time(timesteps), device), conditioning)
+            output = backend.predict(network_input, to_device(self.schedule.network_time(timesteps), device),
+                                     conditioning)
             chunk_errors = self.schedule.errors(self.settings, output, clean if clean_needed else None, noise, x_t,
                                                 timesteps, gather.buffer("scratch", noise, len(rows)), rows)
             if device_errors is None:

@@ -219,6 +219,34 @@ def test_float16_outputs_and_uneven_templates_give_bit_identical_errors_to_a_per
         assert torch.equal(result.per_draw, expected)
 
 
+class HalfNetworkBackend(HalfOutputBackend):
+    """A float16 network: it casts what it receives to float16 (as the real backends do) and
+    notes the dtype it was handed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtype = torch.float16
+        self.received: set = set()
+
+    def predict(self, x_t, timesteps, conditioning):
+        self.received.add(x_t.dtype)
+        return super().predict(x_t.to(self.dtype).float(), timesteps, conditioning)
+
+
+@pytest.mark.parametrize("objective", ["epsilon", "x0_heuristic"])
+def test_a_half_precision_network_gets_its_rows_in_its_dtype_with_the_per_row_loops_errors(objective):
+    """The scorer casts each draw's x_t to the network's dtype before gathering its rows (not each
+    row inside the backend), and an objective that needs x_t still reads the float32 one: the
+    errors are the per-row loop's (which hands the backend float32 x_t) bit for bit."""
+    backend = HalfNetworkBackend()
+    scorer = DiffusionScorer(backend, ScorerSettings(**FIXED, draws=4, batch_size=7, objective=objective))
+    images, keys = pixels(2, size=4), [3, 4]
+    results = scorer.score(images, UNEVEN, image_keys=keys)
+    assert backend.received == {torch.float16}
+    for expected, result in zip(per_row_loop_errors(scorer, backend, images, keys, UNEVEN, results, 4), results):
+        assert torch.equal(result.per_draw, expected)
+
+
 def test_the_candidates_go_to_the_device_once_per_run(monkeypatch):
     """`prepare` puts the candidates' conditionings on the device once; later batches scored
     against the same candidates gather rows from that table (new candidates get a new one)."""

@@ -12,7 +12,7 @@ Times are CPU time of the process (`time.process_time`), so other processes on a
 inflate them less than wall time. The split: "tensor math" is the CPU time spent inside the calls
 that would run on the accelerator, timed in the run itself: the schedule's `add_noise` and
 `errors`, the network's `predict` (here only its dtype/device moves) and the scorer's on-device
-row gathers (`take_rows`, where the scorer has it); "host work" is the rest of the total (Python
+row gathers and dtype casts (`take_rows`, `as_network_input`, where the scorer has them); "host work" is the rest of the total (Python
 bookkeeping, noise generation, stacking conditionings for the copy, syncs, strategies), and the
 part of it spent generating noise on the CPU generator (`draw_noise`: a draw's 16384 normal
 samples, which keep the draws the same on every device, shared by all the rows of that draw) is
@@ -36,6 +36,7 @@ from ..scorer import DiffusionScorer
 from ..settings import ScorerSettings
 
 take_rows = getattr(scorer_module, "take_rows", None)  # on-device row gathers (absent before issue 11)
+as_network_input = getattr(scorer_module, "as_network_input", None)  # on-device dtype casts (absent before)
 draw_noise = scorer_module.draw_noise
 
 LATENT = (4, 64, 64)
@@ -112,7 +113,7 @@ def timed(function: Callable, spent: list[float]) -> Callable:
 def run_case(case: Case, repeats: int) -> dict:
     """Best of `repeats` whole `score` calls (prompts encoded beforehand), per UNet row. The calls
     that run on the accelerator (noising, the network's moves, the error, and on-device row
-    gathers where the scorer has them) are timed inside the run: that is the tensor math."""
+    gathers and casts where the scorer has them) are timed inside the run: that is the tensor math."""
     backend = ZeroCostBackend()
     candidates = [[f"template {t} of class {c}." for t in range(case.templates)] for c in range(case.classes)]
     scorer = DiffusionScorer(backend, case.settings)
@@ -124,8 +125,10 @@ def run_case(case: Case, repeats: int) -> dict:
     schedule = scorer.schedule
     schedule.add_noise, schedule.errors = timed(schedule.add_noise, math), timed(schedule.errors, math)
     backend.predict = timed(backend.predict, math)
-    if take_rows is not None:
-        scorer_module.take_rows = timed(take_rows, math)
+    device_work = {name: function for name, function in (("take_rows", take_rows),
+                                                          ("as_network_input", as_network_input)) if function}
+    for name, function in device_work.items():
+        setattr(scorer_module, name, timed(function, math))
     scorer_module.draw_noise = timed(draw_noise, noise)
     pixels = torch.zeros(case.images, 3, 8, 8)
     best = None
@@ -138,8 +141,8 @@ def run_case(case: Case, repeats: int) -> dict:
             if best is None or total < best[0]:
                 best = (total, math[0], noise[0], sum(r.calls for r in results))
     finally:
-        if take_rows is not None:
-            scorer_module.take_rows = take_rows
+        for name, function in device_work.items():
+            setattr(scorer_module, name, function)
         scorer_module.draw_noise = draw_noise
     total, math_seconds, noise_seconds, rows = best
     return {"case": case.name, "rows": rows, "total_us": total / rows * 1e6, "math_us": math_seconds / rows * 1e6,

@@ -10,7 +10,8 @@ It is what lets the flow-matching half of the scorer (sigma draws, velocity targ
 weightings translated to flow matching) be checked on a model whose right answers are known.
 
 Training is rectified flow as in SD3: `x_t = (1 - sigma) x0 + sigma eps`, the network, called at
-timestep `1000 sigma`, predicts `eps - x0`; sigma uniform in (0, 1) (the scheduler's `shift` is
+timestep `1000 sigma`, predicts `eps - x0`; sigma uniform in (0, 1) or, with `--sigma-sampling
+logit_normal`, SD3's logit-normal (the scheduler's `shift` is
 1.0: 16 x 16 latents need none of the high-resolution shift of SD3's 3.0); ~10% empty captions.
 Prompts are encoded by the pipeline's own `encode_prompt` inside the training step, so the model is
 trained on exactly the conditioning the classifier gives it.
@@ -110,6 +111,16 @@ def latent_statistics(mean: torch.Tensor, std: torch.Tensor, generator: torch.Ge
     return shift, float(1.0 / (sampled - shift).std())
 
 
+def sample_sigmas(kind: str, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Training sigmas: uniform in (0, 1), or SD3's logit-normal (sigmoid of a standard normal),
+    which puts more steps at mid noise, where the prompt decides most of the denoising."""
+    if kind == "uniform":
+        return torch.rand(count, generator=generator)
+    if kind == "logit_normal":
+        return torch.sigmoid(torch.randn(count, generator=generator))
+    raise ValueError(f"unknown sigma sampling {kind!r}")
+
+
 def train_flow(pipe, latents: tuple[torch.Tensor, torch.Tensor], captions: list[str], args: argparse.Namespace,
                device: torch.device, log: LossLog, generator: torch.Generator) -> int:
     """Rectified-flow loss on the transformer and the three text encoders jointly."""
@@ -127,7 +138,7 @@ def train_flow(pipe, latents: tuple[torch.Tensor, torch.Tensor], captions: list[
         drop = (torch.rand(args.batch_size, generator=generator) < args.caption_dropout).tolist()
         prompts = ["" if dropped else captions[i] for i, dropped in zip(index.tolist(), drop)]
         noise = torch.randn(x0.shape, generator=generator).to(device)
-        sigma = torch.rand(args.batch_size, generator=generator).to(device)
+        sigma = sample_sigmas(args.sigma_sampling, args.batch_size, generator).to(device)
         s = sigma.view(-1, 1, 1, 1)
         noisy = (1 - s) * x0 + s * noise
         states, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device=device,
@@ -171,6 +182,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                            batch_size=32, lr=8e-4)
     parser.add_argument("--vae-from", default=REFERENCE_SD_DIR, help="pipeline folder whose VAE is reused, frozen")
     parser.add_argument("--shift", type=float, default=1.0, help="the scheduler's sigma shift (SD3: 3.0)")
+    parser.add_argument("--sigma-sampling", choices=("uniform", "logit_normal"), default="uniform",
+                        help="training sigma distribution (SD3 trains with logit_normal)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=3)
     parser.add_argument("--head-dim", type=int, default=32)

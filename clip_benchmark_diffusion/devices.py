@@ -13,6 +13,8 @@ import torch
 
 def to_device(value: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """`value` on `device`; a CPU tensor goes to CUDA from pinned memory without a sync."""
+    if value.device == device:  # already there (the common case on a CPU run): no dispatch
+        return value
     device = torch.device(device)
     if device.type != "cuda" or value.device.type != "cpu":
         return value.to(device)

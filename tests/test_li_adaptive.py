@@ -1,6 +1,5 @@
 """The glue that runs Li et al.'s `eval_prob_adaptive` on our model and images, without their repository:
 a stand-in module with their function's signature checks what it is handed."""
-import argparse
 import textwrap
 
 import pytest

@@ -10,7 +10,6 @@ switches work the same for every family.
 """
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional, Sequence, Union
@@ -47,7 +46,7 @@ class Conditioning:
 
     def fields(self) -> dict[str, torch.Tensor]:
         """The present (non-None) fields by name."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        return {name: value for name, value in vars(self).items() if value is not None}  # fields, in order
 
     def map(self, function: Callable[[torch.Tensor], torch.Tensor]) -> "Conditioning":
         """The same conditioning with `function` applied to every present field."""

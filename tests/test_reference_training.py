@@ -178,3 +178,18 @@ def test_shipped_weights_are_small_and_load():
         model, _, preprocess = open_clip.create_model_and_transforms(reference.REFERENCE_CLIP_MODEL,
                                                                      pretrained=pretrained)
         _check_clip_runs(model, preprocess)
+
+
+def test_flow_training_sigmas_uniform_or_logit_normal():
+    """`--sigma-sampling logit_normal` draws sigmoid(N(0, 1)) (SD3's training distribution: mid noise
+    more often, the ends rarely); `uniform` is U(0, 1); anything else is refused."""
+    from clip_benchmark_diffusion.reference.train_flow import sample_sigmas
+
+    uniform = sample_sigmas("uniform", 20000, torch.Generator().manual_seed(0))
+    logit = sample_sigmas("logit_normal", 20000, torch.Generator().manual_seed(0))
+    assert torch.equal(logit, torch.sigmoid(torch.randn(20000, generator=torch.Generator().manual_seed(0))))
+    assert 0 < float(logit.min()) and float(logit.max()) < 1
+    tails = lambda s: float(((s < 0.1) | (s > 0.9)).float().mean())  # noqa: E731
+    assert abs(tails(uniform) - 0.2) < 0.02 and tails(logit) < 0.06  # P(|N| > logit(0.9)=2.197) = 0.028
+    with pytest.raises(ValueError):
+        sample_sigmas("cosine", 4, torch.Generator())

@@ -12,7 +12,7 @@ import math
 import os
 import random
 import time
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -216,6 +216,37 @@ def add_denoiser_arguments(parser: argparse.ArgumentParser, *, minutes_help: str
     parser.add_argument("--ema-decay", type=float, default=0.995, help="0 disables the EMA")
     parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--float32", action="store_true", help="save float32 weights instead of float16")
+
+
+def require_budget(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A trainer needs a wall-clock budget, a step count, or both."""
+    if args.minutes is None and args.steps is None:
+        parser.error("give --minutes and/or --steps")
+
+
+class DenoiserRun(NamedTuple):
+    """What a denoiser trainer has once it has started: its device and generator, the clock
+    (`started`, time.monotonic), the open loss log, and the world's samples with the seconds they took."""
+
+    device: torch.device
+    generator: torch.Generator
+    started: float
+    log: "LossLog"
+    images: torch.Tensor
+    captions: list
+    data_seconds: float
+
+
+def begin_denoiser_run(args: argparse.Namespace, log_fields: list[str]) -> DenoiserRun:
+    """The common start of both denoiser trainers: threads, seeds and device, the output folder
+    with its `training_log.csv`, and `args.samples` world samples."""
+    device = start_run(args.threads, args.seed, args.device)
+    generator = torch.Generator().manual_seed(args.seed)
+    started = time.monotonic()
+    os.makedirs(args.out, exist_ok=True)
+    log = LossLog(os.path.join(args.out, "training_log.csv"), log_fields)
+    images, captions = world_dataset(args.samples, seed=args.seed)
+    return DenoiserRun(device, generator, started, log, images, captions, time.monotonic() - started)
 
 
 def remaining_minutes(minutes: Optional[float], started: float) -> Optional[float]:

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ._common import (LossLog, TimeBudget, add_denoiser_arguments, count_parameters, finish_step, make_readable,
-                      remaining_minutes, schedule_learning_rate, start_run, train_with_budget, world_dataset,
+from ._common import (LossLog, TimeBudget, add_denoiser_arguments, begin_denoiser_run, count_parameters, finish_step,
+                      make_readable, remaining_minutes, require_budget, schedule_learning_rate, train_with_budget,
                       write_summary)
 from .tokenizer import MODEL_MAX_LENGTH, VOCAB_SIZE, build_clip_tokenizer, save_clip_tokenizer
 
@@ -253,8 +253,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--vae-lr", type=float, default=2e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-4)
     args = parser.parse_args(argv)
-    if args.minutes is None and args.steps is None:
-        parser.error("give --minutes and/or --steps")
+    require_budget(parser, args)
     if args.minutes is None and args.vae_steps is None and args.init is None:
         parser.error("with --steps alone, also give --vae-steps")
     return args
@@ -262,15 +261,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
-    device = start_run(args.threads, args.seed, args.device)
-    generator = torch.Generator().manual_seed(args.seed)
-    started = time.monotonic()
-    os.makedirs(args.out, exist_ok=True)
-    log = LossLog(os.path.join(args.out, "training_log.csv"), LOG_FIELDS)
-
-    images, captions = world_dataset(args.samples, seed=args.seed)
-    data_seconds = time.monotonic() - started
-
+    device, generator, started, log, images, captions, data_seconds = begin_denoiser_run(args, LOG_FIELDS)
     if args.init:
         vae, text_encoder, unet = load_components(args.init)
         vae_steps = 0

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from . import REFERENCE_SD_DIR
-from ._common import (LossLog, add_denoiser_arguments, count_parameters, make_readable, remaining_minutes, start_run,
-                      train_with_budget, world_dataset, write_summary)
+from ._common import (LossLog, add_denoiser_arguments, begin_denoiser_run, count_parameters, make_readable,
+                      remaining_minutes, require_budget, train_with_budget, write_summary)
 from .tokenizer import MODEL_MAX_LENGTH, build_clip_tokenizer, build_t5_tokenizer, save_clip_tokenizer
 from .train_diffusion import build_text_encoder, encode_latents, force_float32_configs, read_summary
 
@@ -194,21 +194,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--t5-layers", type=int, default=2)
     parser.add_argument("--t5-heads", type=int, default=4)
     args = parser.parse_args(argv)
-    if args.minutes is None and args.steps is None:
-        parser.error("give --minutes and/or --steps")
+    require_budget(parser, args)
     return args
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = parse_args(argv)
-    device = start_run(args.threads, args.seed, args.device)
-    generator = torch.Generator().manual_seed(args.seed)
-    started = time.monotonic()
-    os.makedirs(args.out, exist_ok=True)
-    log = LossLog(os.path.join(args.out, "training_log.csv"), LOG_FIELDS)
-
-    images, captions = world_dataset(args.samples, seed=args.seed)
-    data_seconds = time.monotonic() - started
+    device, generator, started, log, images, captions, data_seconds = begin_denoiser_run(args, LOG_FIELDS)
     if args.init:
         pipe = load_pipeline(args.init)
         mean, std = encode_latents(pipe.vae.to(device), images, device)

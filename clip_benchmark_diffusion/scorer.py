@@ -9,6 +9,8 @@ images and candidates of a call are packed into batches of `batch_size`.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
@@ -142,6 +144,22 @@ def as_network_input(x_t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x_t if x_t.dtype == dtype else x_t.to(dtype)
 
 
+#: passes whose noise the noise thread generates before the scoring thread needs it
+NOISE_PREFETCH_PASSES: int = 2
+_noise_thread: Optional[ThreadPoolExecutor] = None
+
+
+def noise_thread() -> ThreadPoolExecutor:
+    """The process's one noise thread. The CPU generator's normal samples (~150 us per SD-sized draw,
+    kept on the CPU so the draws are the same on every device) are made there, passes ahead, while
+    the scoring thread prepares and launches the current pass: torch releases the GIL while it
+    samples, so with a spare core the scoring thread never waits for them."""
+    global _noise_thread
+    if _noise_thread is None:
+        _noise_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffusion-noise")
+    return _noise_thread
+
+
 class RoundDraws:
     """The distinct (image, draw)s of a round's rows, in row order (rows are image by image, draw
     by draw, so the rows sharing a draw are consecutive), and the noise tables of its passes."""
@@ -168,6 +186,18 @@ class RoundDraws:
                 draw_noise(self.seeds[k], self.indices[k], self.sample_shape, "cpu", table[k - first])
         self.carried = (last - 1, table[-1])
         return table
+
+    def prefetched(self, ranges: Sequence[tuple[int, int]], ahead: int = NOISE_PREFETCH_PASSES
+                   ) -> Iterator[torch.Tensor]:
+        """`noise(first, last)` of each range in order, made on the noise thread up to `ahead` passes
+        before it is used (one thread, first in first out: `carried` is only touched there)."""
+        pending: deque = deque()
+        for first, last in ranges:
+            pending.append(noise_thread().submit(self.noise, first, last))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 class RoundRows(NamedTuple):
@@ -407,14 +437,18 @@ class DiffusionScorer:
         network_dtype = getattr(backend, "dtype", None) or x0.dtype
         device_errors: Optional[torch.Tensor] = None
         synced = 0  # rows of `todo` whose errors are on the host
-        for start in range(0, len(todo), self.settings.batch_size):
-            stop = min(start + self.settings.batch_size, len(todo))
+        starts = list(range(0, len(todo), self.settings.batch_size))
+        stops = starts[1:] + [len(todo)]
+        # each pass's distinct (image, draw)s: [first, last) of the round's
+        firsts = round_draws.of_row[starts].tolist() if starts else []
+        lasts = (round_draws.of_row[[stop - 1 for stop in stops]] + 1).tolist() if starts else []
+        noises = round_draws.prefetched(list(zip(firsts, lasts)))
+        for start, stop, first, last, host_noise in zip(starts, stops, firsts, lasts, noises):
             groups = columns[2, start:stop]
             # one noise, clean sample and x_t per distinct (image, draw) of the pass, on the device;
             # rows index them
-            first, last = int(round_draws.of_row[start]), int(round_draws.of_row[stop - 1]) + 1
             rows = round_draws.of_row[start:stop] - first
-            noise = rows_to_device(round_draws.noise(first, last), device)
+            noise = rows_to_device(host_noise, device)
             clean = take_rows(x0, draw_images[first:last])
             draw_timesteps_ = round_draws.timesteps[first:last]
             x_t = self.schedule.add_noise(clean, noise, draw_timesteps_)

@@ -1,4 +1,6 @@
 """The batched, shared-draw scorer against a plain loop, and its reproducibility."""
+import threading
+
 import pytest
 import torch
 
@@ -160,8 +162,9 @@ def test_shared_noise_and_conditioning_rows_give_bit_identical_errors_to_a_per_r
     monkeypatch.setattr(scorer_module, "CONDITIONING_TABLE_BYTES", table_bytes)
     backend = ConditioningBackend()
     settings = ScorerSettings(**FIXED, draws=5, batch_size=16, objective="x0_heuristic")  # passes straddle draws
-    generated, moved = [], []
-    monkeypatch.setattr(scorer_module, "draw_noise", lambda *a: generated.append(a[:2]) or draw_noise(*a))
+    generated, moved, threads = [], [], set()
+    monkeypatch.setattr(scorer_module, "draw_noise", lambda *a: generated.append(a[:2]) or
+                        threads.add(threading.current_thread().name) or draw_noise(*a))
     to_device = scorer_module.rows_to_device
     monkeypatch.setattr(scorer_module, "rows_to_device", lambda rows, device: moved.append(len(rows)) or
                         to_device(rows, device))
@@ -169,6 +172,8 @@ def test_shared_noise_and_conditioning_rows_give_bit_identical_errors_to_a_per_r
     images, keys = pixels(2, size=4), [5, 6]
     results = scorer.score(images, CANDIDATES, image_keys=keys)
     assert sorted(generated) == sorted({(scorer.image_seed(k), j) for k in keys for j in range(5)})  # once each
+    # made ahead on the noise thread, not on the scoring thread
+    assert len(threads) == 1 and threads.pop().startswith("diffusion-noise")
     assert moved and max(moved) <= 6  # a pass's distinct noises or conditionings, not one copy per row (16)
     for expected, result in zip(per_row_loop_errors(scorer, backend, images, keys, CANDIDATES, results, 5), results):
         assert torch.equal(result.per_draw, expected)

@@ -12,13 +12,19 @@ from PIL import Image
 from clip_benchmark_diffusion.probes.__main__ import main as probes_main
 from clip_benchmark_diffusion.probes.robustness import (corruption_errors, detect_layout, find_corruption_sets,
                                                         summarise)
-from clip_benchmark_diffusion.world.corruptions import (CORRUPTIONS, OCCLUDER_GREY, SEVERITIES, corrupt,
-                                                        corruption_rng, severity_parameter, write_corrupted_set)
-from clip_benchmark_diffusion.world.scenes import eval_samples
+from clip_benchmark_diffusion.world.corruptions import (CORRUPTIONS, DISTRACTOR_INDEX_OFFSET, EXTRA_CORRUPTIONS,
+                                                        OCCLUDER_GREY,
+                                                        SEVERITIES, corrupt, corruption_rng, distractor_image,
+                                                        severity_parameter, write_corrupted_set)
+from clip_benchmark_diffusion.world.scenes import eval_sample, eval_samples
 
 
 def _rng(index=0):
     return corruption_rng(1, "test", "any", index)
+
+
+#: what `overlay` blends in (the other corruptions ignore it)
+DISTRACTOR = Image.new("RGB", (32, 32), (30, 200, 60))
 
 
 def _array(image):
@@ -27,9 +33,9 @@ def _array(image):
 
 def test_corruptions_are_deterministic_and_keep_their_pattern_across_severities():
     image = next(eval_samples("shape", 1)).image
-    for corruption in CORRUPTIONS:
-        first = corrupt(image, corruption, 3, _rng())
-        assert np.array_equal(_array(first), _array(corrupt(image, corruption, 3, _rng()))), corruption
+    for corruption in CORRUPTIONS + EXTRA_CORRUPTIONS:
+        first = corrupt(image, corruption, 3, _rng(), DISTRACTOR)
+        assert np.array_equal(_array(first), _array(corrupt(image, corruption, 3, _rng(), DISTRACTOR))), corruption
         assert first.size == image.size and first.mode == "RGB"
         assert not np.array_equal(_array(first), _array(image)), f"{corruption} changed nothing"
     other = corrupt(image, "gaussian_noise", 3, _rng(index=1))
@@ -42,8 +48,8 @@ def test_corruptions_are_deterministic_and_keep_their_pattern_across_severities(
 
 def test_damage_grows_with_severity_for_every_corruption():
     images = [s.image for s in eval_samples("shape", 6)]
-    for corruption in CORRUPTIONS:
-        damage = [np.mean([np.abs(_array(corrupt(im, corruption, s, _rng(i))) - _array(im)).mean()
+    for corruption in CORRUPTIONS + EXTRA_CORRUPTIONS:
+        damage = [np.mean([np.abs(_array(corrupt(im, corruption, s, _rng(i), DISTRACTOR)) - _array(im)).mean()
                            for i, im in enumerate(images)]) for s in SEVERITIES]
         assert all(a < b for a, b in zip(damage, damage[1:])), (corruption, damage)
 
@@ -90,6 +96,28 @@ def test_occlusion_covers_the_documented_area():
             out = _array(corrupt(red, "occlusion", severity, _rng(index)))
             covered = np.all(out == OCCLUDER_GREY, axis=2).mean()
             assert covered == pytest.approx(severity_parameter("occlusion", severity), abs=0.02)
+
+
+def test_overlay_blends_the_next_class_at_the_documented_opacity_and_needs_its_distractor():
+    image = next(eval_samples("shape", 1)).image
+    for severity in SEVERITIES:
+        alpha = severity_parameter("overlay", severity)
+        out = _array(corrupt(image, "overlay", severity, _rng(), DISTRACTOR))
+        assert np.abs(out - ((1 - alpha) * _array(image) + alpha * _array(DISTRACTOR))).max() <= 1  # rounding
+    assert severity_parameter("overlay", 5) < 0.5  # the true class still dominates the pixels
+    assert "overlay" not in CORRUPTIONS  # an extra: not in the default set nor its mCE
+    with pytest.raises(ValueError, match="distractor"):
+        corrupt(image, "overlay", 1, _rng())
+    # world-C's distractor: the next class, a fresh rendering (not one of the test images), severity-independent
+    clean = list(eval_samples("colour_shape", 40))
+    for index in (0, 5, 35):
+        first = distractor_image("colour_shape", index, 1, corruption_rng(1, "colour_shape", "overlay", index))
+        again = distractor_image("colour_shape", index, 1, corruption_rng(1, "colour_shape", "overlay", index))
+        assert np.array_equal(_array(first), _array(again))
+        assert not any(np.array_equal(_array(first), _array(sample.image)) for sample in clean)
+    m_rng = corruption_rng(1, "colour_shape", "overlay", 35)
+    m = int(m_rng.integers(DISTRACTOR_INDEX_OFFSET, 2 * DISTRACTOR_INDEX_OFFSET))
+    assert eval_sample("colour_shape", 35 + 1 + 36 * m).label == (clean[35].label + 1) % 36
 
 
 def test_unknown_corruption_or_severity_is_refused():

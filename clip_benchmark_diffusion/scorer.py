@@ -438,10 +438,10 @@ class DiffusionScorer:
         device_errors: Optional[torch.Tensor] = None
         synced = 0  # rows of `todo` whose errors are on the host
         starts = list(range(0, len(todo), self.settings.batch_size))
-        stops = starts[1:] + [len(todo)]
+        stops = [min(start + self.settings.batch_size, len(todo)) for start in starts]
         # each pass's distinct (image, draw)s: [first, last) of the round's
-        firsts = round_draws.of_row[starts].tolist() if starts else []
-        lasts = (round_draws.of_row[[stop - 1 for stop in stops]] + 1).tolist() if starts else []
+        firsts = round_draws.of_row[starts].tolist()
+        lasts = (round_draws.of_row[[stop - 1 for stop in stops]] + 1).tolist()
         noises = round_draws.prefetched(list(zip(firsts, lasts)))
         for start, stop, first, last, host_noise in zip(starts, stops, firsts, lasts, noises):
             groups = columns[2, start:stop]

@@ -13,9 +13,8 @@ from clip_benchmark_diffusion.probes.__main__ import main as probes_main
 from clip_benchmark_diffusion.probes.robustness import (corruption_errors, detect_layout, find_corruption_sets,
                                                         summarise)
 from clip_benchmark_diffusion.world.corruptions import (CORRUPTIONS, DISTRACTOR_INDEX_OFFSET, EXTRA_CORRUPTIONS,
-                                                        OCCLUDER_GREY,
-                                                        SEVERITIES, corrupt, corruption_rng, distractor_image,
-                                                        severity_parameter, write_corrupted_set)
+                                                        OCCLUDER_GREY, SEVERITIES, corrupt, corruption_rng,
+                                                        distractor_image, severity_parameter, write_corrupted_set)
 from clip_benchmark_diffusion.world.scenes import eval_sample, eval_samples
 
 

@@ -14,12 +14,12 @@ the calls that would run on the accelerator, timed in the run itself: the schedu
 and `errors`, the network's `predict` (here only its dtype/device moves) and the scorer's on-device
 row gathers and dtype casts (`take_rows`, `as_network_input`, where the scorer has them); "host
 work" is the rest of the scoring thread's time (Python bookkeeping, stacking conditionings for the
-copy, syncs, strategies, and waiting for nothing else). Noise generation on the CPU generator
-(`draw_noise`: a draw's 16384 normal samples, which keep the draws the same on every device, shared
-by all the rows of that draw) runs on the scorer's noise thread, passes ahead (`scorer.noise_thread`),
-and its CPU time is printed on its own; before that thread existed it ran on the scoring thread and
-was part of its host work (the same column then, a share of host work). The candidates are prepared once beforehand (`DiffusionScorer.prepare`: prompts
-encoded, conditionings on the device), as a run does once for all its images.
+copy, syncs, strategies). Noise generation on the CPU generator (`draw_noise`: a draw's 16384 normal
+samples, which keep the draws the same on every device, shared by all the rows of that draw) runs on
+the scorer's noise thread, passes ahead (`scorer.noise_thread`), and that thread's CPU time is
+printed on its own (before the noise thread existed, it was part of host work). The candidates are
+prepared once beforehand (`DiffusionScorer.prepare`: prompts encoded, conditionings on the device),
+as a run does once for all its images.
 One SD2-base row at 50% of an H100's bf16 peak (804 GFLOP at ~395 TFLOP/s) is printed beside them.
 """
 from __future__ import annotations

@@ -183,7 +183,8 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, str, int], str]:
     parser.add_argument("--n-test", type=int, default=100, help="images per (corruption, severity)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the clean test set (default 1, as the world's)")
     parser.add_argument("--corruptions", nargs="+", choices=list(SEVERITY_PARAMETERS), default=list(CORRUPTIONS),
-                        help=f"default: {' '.join(CORRUPTIONS)}; extra (only when named): {' '.join(EXTRA_CORRUPTIONS)}")
+                        help=f"default: {' '.join(CORRUPTIONS)}; "
+                             f"extra (only when named): {' '.join(EXTRA_CORRUPTIONS)}")
     parser.add_argument("--severities", nargs="+", type=int, choices=SEVERITIES, default=list(SEVERITIES))
     args = parser.parse_args(argv)
     paths = write_world_c(args.out, args.tasks, args.n_test, args.seed, args.corruptions, args.severities)
@@ -192,8 +193,9 @@ def main(argv: Sequence[str] | None = None) -> dict[tuple[str, str, int], str]:
     return paths
 
 
-__all__ = ["CORRUPTIONS", "CORRUPTIBLE_TASKS", "EXTRA_CORRUPTIONS", "SEVERITIES", "SEVERITY_PARAMETERS", "corrupt", "corruption_rng",
-           "corrupted_samples", "distractor_image", "severity_parameter", "write_corrupted_set", "write_world_c"]
+__all__ = ["CORRUPTIONS", "CORRUPTIBLE_TASKS", "EXTRA_CORRUPTIONS", "SEVERITIES", "SEVERITY_PARAMETERS", "corrupt",
+           "corruption_rng", "corrupted_samples", "distractor_image", "severity_parameter", "write_corrupted_set",
+           "write_world_c"]
 
 
 if __name__ == "__main__":

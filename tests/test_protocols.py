@@ -207,3 +207,24 @@ def test_report_keeps_rows_of_different_protocols_apart(tmp_path):
         ("sd-diffusion sd2-base", "sd-diffusion sd2-base · li2023"),
         ("sd-diffusion sd2-base · clark2023", "sd-diffusion sd2-base · li2023")}
     assert "different protocols" in pairs.note
+
+
+def test_first_template_rule_and_a_custom_template_file_that_differs_is_an_override(tiny_epsilon_pipeline, tiny_wds,
+                                                                                    tmp_path, capsys, monkeypatch):
+    """Clark & Jaini on a dataset they did not use: the dataset's first template only (tiny_wds has two);
+    a --custom_template_file with other prompts wins and the record says so."""
+    base = ["eval", "--model", "sd-diffusion", "--pretrained", tiny_epsilon_pipeline, "--dataset", "wds/animals",
+            "--dataset_root", tiny_wds, "--num_workers", "0", "--batch_size", "6", "--diffusion_protocol",
+            "clark2023", "--diffusion_draws", "4", "--diffusion_min_draws", "2", "--diffusion_no_progress"]
+    code, _ = run_in_process([*base, "--output", "first.json"], tmp_path, capsys, monkeypatch)
+    header = read_records(str(tmp_path / "first.diffusion.jsonl"))["header"]
+    assert code == 0 and header["candidates"] == [["a photo of a cat."], ["a photo of a dog."], ["a photo of a bird."]]
+    assert header["protocol"]["overrides"] == {"draws": 4, "min_draws": 2}
+    assert header["settings"]["objective"] == "x0_heuristic" and header["settings"]["timesteps"] == "uniform"
+    (tmp_path / "prompts.json").write_text(json.dumps({"animals": ["an image of a {c}."]}))
+    code, _ = run_in_process([*base, "--custom_template_file", "prompts.json", "--output", "custom.json"], tmp_path,
+                             capsys, monkeypatch)
+    header = read_records(str(tmp_path / "custom.diffusion.jsonl"))["header"]
+    assert code == 0 and header["candidates"][0] == ["an image of a cat."]
+    assert header["protocol"]["overrides"]["prompt"] == ["an image of a {c}."]
+    assert "prompt=an image of a {c}." in json.loads((tmp_path / "custom.json").read_text())["protocol"]

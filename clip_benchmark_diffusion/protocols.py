@@ -24,7 +24,7 @@ from .settings import RECORD_IGNORED_SETTINGS, ScorerSettings
 #: prompt rules besides a literal template: the first of the dataset's own templates (clip_benchmark's
 #: list, or a `wds/` dataset's own file), or every template clip_benchmark passes (the project default)
 FIRST_TEMPLATE = "<first template of the dataset>"
-ALL_TEMPLATES = "<all templates of the dataset>"
+ALL_TEMPLATES = "<the templates clip_benchmark passes, used as --diffusion_templates says>"
 DEFAULT_PROTOCOL = "default"
 
 _LI = "Li et al., \"Your Diffusion Model is Secretly a Zero-Shot Classifier\", ICCV 2023"

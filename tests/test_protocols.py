@@ -228,3 +228,16 @@ def test_first_template_rule_and_a_custom_template_file_that_differs_is_an_overr
     assert code == 0 and header["candidates"][0] == ["an image of a cat."]
     assert header["protocol"]["overrides"]["prompt"] == ["an image of a {c}."]
     assert "prompt=an image of a {c}." in json.loads((tmp_path / "custom.json").read_text())["protocol"]
+
+
+def test_docs_table_lists_each_entry_as_the_package_table_has_it():
+    with open(os.path.join(os.path.dirname(CONFIGS), "docs", "protocols.md"), encoding="utf-8") as handle:
+        docs = handle.read()
+    for name in PROTOCOLS:
+        assert f"| `{name}` |" in docs
+    for dataset, entry in PROTOCOLS["li2023"]["datasets"].items():
+        keep = ",".join(f"{k}@{d}" for k, d in zip(entry["settings"]["schedule_keep"],
+                                                   entry["settings"]["schedule_draws"]))
+        assert f"| `{dataset}` | `{keep}`" in docs and f"| {entry['published']['SD 2.0-base']} |" in docs
+    for dataset, entry in PROTOCOLS["clark2023"]["datasets"].items():
+        assert f"| `{dataset}`" in docs and f"| {entry['published']['SD 1.4']} |" in docs

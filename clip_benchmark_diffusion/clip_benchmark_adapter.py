@@ -341,10 +341,9 @@ def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, 
                          shard: Optional[Shard] = None, protocol: Optional[dict] = None):
     """clip_benchmark's loader contract: return `(model, transform, tokenizer)`. `protocol`: the
     run's `--diffusion_protocol` record (see `protocols.resolve`), written into the record header."""
-    from .protocols import first_template_only
-
     from .backends.speed import SpeedOptions
     from .checkpoints import load_backend
+    from .protocols import first_template_only
 
     speed = SpeedOptions(channels_last=settings.channels_last, compile_mode=settings.compile,
                          static_batch=settings.batch_size)

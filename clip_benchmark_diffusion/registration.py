@@ -433,7 +433,11 @@ def _protocol_templates(args: argparse.Namespace, protocol: dict, task: str) -> 
     `--custom_template_file` (unless the user gave one: that wins, and is recorded if it differs)."""
     from .protocols import apply_prompt, dataset_keys
 
-    templates = apply_prompt(protocol, args.custom_template_file) if task == "zeroshot_classification" else None
+    if task != "zeroshot_classification":
+        protocol["prompt"] = "the instance's own captions (no templates in this task)"
+        yield
+        return
+    templates = apply_prompt(protocol, args.custom_template_file)
     if templates is None:
         yield
         return

@@ -175,6 +175,9 @@ def test_leaderboard_and_clip_benchmark_build_have_the_protocol_column(li_suite,
     assert [row["protocol"] for row in rows] == ["li2023 [max_calls=200]"] * 2
     markdown = open(paths["markdown"]).read()
     assert "sd-diffusion ref-world · li2023 [max_calls=200]" in markdown
+    published = markdown.split("## Against the papers' published numbers", 1)[1]
+    assert "SD 2.0-base 88.5; CLIP RN50 75.6; OpenCLIP ViT-H/14 97.3" in published  # cifar10
+    assert "| no (paper: sd2-base) | max_calls |" in published
     main_build(Namespace(files=sorted(str(p) for p in li_suite.glob("*.json")), output=str(tmp_path / "b.csv")))
     with open(tmp_path / "b.csv", newline="") as handle:
         assert {row["protocol"] for row in csv.DictReader(handle)} == {"li2023 [max_calls=200]"}

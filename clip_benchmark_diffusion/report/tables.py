@@ -112,6 +112,32 @@ def paired_table(results: Sequence[Result]) -> Optional[Table]:
                  columns_right={2, 4, 5, 6, 7, 8})
 
 
+def published_table(results: Sequence[Result]) -> Optional[Table]:
+    """Each result of a paper's protocol beside that paper's published numbers for the dataset (carried
+    in the result's `diffusion.protocol.published`), with what may make them differ: model, overrides."""
+    rows = []
+    for result in results:
+        protocol = (result.data.get("diffusion") or {}).get("protocol") or {}
+        published = protocol.get("published") or {}
+        if not published:
+            continue
+        rows.append([result.dataset, protocol.get("name", "?"), result.label, with_interval(result),
+                     "; ".join(f"{model} {value:.1f}" for model, value in published.items()),
+                     "yes" if protocol.get("paper_model") == result.data.get("pretrained") else
+                     f"no (paper: {protocol.get('paper_model')})",
+                     ", ".join(sorted(protocol.get("overrides") or {})) or "none"])
+    if not rows:
+        return None
+    return Table("Against the papers' published numbers",
+                 ["dataset", "protocol", "model (as run)", "yours %", "published %", "paper's model",
+                  "overridden settings"], sorted(rows),
+                 note="Published: the paper's own top-1 accuracy for this dataset (see docs/protocols.md). Yours "
+                      "is comparable to the paper's diffusion number when the model is the paper's and nothing "
+                      "was overridden; the papers' subsets, noise sharing and timestep grids may still differ "
+                      "(each protocol's note, recorded with the result).",
+                 columns_right={3})
+
+
 def shape_bias_table(results: Sequence[Result]) -> Optional[Table]:
     """Shape bias with the decision counts behind it, one row per (model, dataset)."""
     rows = [[r.label, r.dataset, percent(r.metrics.get("shape_bias")),

@@ -252,7 +252,7 @@ def protocol_label(name: str, overrides: dict[str, Any]) -> str:
     changed = {k: v for k, v in overrides.items() if k not in RECORD_IGNORED_SETTINGS}
     if not changed:
         return name
-    shown = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+    shown = ", ".join(f"{k}={(','.join(map(str, v)) or 'none') if isinstance(v, (list, tuple)) else v}"
                       for k, v in sorted(changed.items()))
     return f"{name} [{shown}]"
 

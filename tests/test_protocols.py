@@ -102,7 +102,7 @@ def test_explicit_flags_override_the_protocol_and_are_recorded():
                                  "--diffusion_batch_size", "8"], "cifar10")
     assert settings.strategy == "fixed" and settings.schedule_keep == () and settings.batch_size == 8
     assert record["overrides"]["batch_size"] == 8 and "batch_size" not in record["label"]
-    assert record["label"].startswith("li2023 [") and "strategy=fixed" in record["label"]
+    assert record["label"] == "li2023 [schedule_draws=none, schedule_keep=none, strategy=fixed]"
     # --diffusion_schedule replaces the keep-list only
     settings, record = resolved(["--diffusion_protocol", "li2023", "--diffusion_schedule", "2@4,1@8"], "cifar10")
     assert (settings.schedule_keep, settings.schedule_draws, settings.objective) == ((2, 1), (4, 8), "epsilon")

@@ -8,8 +8,8 @@ rule for any other dataset. Explicit `--diffusion_*` flags win over the protocol
 setting that then differs from what the protocol implied is recorded as an override (record
 header, result JSON, leaderboard `protocol` column), so rows computed differently never look alike.
 
-Each entry carries its source (paper, section) and a note where the project cannot express the
-paper's procedure exactly. Published accuracies (top-1, %) sit beside the entries for
+Each entry carries its source (the paper and what in it) and a note where the project cannot
+express the paper's procedure exactly. Published accuracies (top-1, %) sit beside the entries for
 `docs/protocols.md` and for users to put their numbers next to. The `default` protocol sets
 nothing: it is whatever `ScorerSettings` defaults to.
 """
@@ -28,11 +28,11 @@ ALL_TEMPLATES = "<the templates clip_benchmark passes, used as --diffusion_templ
 DEFAULT_PROTOCOL = "default"
 
 _LI = "Li et al., \"Your Diffusion Model is Secretly a Zero-Shot Classifier\", ICCV 2023"
-_LI_KEEP = _LI + ", adaptive evaluation: per-dataset keep-lists (ANCHORS.md B)"
+_LI_KEEP = "keep-list: the paper's adaptive evaluation for this dataset"
 _LI_PROMPT = "prompt: benchmark_configs/li_templates.json"
 _CJ = "Clark & Jaini, \"Text-to-Image Diffusion Models are Zero-Shot Classifiers\", NeurIPS 2023"
 _SB = ("Jeong, Uselis, Oh, Rohrbach, \"Diffusion Classifiers Understand Compositionality, but Conditions "
-       "Apply\" (Self-Bench), arXiv 2505.17955, NeurIPS 2025 D&B; SD3 scoring as in their code (ANCHORS.md C)")
+       "Apply\" (Self-Bench), arXiv 2505.17955, NeurIPS 2025 D&B; SD3 scoring as in their code)
 _PER_IMAGE_NOISE = ("noise and timestep offset are drawn per image (seeded by the image's pixels), shared by all "
                     "candidates of that image; the paper shares one noise per timestep across every image too")
 
@@ -73,7 +73,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "settings": {"objective": "epsilon", "loss": "l2", "timesteps": "stratified", "t_min": 0, "t_max": None,
                      "strategy": "schedule", "templates": "average_errors", "sigma_distribution": "model",
                      "prefilter_model": None, "prefilter_pretrained": None, "prefilter_k": 0, "max_calls": 0},
-        "source": f"{_LI}: epsilon MSE, t evenly spaced over [1, 1000], shared noise (ANCHORS.md B)",
+        "source": f"{_LI}: epsilon MSE, t evenly spaced over [1, 1000], shared noise",
         "note": ("'stratified' timesteps: any power-of-two prefix of the project's sequence is evenly spaced; "
                  "Li et al.'s 50 / 500 draws are evenly strided grids, here a low-discrepancy prefix of that "
                  f"length (nearly, not exactly, even); {_PER_IMAGE_NOISE}. One prompt per class, so the "
@@ -93,7 +93,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "flowers": _li("20@20,10@50,5@100,1@500", "a photo of a {c}, a type of flower.", 66.3, (65.9, 79.9)),
             "imagenet1k": _li("500@50,50@100,10@500,1@1000", "a photo of a {c}.", 61.4, (58.2, 76.8)),
             "objectnet": {**_li("500@50,50@100,10@500,1@1000", "a photo of a {c}.", 43.4, (40.0, 69.2)),
-                          "note": "keep-list not stated for ObjectNet in ANCHORS.md; ImageNet's is used "
+                          "note": "no ObjectNet keep-list of theirs in this project's notes; ImageNet's is used "
                                   "(ObjectNet is scored with ImageNet's classifier)"},
         },
     },
@@ -106,12 +106,11 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                      "templates": "average_errors", "sigma_distribution": "model",
                      "prefilter_model": None, "prefilter_pretrained": None, "prefilter_k": 0, "max_calls": 0},
         "source": (f"{_CJ}: x0 error weighted exp(-7t), t ~ U(0, 1), shared (t, noise) per round; Algorithm 1: "
-                   "paired t-test against the best, drop at p < 2e-3, at least 20 and at most 2000 draws "
-                   "(ANCHORS.md A)"),
-        "note": ("4 draws per round: issue 23's brief (the paper adds shared draws round by round; ANCHORS.md "
-                 "does not give the round size). The test is one-sided against the current best. "
-                 f"{_PER_IMAGE_NOISE}. Their main table used 4096-example subsets; use clip_benchmark's own "
-                 "options to subsample."),
+                   "paired t-test against the best, drop at p < 2e-3, at least 20 and at most 2000 draws"),
+        "note": ("4 draws per round: this project's choice (issue 23); the paper adds shared draws round by "
+                 "round, its round size is not in this project's notes. The test is one-sided against the "
+                 f"current best. {_PER_IMAGE_NOISE}. Their main table used 4096-example subsets; the protocol "
+                 "scores every image of the split."),
         "general": {"settings": {}, "prompt": FIRST_TEMPLATE,
                     "source": "other datasets: one prompt per dataset, the dataset's first template (their rule)"},
         "datasets": {

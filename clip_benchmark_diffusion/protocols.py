@@ -32,7 +32,7 @@ _LI_KEEP = "keep-list: the paper's adaptive evaluation for this dataset"
 _LI_PROMPT = "prompt: benchmark_configs/li_templates.json"
 _CJ = "Clark & Jaini, \"Text-to-Image Diffusion Models are Zero-Shot Classifiers\", NeurIPS 2023"
 _SB = ("Jeong, Uselis, Oh, Rohrbach, \"Diffusion Classifiers Understand Compositionality, but Conditions "
-       "Apply\" (Self-Bench), arXiv 2505.17955, NeurIPS 2025 D&B; SD3 scoring as in their code)
+       "Apply\" (Self-Bench), arXiv 2505.17955, NeurIPS 2025 D&B; SD3 scoring as in their code")
 _PER_IMAGE_NOISE = ("noise and timestep offset are drawn per image (seeded by the image's pixels), shared by all "
                     "candidates of that image; the paper shares one noise per timestep across every image too")
 
@@ -50,7 +50,7 @@ def _li(keep: str, prompt: str, acc: Optional[float], clip: Optional[tuple] = No
 
 def _cj(prompt: str, sd: float, imagen: float, clip: float) -> dict[str, Any]:
     return {"settings": {}, "prompt": prompt,
-            "source": f"{_CJ}, main table: one prompt per dataset, the first CLIP template "
+            "source": "their main table: one prompt per dataset, the first CLIP template "
                       "(benchmark_configs/clark_jaini_templates.json)",
             "published": {"SD 1.4": sd, "Imagen": imagen, "CLIP ViT-L/14": clip}}
 

@@ -33,7 +33,7 @@ _LI_PROMPT = "prompt: benchmark_configs/li_templates.json"
 _CJ = "Clark & Jaini, \"Text-to-Image Diffusion Models are Zero-Shot Classifiers\", NeurIPS 2023"
 _SB = ("Jeong, Uselis, Oh, Rohrbach, \"Diffusion Classifiers Understand Compositionality, but Conditions "
        "Apply\" (Self-Bench), arXiv 2505.17955, NeurIPS 2025 D&B; SD3 scoring as in their code")
-_PER_IMAGE_NOISE = ("noise and timestep offset are drawn per image (seeded by the image's pixels), shared by all "
+_PER_IMAGE_NOISE = ("Noise and timestep offset are drawn per image (seeded by the image's pixels), shared by all "
                     "candidates of that image; the paper shares one noise per timestep across every image too")
 
 
@@ -74,9 +74,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                      "strategy": "schedule", "templates": "average_errors", "sigma_distribution": "model",
                      "prefilter_model": None, "prefilter_pretrained": None, "prefilter_k": 0, "max_calls": 0},
         "source": f"{_LI}: epsilon MSE, t evenly spaced over [1, 1000], shared noise",
-        "note": ("'stratified' timesteps: any power-of-two prefix of the project's sequence is evenly spaced; "
+        "note": ("'Stratified' timesteps: any power-of-two prefix of the project's sequence is evenly spaced; "
                  "Li et al.'s 50 / 500 draws are evenly strided grids, here a low-discrepancy prefix of that "
-                 f"length (nearly, not exactly, even); {_PER_IMAGE_NOISE}. One prompt per class, so the "
+                 f"length (nearly, not exactly, even). {_PER_IMAGE_NOISE}. One prompt per class, so the "
                  "templates mode does not matter; it is set so a default mode cannot replace the prompt."),
         "general": {**_li("20@20,10@50,5@100,1@500", FIRST_TEMPLATE, None),
                     "source": "other datasets: the Food-101/Aircraft/Flowers keep-list, used for three of their "
@@ -109,8 +109,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
                    "paired t-test against the best, drop at p < 2e-3, at least 20 and at most 2000 draws"),
         "note": ("4 draws per round: this project's choice (issue 23); the paper adds shared draws round by "
                  "round, its round size is not in this project's notes. The test is one-sided against the "
-                 f"current best. {_PER_IMAGE_NOISE}. Their main table used 4096-example subsets; the protocol "
-                 "scores every image of the split."),
+                 "current best. Each draw's (t, noise) is shared by every class of an image, as in the paper. "
+                 "Their main table used 4096-example subsets; the protocol scores every image of the split."),
         "general": {"settings": {}, "prompt": FIRST_TEMPLATE,
                     "source": "other datasets: one prompt per dataset, the dataset's first template (their rule)"},
         "datasets": {
@@ -139,7 +139,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "source": f"{_SB}: target noise - x0, shifted sigmas (shift 3), 30 timesteps at an even stride, MSE",
         "note": ("'model' sigmas are the model's own shift: 3 for SD3-medium, other values for other models. "
                  "30 'stratified' draws are a low-discrepancy prefix, nearly but not exactly an even stride of "
-                 f"30; {_PER_IMAGE_NOISE}. On a DDPM model the velocity target is eps - x0 as well."),
+                 f"30. {_PER_IMAGE_NOISE}. On a DDPM model the velocity target is eps - x0 as well."),
         "general": {"settings": {}, "prompt": FIRST_TEMPLATE,
                     "source": "Self-Bench's compositional sets are not clip_benchmark datasets, so every dataset gets "
                               "the same scoring; prompt: the dataset's first template (a rule of this project)"},

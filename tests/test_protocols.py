@@ -115,6 +115,7 @@ def test_unknown_protocol_is_one_line_listing_the_known_ones(tiny_wds, tmp_path,
     message = in_process_error(args, tmp_path, capsys, monkeypatch)
     assert "unknown --diffusion_protocol 'li2024'" in message
     assert all(name in message for name in ("li2023", "clark2023", "selfbench2025", "default"))
+    assert "li2023, clark2023, selfbench2025" in " ".join(diffusion_argument_parser().format_help().split())
 
 
 # ---------------------------------------------------------------------------------------- end to end

@@ -158,6 +158,7 @@ FLAG_SETTINGS: dict[str, tuple[str, ...]] = {
     "diffusion_guidance": ("guidance",), "diffusion_resolution": ("resolution",),
     "diffusion_templates": ("templates",), "diffusion_batch_size": ("batch_size",), "diffusion_dtype": ("dtype",),
     "diffusion_channels_last": ("channels_last",), "diffusion_compile": ("compile",),
+    "diffusion_delta": ("delta",), "diffusion_look_growth": ("look_growth",),
     "diffusion_ttest_p": ("ttest_p",), "diffusion_min_draws": ("min_draws",),
     "diffusion_round_draws": ("round_draws",), "diffusion_ttest_variance": ("ttest_variance",),
     "diffusion_schedule": ("strategy", "schedule_keep", "schedule_draws"),

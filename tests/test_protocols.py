@@ -245,3 +245,10 @@ def test_docs_table_lists_each_entry_as_the_package_table_has_it():
         assert f"| `{dataset}` | `{keep}`" in docs and f"| {entry['published']['SD 2.0-base']} |" in docs
     for dataset, entry in PROTOCOLS["clark2023"]["datasets"].items():
         assert f"| `{dataset}`" in docs and f"| {entry['published']['SD 1.4']} |" in docs
+
+
+def test_every_settings_flag_is_known_to_the_protocol_resolution():
+    """A new `--diffusion_*` flag that sets a scorer setting must say which (else it could not override)."""
+    flags = {a.dest for a in diffusion_argument_parser()._actions if a.dest.startswith("diffusion_")}
+    assert flags - set(protocols.FLAG_SETTINGS) == {"diffusion_no_progress", "diffusion_predictions",
+                                                     "diffusion_protocol", "diffusion_records"}

@@ -252,3 +252,9 @@ def test_every_settings_flag_is_known_to_the_protocol_resolution():
     flags = {a.dest for a in diffusion_argument_parser()._actions if a.dest.startswith("diffusion_")}
     assert flags - set(protocols.FLAG_SETTINGS) == {"diffusion_no_progress", "diffusion_predictions",
                                                      "diffusion_protocol", "diffusion_records"}
+
+
+def test_li2023_prompts_are_the_canonical_prompts_of_the_single_template_mode():
+    from clip_benchmark_diffusion.prompts import CANONICAL_TEMPLATES
+
+    assert {d: e["prompt"] for d, e in PROTOCOLS["li2023"]["datasets"].items()} == CANONICAL_TEMPLATES

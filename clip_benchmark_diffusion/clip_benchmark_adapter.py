@@ -63,6 +63,8 @@ class DiffusionZeroShotModel(torch.nn.Module):
 
     #: how the registration's wrappers of clip_benchmark functions recognise this model
     is_diffusion_classifier = True
+    #: score only the first of each class's templates (a protocol's "first template of the dataset" rule)
+    first_template_only = False
 
     def __init__(self, scorer: DiffusionScorer, tokenizer: PromptTokenizer, record_path: Optional[str] = None,
                  record_header: Optional[dict] = None, show_progress: bool = True,
@@ -114,7 +116,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
             return self._encode_captions(token_ids)
         if self.images_seen:
             self._start_new_candidate_set()
-        prompts = self.tokenizer.decode(token_ids)
+        prompts = self.tokenizer.decode(token_ids)[:1 if self.first_template_only else None]
         self.candidates.append(prompts)
         self.scorer.encode_candidates([prompts])
         return rank_codec.class_embedding(len(self.candidates) - 1, self.capacity, len(prompts)).to(token_ids.device)
@@ -336,10 +338,12 @@ class DiffusionZeroShotModel(torch.nn.Module):
 def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, record_path: Optional[str] = None,
                          run_info: Optional[dict] = None, cache_dir: Optional[str] = None,
                          show_progress: bool = True, task: str = "zeroshot_classification",
-                         shard: Optional[Shard] = None):
-    """clip_benchmark's loader contract: return `(model, transform, tokenizer)`."""
+                         shard: Optional[Shard] = None, protocol: Optional[dict] = None):
+    """clip_benchmark's loader contract: return `(model, transform, tokenizer)`. `protocol`: the
+    run's `--diffusion_protocol` record (see `protocols.resolve`), written into the record header."""
     from .backends.speed import SpeedOptions
     from .checkpoints import load_backend
+    from .protocols import first_template_only
 
     speed = SpeedOptions(channels_last=settings.channels_last, compile_mode=settings.compile,
                          static_batch=settings.batch_size)
@@ -349,7 +353,10 @@ def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, 
     tokenizer = PromptTokenizer()
     header = {"settings": settings.to_dict(), "model": backend.description, "run": run_info or {},
               "calls_per_prediction": backend.calls_per_prediction}
+    if protocol is not None:
+        header["protocol"] = protocol
     model = DiffusionZeroShotModel(scorer, tokenizer, record_path=record_path, record_header=header,
                                    show_progress=show_progress and (shard is None or shard.rank == 0), task=task,
                                    shard=shard)
+    model.first_template_only = first_template_only(protocol)
     return model, backend.image_transform(), tokenizer

@@ -30,6 +30,7 @@ from typing import Any, Iterator, Optional
 
 from .checkpoints import CheckpointError
 from .prompts import canonical_templates
+from .protocols import DEFAULT_PROTOCOL, check_protocol, protocol_names
 from .records import RecordError, record_lock, warn
 from .sharding import rank_record_path
 from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, SIGMA_DISTRIBUTIONS, STRATEGIES, TEMPLATE_MODES,
@@ -52,6 +53,9 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
                                      description="diffusion classifier options (clip-benchmark-diffusion)")
     group = parser.add_argument_group("diffusion classifier (clip-benchmark-diffusion)")
     add = group.add_argument
+    add("--diffusion_protocol", type=str, default=DEFAULT_PROTOCOL, metavar="NAME",
+        help=f"a paper's whole protocol, set per dataset ({', '.join(protocol_names())}; see docs/protocols.md); "
+             "explicit --diffusion_* flags override it and the record says so")
     add("--diffusion_draws", type=int, default=defaults.draws,
         help="(t, noise) draws per candidate: the full budget (the maximum of the adaptive strategies)")
     add("--diffusion_strategy", choices=STRATEGIES, default=None,
@@ -119,6 +123,40 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
 
 def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSettings:
     """Build the scorer settings of a run from its parsed flags (seed = clip_benchmark's --seed)."""
+    try:
+        return ScorerSettings(**_values_from_options(options, seed))
+    except ValueError as error:
+        raise DiffusionUsageError(str(error)) from None
+
+
+def explicit_flags(argv: list[str]) -> frozenset[str]:
+    """The `--diffusion_*` options (argparse dests) given on a command line, whatever their value."""
+    parser = diffusion_argument_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return frozenset(vars(parser.parse_known_args(argv)[0]))
+
+
+def settings_for_dataset(options: Optional[argparse.Namespace], seed: int, dataset: str
+                         ) -> tuple[ScorerSettings, dict]:
+    """The settings of one dataset's run under `--diffusion_protocol` (resolved per dataset: one
+    command runs a suite), and the protocol's record (name, implied settings, overrides)."""
+    from .protocols import resolve
+
+    options = options or diffusion_argument_parser().parse_args([])
+    explicit = getattr(options, "diffusion_explicit", None)
+    if explicit is None:  # built in Python: what differs from the flag defaults counts as given
+        defaults = vars(diffusion_argument_parser().parse_args([]))
+        explicit = {k for k, v in vars(options).items() if k in defaults and v != defaults[k]}
+    try:
+        name = check_protocol(getattr(options, "diffusion_protocol", None) or DEFAULT_PROTOCOL)
+        return resolve(name, dataset, _values_from_options(options, seed), explicit)
+    except ValueError as error:  # ProtocolError, or invalid merged settings
+        raise DiffusionUsageError(str(error)) from None
+
+
+def _values_from_options(options: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """ScorerSettings fields from parsed flags (their defaults included)."""
     values: dict[str, Any] = dict(
         draws=options.diffusion_draws, strategy=options.diffusion_strategy, timesteps=options.diffusion_timesteps,
         objective=options.diffusion_objective, heuristic_rate=options.diffusion_heuristic_rate,
@@ -154,10 +192,7 @@ def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSetti
         values.update(schedule_keep=keep, schedule_draws=draws, strategy="schedule")
     if values["strategy"] is None:
         del values["strategy"]
-    try:
-        return ScorerSettings(**values)
-    except ValueError as error:
-        raise DiffusionUsageError(str(error)) from None
+    return values
 
 
 def parse_schedule(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -184,11 +219,13 @@ def load_diffusion(model_name: str, pretrained: str, cache_dir: Optional[str] = 
 
     run = _state["run"] or {}
     options = _state["options"] or diffusion_argument_parser().parse_args([])
-    settings = run.get("settings") or settings_from_options(options, seed=0)
+    settings, protocol = (run["settings"], run.get("protocol")) if run.get("settings") else \
+        settings_for_dataset(options, 0, "")
     task = (run.get("info") or {}).get("task", "zeroshot_classification")
     return load_zero_shot_model(pretrained, device, settings, record_path=run.get("record_path"),
                                 run_info=run.get("info"), cache_dir=cache_dir,
-                                show_progress=not options.diffusion_no_progress, task=task, shard=run.get("shard"))
+                                show_progress=not options.diffusion_no_progress, task=task, shard=run.get("shard"),
+                                protocol=protocol)
 
 
 def _patch_models(models_module) -> None:
@@ -222,13 +259,15 @@ def _register_reference_clip() -> None:
 def diffusion_run(options: Optional[argparse.Namespace], seed: int, record_path: Optional[str],
                   info: dict, shard: Any = None) -> Iterator[Any]:
     """Within this block, diffusion models loaded through clip_benchmark's `load_clip` use the
-    settings of `options` (parsed `--diffusion_*` flags; None = defaults) and `seed`, write their
-    per-image record to `record_path`, and serve `info["task"]`. Yields the settings."""
+    settings of `options` (parsed `--diffusion_*` flags; None = defaults) under its protocol for
+    `info["dataset"]`, and `seed`, write their per-image record to `record_path`, and serve
+    `info["task"]`. Yields the settings."""
     options = options or diffusion_argument_parser().parse_args([])
-    settings = settings_from_options(options, seed=seed)
+    settings, protocol = settings_for_dataset(options, seed, info.get("dataset", ""))
     saved = dict(_state)
     _state["options"] = options
-    _state["run"] = {"settings": settings, "record_path": record_path, "info": info, "shard": shard}
+    _state["run"] = {"settings": settings, "record_path": record_path, "info": info, "shard": shard,
+                     "protocol": protocol}
     own_record = rank_record_path(record_path, shard.rank) if shard is not None and record_path else record_path
     try:
         # locked before the model loads: a second run on the same record stops in seconds
@@ -274,7 +313,8 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
         raise DiffusionUsageError("--load_clfs cannot be used with diffusion models: their class scores are not a "
                                   "fixed linear classifier; drop --load_clfs")
     options = _state["options"] or diffusion_argument_parser().parse_args([])
-    locate(args.pretrained, cache_dir=args.model_cache_dir, settings=settings_from_options(options, seed=args.seed))
+    locate(args.pretrained, cache_dir=args.model_cache_dir,
+           settings=settings_for_dataset(options, args.seed, args.dataset)[0])
     return task
 
 
@@ -301,6 +341,7 @@ def _patch_cli(cli_module) -> None:
 
     def get_parser_args(*args, **kwargs):
         options, rest = diffusion_argument_parser().parse_known_args(sys.argv[1:])
+        options.diffusion_explicit = explicit_flags(sys.argv[1:])
         _state["options"] = options
         saved = sys.argv
         sys.argv = [saved[0]] + rest
@@ -342,10 +383,16 @@ def _patch_cli(cli_module) -> None:
                     return None  # rank 0 skips this run too
                 # every rank runs clip_benchmark's evaluation; only rank 0's result JSON is the result
                 output, args.skip_existing, _state["predictions"] = os.devnull, False, None
-            with diffusion_run(options, args.seed, record_path, info, shard=shard):
+            with diffusion_run(options, args.seed, record_path, info, shard=shard) as settings:
+                protocol = _state["run"]["protocol"]
                 args.output = output.replace("{", "{{").replace("}", "}}")
                 args.model_type = MODEL_TYPE
-                return original_run(args, *more, **kwargs)
+                written_before = os.path.getmtime(output) if os.path.isfile(output) else None
+                with _protocol_templates(args, protocol, task):
+                    result = original_run(args, *more, **kwargs)
+                if output != os.devnull and os.path.isfile(output) and os.path.getmtime(output) != written_before:
+                    _add_protocol(output, protocol, settings, record_path)
+                return result
         except (CheckpointError, DiffusionUsageError, UnsupportedSettings, RecordError) as error:
             print(f"clip_benchmark_diffusion: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -401,6 +448,49 @@ def _patch_cli(cli_module) -> None:
     _set_attribute(zeroshot_classification, "run_classification", run_classification)
     _set_attribute(image_caption_selection, "evaluate", evaluate)
     _set_attribute(zeroshot_classification, "evaluate", classification_evaluate)
+
+
+@contextlib.contextmanager
+def _protocol_templates(args: argparse.Namespace, protocol: dict, task: str) -> Iterator[None]:
+    """During one dataset's run, clip_benchmark reads the protocol's prompt for it from a temporary
+    `--custom_template_file` (unless the user gave one: that wins, and is recorded if it differs)."""
+    from .protocols import apply_prompt, dataset_keys
+
+    if task != "zeroshot_classification":
+        protocol["prompt"] = "the instance's own captions (no templates in this task)"
+        yield
+        return
+    templates = apply_prompt(protocol, args.custom_template_file)
+    if templates is None:
+        yield
+        return
+    import json
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix="cbd-protocol-", suffix=".json")
+    saved = args.custom_template_file
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump({key: templates for key in dataset_keys(args.dataset) + ["imagenet1k"]}, file)
+        args.custom_template_file = path
+        protocol["prompt_source"] = "protocol"
+        yield
+    finally:
+        args.custom_template_file = saved
+        os.remove(path)
+
+
+def _add_protocol(output: str, protocol: dict, settings: ScorerSettings, record_path: str) -> None:
+    """The result JSON says how it was computed: a top-level `protocol` label (a column of the
+    leaderboard and of `clip_benchmark build`) and a `diffusion` section (protocol, settings, record)."""
+    import json
+
+    with open(output, encoding="utf-8") as handle:
+        dump = json.load(handle)
+    dump["protocol"] = protocol["label"]
+    dump["diffusion"] = {"protocol": protocol, "settings": settings.to_dict(), "record": os.path.basename(record_path)}
+    with open(output, "w", encoding="utf-8") as handle:
+        json.dump(dump, handle)
 
 
 def _shard_for(args: argparse.Namespace, record_path: str):

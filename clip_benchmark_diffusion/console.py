@@ -134,7 +134,7 @@ def abbreviated_flag_error(arguments: Sequence[str], parser: argparse.ArgumentPa
         if not flag.startswith(prefix) or flag in flags:
             continue
         starting = [f for f in flags if f.startswith(flag)]
-        close = starting or difflib.get_close_matches(flag, flags, n=3, cutoff=0.7)
+        close = starting or difflib.get_close_matches(flag, flags, n=1, cutoff=0.7)
         hint = f"; did you mean {' or '.join(close)}?" if close else f"; see `clip_benchmark eval --help`"
         kind = "is not a flag (flags are not abbreviated)" if starting else "is not a flag"
         return f"{flag} {kind}{hint}"

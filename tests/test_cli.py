@@ -121,7 +121,7 @@ def test_missing_folder_gives_one_clear_line(tiny_wds, tmp_path, capsys, monkeyp
 def test_unavailable_hub_checkpoint_gives_one_clear_line(tiny_wds, tmp_path):
     message = _one_line_error(run_cli(eval_args("sd2-base", tiny_wds), tmp_path))
     assert "stabilityai/stable-diffusion-2-base" in message and "HF_HUB_OFFLINE" in message
-    assert "huggingface-cli download" in message
+    assert "`hf download stabilityai/stable-diffusion-2-base`" in message and "huggingface-cli" not in message
     assert not list(tmp_path.glob("*.json"))
 
 

@@ -273,3 +273,103 @@ def test_progress_bar_moves_per_image_and_counts_calls_over_scored_images_only(t
     second, positions = run(6)
     assert second.images_reused == 3 and second.images_scored == 3 and positions[-3:] == [4, 5, 6]
     assert second.calls / second.images_scored == first.calls / first.images_scored == 3 * 2
+
+
+# --------------------------------------------------------------------------- the report on a phone
+@pytest.fixture(scope="module")
+def phone_report(tmp_path_factory):
+    """CLIP without per-image predictions, a diffusion model with records (adaptive: few draws spent),
+    shape bias with a class at 1.0 for both models."""
+    from test_report import CLIP, SD, _per_class, _result
+
+    from clip_benchmark_diffusion.report.__main__ import main as report_main
+
+    folder = tmp_path_factory.mktemp("phone_results")
+    accuracy = {"acc5": 1.0, "mean_per_class_recall": 0.5}
+    _result(folder, "shape_clip", CLIP, "wds/shape", "zeroshot_classification", {"acc1": 0.75, **accuracy})
+    _result(folder, "shape_sd", SD, "wds/shape", "zeroshot_classification", {"acc1": 0.5, **accuracy})
+    run = {"dataset": "wds/shape", "pretrained": SD[1], "task": "zeroshot_classification", "model_name": SD[0]}
+    lines = [{"type": "header", "settings": {"draws": 64, "strategy": "ttest"}, "model": {}, "run": run}]
+    lines += [{"type": "image", "index": i, "prediction": p, "ranking": [p], "errors": [], "calls": 6 * d,
+               "draws": [d, 2, 2]} for i, (p, d) in enumerate(zip([0, 1, 0, 0], [4, 6, 8, 64]))]
+    lines.append({"type": "summary", "labels": [0, 1, 2, 2]})
+    (folder / "shape_sd.diffusion.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    for name, model, bias in (("bias_clip", CLIP, 0.25), ("bias_sd", SD, 0.75)):
+        _result(folder, name, model, "cue_conflict_geirhos", "shape_bias",
+                {"shape_bias": bias, "shape_accuracy": bias / 2, "texture_accuracy": (1 - bias) / 2,
+                 "conflict_images": 8, "per_class": _per_class({"cat": 1.0, "dog": 1 - bias})})
+    out = tmp_path_factory.mktemp("phone_report")
+    assert report_main([str(folder), "--out", str(out)]) == 0
+    return folder, out
+
+
+def test_report_html_has_a_viewport_tag_and_every_table_scrolls(phone_report):
+    _, out = phone_report
+    page = (out / "report.html").read_text()
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert page.count("<table>") == page.count("<div class=table-scroll>\n<table>") >= 2
+    assert ".table-scroll { overflow-x: auto;" in page
+    markdown = (out / "report.md").read_text()
+    # CLIP's result has no per-image predictions: the report says so, and what to rerun, in one line
+    assert "No interval or paired test for ViT-B-32 openai on wds/shape" in markdown and "Rerun that" in markdown
+    # the strategy column shows what was spent (mean draws of the decided class), not the maximum
+    assert "ttest, 20.5 draws (max 64)" in markdown
+
+
+def test_report_figures_use_one_colour_per_model_and_draw_markers_whole(phone_report, monkeypatch):
+    from clip_benchmark_diffusion.report import plots
+    from clip_benchmark_diffusion.report.collect import read_results
+
+    folder, _ = phone_report
+    results = read_results(str(folder))
+    palette = plots.model_palette(r.model_fullname for r in results)
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda figure: figures.append(figure) or b"")
+    plots.accuracy_plot(results, palette)
+    plots.shape_bias_plot(results, palette)
+    bars, bias = figures
+    bar_colours = {container.get_label(): container.patches[0].get_facecolor()[:3]
+                   for container in bars.axes[0].containers if hasattr(container, "patches")}
+    markers = [c for c in bias.axes[0].collections if c.get_label() and not c.get_label().startswith("_")]
+    marker_colours = {c.get_label().split(" (")[0]: tuple(c.get_facecolor()[0][:3]) for c in markers}
+    assert set(bar_colours) == set(marker_colours) == {"ViT-B-32 openai", "sd-diffusion sd2-base"}
+    for model in bar_colours:
+        assert tuple(bar_colours[model]) == pytest.approx(tuple(palette[model][:3]))
+        assert marker_colours[model] == pytest.approx(tuple(palette[model][:3]))
+    # shape bias 1.0 for both models on "cat": neither marker is clipped at the axis edge, nor hidden under the other
+    assert all(not c.get_clip_on() for c in markers)
+    cat = [tuple(c.get_offsets()[0]) for c in markers]
+    assert cat[0][0] == cat[1][0] == 1.0 and cat[0][1] != cat[1][1]
+
+
+CHROMIUM = __import__("shutil").which("chromium") or __import__("shutil").which("chromium-browser")
+
+
+def framed(page: str, width: int, script: str = "") -> str:
+    """`page` in an iframe `width` CSS pixels wide (headless Chromium's window is at least 500 wide;
+    the frame is a real 420-pixel viewport for the page's layout and media queries)."""
+    import html
+
+    return (f'<!DOCTYPE html><html><body style="margin:0"><iframe id=f style="width:{width}px;height:3000px;'
+            f'border:0" srcdoc="{html.escape(page, quote=True)}" onload="{html.escape(script, quote=True)}">'
+            "</iframe></body></html>")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (CI: apt-get install -y chromium)")
+@pytest.mark.parametrize("width", [420, 1400])
+def test_report_page_fits_a_phone_and_a_desktop_without_sideways_scrolling(phone_report, width, tmp_path):
+    """In a real browser: the page itself never needs sideways scrolling (wide tables and figures
+    scroll inside their own wrappers)."""
+    _, out = phone_report
+    script = ("var d = document.getElementById('f').contentDocument;"
+              "document.title = 'W' + d.documentElement.scrollWidth + ' ' + d.querySelectorAll('table').length;")
+    probe = tmp_path / "probe.html"
+    probe.write_text(framed((out / "report.html").read_text(), width, script))
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+               "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage",
+               f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width + 100},1000", "--dump-dom",
+               f"file://{probe}"]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    title = dom.split("<title>", 1)[1].split("</title>", 1)[0]
+    scroll_width, tables = map(int, title[1:].split())
+    assert tables >= 2 and scroll_width <= width, title

@@ -128,7 +128,9 @@ def test_ctrl_c_ends_with_one_line_exit_130_and_keeps_the_scored_images(one_shar
         [CLIP_BENCHMARK, "eval", "--model", "sd-diffusion", "--pretrained", "ref-world", "--dataset", "wds/shapes",
          "--dataset_root", one_shard_wds, "--output", "run.json", "--batch_size", "64",
          "--diffusion_strategy", "fixed", "--diffusion_draws", "64"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell without job control starts background commands with SIGINT ignored; a terminal's is not
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
         if record.exists() and len(read_records(str(record))["images"]) >= 1:

@@ -347,12 +347,12 @@ def test_report_figures_use_one_colour_per_model_and_draw_markers_whole(phone_re
 CHROMIUM = __import__("shutil").which("chromium") or __import__("shutil").which("chromium-browser")
 
 
-def framed(page: str, width: int, script: str = "") -> str:
+def framed(page: str, width: int, script: str = "", height: int = 3000) -> str:
     """`page` in an iframe `width` CSS pixels wide (headless Chromium's window is at least 500 wide;
     the frame is a real 420-pixel viewport for the page's layout and media queries)."""
     import html
 
-    return (f'<!DOCTYPE html><html><body style="margin:0"><iframe id=f style="width:{width}px;height:3000px;'
+    return (f'<!DOCTYPE html><html><body style="margin:0"><iframe id=f style="width:{width}px;height:{height}px;'
             f'border:0" srcdoc="{html.escape(page, quote=True)}" onload="{html.escape(script, quote=True)}">'
             "</iframe></body></html>")
 

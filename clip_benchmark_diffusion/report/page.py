@@ -28,6 +28,7 @@ table { border-collapse: collapse; margin: 8px 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: left; }
 th { background: #f0f3f7; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { white-space: nowrap; }  /* "73.4 [64.0–81.0]" on one line; a wide table scrolls instead */
 tbody tr:nth-child(even) { background: #fafafa; }
 p.note, p.source { color: #555; font-size: 0.85em; }
 figure { margin: 16px 0; }
@@ -41,7 +42,7 @@ figcaption { font-size: 0.9em; color: #444; }
   th, td { padding: 3px 6px; }
   figure { margin: 12px 0; }
   /* a figure shrunk to a phone's width has unreadable legends: show it at its own size, scrolling sideways */
-  figure img { max-width: none; width: 640px; }
+  figure img { max-width: none; width: auto; }
 }
 """
 

@@ -164,15 +164,17 @@ def _one_line(args, cwd, capsys, monkeypatch):
 
 
 def _loading_forbidden(monkeypatch):
-    from clip_benchmark_diffusion import registration
+    """Any model load fails the test (the registration's own entries are replaced only for this test)."""
+    import clip_benchmark.models
+
+    from clip_benchmark_diffusion.registration import register
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the mistake was reported")
 
-    monkeypatch.setattr(registration, "load_diffusion", refuse)
-    import clip_benchmark.models
-
-    monkeypatch.setitem(clip_benchmark.models.TYPE2FUNC, "open_clip", refuse)
+    register()  # first, so that its registry entry is the real loader, which the monkeypatch restores
+    for model_type in ("open_clip", "diffusion"):
+        monkeypatch.setitem(clip_benchmark.models.TYPE2FUNC, model_type, refuse)
 
 
 def test_a_model_name_close_to_the_plugins_gets_a_suggestion(tmp_path, capsys, monkeypatch):

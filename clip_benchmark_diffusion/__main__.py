@@ -22,6 +22,8 @@ COMMANDS = {
               "write the procedural reference world's datasets (train and test sets)"),
     "weighting": ("clip_benchmark_diffusion.weighting", "main",
                   "fit per-timestep-bucket weights from records (for --diffusion_objective x0_buckets)"),
+    "replay": ("clip_benchmark_diffusion.replay", "main",
+               "re-decide a record under other strategy settings, without a model"),
 }
 
 

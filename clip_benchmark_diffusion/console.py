@@ -98,7 +98,7 @@ def interrupted_line(saved: int, scored_now: int, record: Optional[str]) -> str:
     if not record:
         return "interrupted (Ctrl-C); no per-image record is kept for this run"
     if not saved:
-        return f"interrupted (Ctrl-C) before any image was scored; rerunning the same command starts over"
+        return "interrupted (Ctrl-C) before any image was scored; rerunning the same command starts over"
     return (f"interrupted (Ctrl-C): {saved} images are saved in {record} ({scored_now} scored in this run); "
             "rerun the same command to resume from them")
 

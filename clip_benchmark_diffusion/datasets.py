@@ -179,10 +179,6 @@ def folder_to_wds_main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 # --------------------------------------------------------------------------- checks before loading
-def wds_split_folder(root: str, split: str) -> str:
-    return os.path.join(root, split)
-
-
 def wds_shard_count(root: str, split: str) -> Optional[int]:
     """nshards.txt of a local wds dataset (None: remote or unreadable)."""
     if "://" in root:
@@ -289,5 +285,5 @@ def check_dataset(name: str, root_template: str, split: str, root_given: bool, s
 
 def dataset_root_given(argv: Sequence[str]) -> bool:
     """Whether the command line sets --dataset_root (argparse also takes unambiguous prefixes)."""
-    return any(arg.split("=", 1)[0] in ("--dataset_root", "--dataset_roo", "--dataset_ro", "--dataset_r")
-               for arg in argv)
+    flags = (arg.split("=", 1)[0] for arg in argv)
+    return any(len(flag) >= len("--dataset_r") and "--dataset_root".startswith(flag) for flag in flags)

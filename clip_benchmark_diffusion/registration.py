@@ -550,7 +550,7 @@ def _report_interrupt(record: Optional[str]) -> None:
         except Exception:
             saved = 0
     print(file=sys.stderr)
-    say(interrupted_line(saved, getattr(model, "images_scored", 0), record if saved or record else None))
+    say(interrupted_line(saved, getattr(model, "images_scored", 0), record))
 
 
 class _FirstImages:

@@ -189,7 +189,7 @@ def _unavailable(hub_id: str, what: str, error: Exception) -> CheckpointError:
         else f"it could not be downloaded ({type(error).__name__})"
     return CheckpointError(
         f"diffusion checkpoint {what}: no local folder of that name, and as a hub id {reason}; download it on a "
-        f"connected machine with `huggingface-cli download {hub_id}` (same HF_HOME), or pass --pretrained "
+        f"connected machine with `hf download {hub_id}` (same HF_HOME), or pass --pretrained "
         "/path/to/diffusers/folder")
 
 

@@ -95,6 +95,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
         self.expected_images: Optional[int] = None
         self.images_seen = 0
         self.images_reused = 0
+        self.images_scored = 0  # scored in this session (the bar's calls per image are over these)
         self.images_elsewhere = 0  # left to other ranks (their rankings here are placeholders)
         self._scoring_started: Optional[float] = None  # first network call: the throughput clock
         self.calls = 0
@@ -164,7 +165,6 @@ class DiffusionZeroShotModel(torch.nn.Module):
             features.append(rank_codec.encode_positions(rank_codec.joint_positions(scores), self.capacity,
                                                         autocast_dtype))
         self.images_seen += len(images)
-        self._tick(len(images))
         return torch.cat(features).to(images.device)
 
     def _score_errors(self, images: torch.Tensor, candidates: list[list[str]]) -> torch.Tensor:
@@ -197,6 +197,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
             self.recorder.close()
         self.recorder = None
         self.candidates, self.images_seen, self.images_reused, self.images_elsewhere = [], 0, 0, 0
+        self.images_scored = 0
 
     # ------------------------------------------------------------ scoring with records
     def rank(self, images: torch.Tensor) -> list[list[int]]:
@@ -205,7 +206,6 @@ class DiffusionZeroShotModel(torch.nn.Module):
             self._say(self.cost_preview())
         records = self._records_for(images, self.candidates)
         self.images_seen += len(images)
-        self._tick(len(images))
         return [record["ranking"] for record in records]
 
     def _records_for(self, images: torch.Tensor, candidates: list[list[str]],
@@ -220,11 +220,13 @@ class DiffusionZeroShotModel(torch.nn.Module):
             records = [r if r is not None and r.get("candidates") == names else None for r in records]
         todo = [i for i, record in enumerate(records) if record is None]
         self.images_reused += len(images) - len(todo)
+        self._tick(len(images) - len(todo))
         if self.shard is not None and self.shard_stats is None:  # another rank may have claimed some of them
             mine = [i for i in todo if self.shard.claim(keys[i])]
             for i in set(todo) - set(mine):
                 records[i] = {"ranking": list(range(len(candidates))), "errors": [0.0] * len(candidates)}
             self.images_elsewhere += len(todo) - len(mine)
+            self._tick(len(todo) - len(mine))
             todo = mine
         if todo:
             previous_decision = [time.perf_counter()]
@@ -239,6 +241,8 @@ class DiffusionZeroShotModel(torch.nn.Module):
                     records[i]["candidates"] = names
                 if recorder is not None:
                     recorder.add(records[i])
+                self.images_scored += 1
+                self._tick(1)  # the bar moves per image, not per clip_benchmark batch
 
             priors = self.prefilter.rank(images[todo], candidates) if self.prefilter else None
             self.scorer.score(images[todo], candidates, [keys[i] for i in todo], on_calls=self._count_calls,
@@ -248,7 +252,8 @@ class DiffusionZeroShotModel(torch.nn.Module):
     def _bar(self) -> tqdm:
         if self._progress is None:
             self._progress = tqdm(total=self.expected_images, unit="img", desc="diffusion scoring",
-                                  disable=not self.show_progress, file=sys.stderr, dynamic_ncols=True)
+                                  disable=not self.show_progress, file=sys.stderr, dynamic_ncols=True,
+                                  mininterval=0.5)
         return self._progress
 
     def cost_preview(self) -> str:
@@ -274,14 +279,24 @@ class DiffusionZeroShotModel(torch.nn.Module):
         if self._scoring_started is None:
             self._scoring_started = time.perf_counter()
         self.calls += calls
-        self._bar().set_postfix(unet_calls=self.calls, refresh=False)
 
     def _tick(self, images: int) -> None:
+        """Advance the bar by `images` (scored, reused or left to other ranks); its postfix shows
+        network calls per image over the images scored in this session only (reused ones cost
+        nothing now) and calls per second."""
+        if images <= 0 and self._progress is not None:
+            return
         bar = self._bar()
-        bar.update(images)
         seconds = time.perf_counter() - self._scoring_started if self._scoring_started else 0.0
-        bar.set_postfix(unet_calls=self.calls, calls_per_image=round(self.calls / max(self.images_seen, 1), 1),
-                        calls_per_s=round(self.calls / seconds, 1) if seconds > 0 else None)
+        postfix = f"{self.calls:,} calls"
+        if self.images_scored:
+            postfix += f", {self.calls / self.images_scored:.1f}/img"
+        if seconds > 0:
+            postfix += f", {self.calls / seconds:.0f} calls/s"
+        if self.images_reused:
+            postfix += f", {self.images_reused} reused"
+        bar.set_postfix_str(postfix, refresh=False)
+        bar.update(images)
 
     def complete_shards(self) -> bool:
         """After clip_benchmark's pass over the dataset. On rank 0 of a multi-process run: wait for

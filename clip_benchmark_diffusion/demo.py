@@ -62,14 +62,17 @@ def ensure_test_sets(data: str, images: int, tasks: list[str], seed: int) -> dic
 def clip_benchmark_eval(arguments: list[str]) -> None:
     """clip_benchmark's own CLI entry point, with these arguments."""
     from clip_benchmark import cli
+    from clip_benchmark.metrics import image_caption_selection, zeroshot_classification
 
+    from .console import quiet_third_party_output
     from .registration import register
 
     register()
     saved = sys.argv
     sys.argv = ["clip_benchmark", "eval", *arguments]
-    try:
-        cli.main()
+    try:  # the demo's console: its own lines and the diffusion bar, not third-party warnings and bars
+        with quiet_third_party_output([zeroshot_classification, image_caption_selection]):
+            cli.main()
     finally:
         sys.argv = saved
 

@@ -26,9 +26,13 @@ import contextlib
 import inspect
 import os
 import sys
+import time
 from typing import Any, Iterator, Optional
 
 from .checkpoints import CheckpointError
+from .console import (INTERRUPTED_EXIT_CODE, abbreviated_flag_error, group_help, interrupted_line, model_suggestion,
+                      quiet_third_party_output, say, summary_line, with_defaults)
+from .datasets import DatasetError
 from .prompts import canonical_templates
 from .protocols import DEFAULT_PROTOCOL, check_protocol, protocol_names
 from .records import RecordError, record_lock, warn
@@ -49,9 +53,9 @@ class DiffusionUsageError(RuntimeError):
 def diffusion_argument_parser() -> argparse.ArgumentParser:
     """The `--diffusion_*` flags (added to clip_benchmark's `eval`)."""
     defaults = ScorerSettings()
-    parser = argparse.ArgumentParser(add_help=False, prog="clip_benchmark eval",
-                                     description="diffusion classifier options (clip-benchmark-diffusion)")
-    group = parser.add_argument_group("diffusion classifier (clip-benchmark-diffusion)")
+    # allow_abbrev=False: `--diffusion_draw 8` is refused with the full name, not taken as --diffusion_draws
+    parser = argparse.ArgumentParser(add_help=False, prog="clip_benchmark eval", allow_abbrev=False)
+    group = parser.add_argument_group("diffusion classifier (clip-benchmark-diffusion; used by --model sd-diffusion)")
     add = group.add_argument
     add("--diffusion_protocol", type=str, default=DEFAULT_PROTOCOL, metavar="NAME",
         help=f"a paper's whole protocol, set per dataset ({', '.join(protocol_names())}; see docs/protocols.md); "
@@ -72,7 +76,8 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
         help="read the x0_buckets weights from FILE (`python -m clip_benchmark_diffusion.weighting fit` output)")
     add("--diffusion_heuristic_rate", type=float, default=defaults.heuristic_rate,
         help="k in the x0_heuristic weight exp(-k t)")
-    add("--diffusion_loss", choices=LOSSES, default=defaults.loss)
+    add("--diffusion_loss", choices=LOSSES, default=defaults.loss,
+        help="per-element loss averaged over the latent")
     add("--diffusion_sigma_distribution", choices=SIGMA_DISTRIBUTIONS, default=defaults.sigma_distribution,
         help="flow-matching models: sigma from the model's own shift, uniform, or logit-normal")
     add("--diffusion_logit_normal", type=float, nargs=2, metavar=("MEAN", "STD"), default=None,
@@ -104,21 +109,25 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
         help="t-test variance: per candidate pair (paired) or pooled over the open candidates (pooled)")
     add("--diffusion_schedule", type=str, default=None, metavar="KEEP@DRAWS,...",
         help="multi-stage schedule, e.g. 5@50,1@500 (keep 5 after 50 draws, 1 after 500)")
-    add("--diffusion_max_candidates", type=int, default=defaults.max_candidates)
+    add("--diffusion_max_candidates", type=int, default=defaults.max_candidates,
+        help="most classes (or captions) one run can register; raise it for datasets with more classes")
     add("--diffusion_max_calls", type=int, default=defaults.max_calls, metavar="N",
         help="at most N UNet calls per image (0: no cap); adaptive strategies decide at the cap and the record "
              "marks such images \"capped\"")
     add("--diffusion_prefilter", type=str, default=None, metavar="MODEL,PRETRAINED",
         help="open_clip model that keeps only its top --diffusion_prefilter_k classes per image")
-    add("--diffusion_prefilter_k", type=int, default=5)
+    add("--diffusion_prefilter_k", type=int, default=5, help="classes --diffusion_prefilter keeps per image")
     add("--diffusion_records", type=str, default=None,
         help="per-image record file (default: beside the result JSON, suffix .diffusion.jsonl)")
     add("--diffusion_no_progress", action="store_true", help="no progress bar")
+    add("--diffusion_limit", type=int, default=0, metavar="N",
+        help="quick look: score only the first N images and print the summary line (no result JSON is written; "
+             "the record keeps the images, so the full run reuses them); 0 = all images")
     add("--diffusion_predictions", action="store_true",
         help="for any model, CLIP included: write X.predictions.jsonl beside a classification result and add "
              "instances / images_per_instance to caption-selection metrics (the report's intervals and paired tests "
-             "use them); diffusion runs always do")
-    return parser
+             "use them); classification runs of any model and diffusion runs always do")
+    return with_defaults(parser)
 
 
 def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSettings:
@@ -222,10 +231,12 @@ def load_diffusion(model_name: str, pretrained: str, cache_dir: Optional[str] = 
     settings, protocol = (run["settings"], run.get("protocol")) if run.get("settings") else \
         settings_for_dataset(options, 0, "")
     task = (run.get("info") or {}).get("task", "zeroshot_classification")
-    return load_zero_shot_model(pretrained, device, settings, record_path=run.get("record_path"),
-                                run_info=run.get("info"), cache_dir=cache_dir,
-                                show_progress=not options.diffusion_no_progress, task=task, shard=run.get("shard"),
-                                protocol=protocol)
+    loaded = load_zero_shot_model(pretrained, device, settings, record_path=run.get("record_path"),
+                                  run_info=run.get("info"), cache_dir=cache_dir,
+                                  show_progress=not options.diffusion_no_progress, task=task, shard=run.get("shard"),
+                                  protocol=protocol)
+    _state["model"] = loaded[0]  # for the Ctrl-C line and the summary line
+    return loaded
 
 
 def _patch_models(models_module) -> None:
@@ -340,35 +351,46 @@ def _patch_cli(cli_module) -> None:
     original_classification_evaluate = _expect(zeroshot_classification, "evaluate")
 
     def get_parser_args(*args, **kwargs):
-        options, rest = diffusion_argument_parser().parse_known_args(sys.argv[1:])
+        parser = diffusion_argument_parser()
+        options, rest = parser.parse_known_args(sys.argv[1:])
         options.diffusion_explicit = explicit_flags(sys.argv[1:])
         _state["options"] = options
+        asks_help = any(flag in rest for flag in ("-h", "--help"))
+        if rest[:1] == ["eval"] and not asks_help:
+            _usage_error(abbreviated_flag_error(rest, parser))
         saved = sys.argv
         sys.argv = [saved[0]] + rest
         try:
-            return original_parse(*args, **kwargs)
+            parsed = original_parse(*args, **kwargs)
         except SystemExit:
-            if any(flag in rest for flag in ("-h", "--help")) and rest and rest[0] == "eval":
+            if asks_help and rest and rest[0] == "eval":
                 print()
-                diffusion_argument_parser().print_help()
+                print(group_help(parser), end="")
             raise
         finally:
             sys.argv = saved
+        if isinstance(parsed, tuple) and len(parsed) == 2 and getattr(parsed[1], "which", None) == "eval":
+            _check_before_loading(parsed[1], rest)
+        return parsed
 
     def run(args, *more, **kwargs):
         diffusion = is_diffusion_model(getattr(args, "model_type", None), getattr(args, "model", None))
         _state["report_data"] = diffusion or getattr(_state["options"], "diffusion_predictions", False)
+        _fit_workers_to_shards(args)
         try:
             if diffusion:
                 return run_diffusion(args, *more, **kwargs)
             _state["run"] = None
-            if _state["report_data"]:
-                _state["predictions"] = _predictions_path(args)
+            # any model's classification run keeps per-image predictions (a small side file): the
+            # report's intervals and paired tests need them
+            _state["predictions"] = _predictions_path(args)
             return original_run(args, *more, **kwargs)
         finally:  # never used by a later, unrelated run_classification call
             _state["predictions"], _state["report_data"] = None, False
+            _state["summary"], _state["model"] = None, None
 
     def run_diffusion(args, *more, **kwargs):
+        own_record = None
         try:
             task = _check_diffusion_run(args)
             output = _output_path(args, task)
@@ -378,12 +400,21 @@ def _patch_cli(cli_module) -> None:
             info = {"dataset": args.dataset, "pretrained": args.pretrained, "task": task, "result_json": output,
                     "model_name": args.model, "language": args.language}
             shard = _shard_for(args, record_path)
+            own_record = rank_record_path(record_path, shard.rank) if shard is not None else record_path
+            limit = getattr(options, "diffusion_limit", 0) or 0
+            if args.skip_existing and os.path.exists(output) and not limit:
+                if args.verbose:
+                    print(f"Skip {output}, exists already.")
+                return None
             if shard is not None and shard.rank != 0:
-                if args.skip_existing and os.path.exists(output):
-                    return None  # rank 0 skips this run too
                 # every rank runs clip_benchmark's evaluation; only rank 0's result JSON is the result
                 output, args.skip_existing, _state["predictions"] = os.devnull, False, None
-            with diffusion_run(options, args.seed, record_path, info, shard=shard) as settings:
+            if limit:  # a quick look is no result: the record keeps its images for the full run
+                output, args.skip_existing, _state["predictions"] = os.devnull, False, None
+            _state["expected_images"] = _expected_images(args, limit)
+            started = time.perf_counter()
+            with diffusion_run(options, args.seed, record_path, info, shard=shard) as settings, \
+                    quiet_third_party_output(_metric_modules()):
                 protocol = _state["run"]["protocol"]
                 args.output = output.replace("{", "{{").replace("}", "}}")
                 args.model_type = MODEL_TYPE
@@ -392,20 +423,30 @@ def _patch_cli(cli_module) -> None:
                     result = original_run(args, *more, **kwargs)
                 if output != os.devnull and os.path.isfile(output) and os.path.getmtime(output) != written_before:
                     _add_protocol(output, protocol, settings, record_path)
-                return result
-        except (CheckpointError, DiffusionUsageError, UnsupportedSettings, RecordError) as error:
+            _print_summary(time.perf_counter() - started, None if output == os.devnull else output, limit)
+            return result
+        except (CheckpointError, DiffusionUsageError, UnsupportedSettings, RecordError, DatasetError) as error:
             print(f"clip_benchmark_diffusion: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            _report_interrupt(own_record)
+            raise SystemExit(INTERRUPTED_EXIT_CODE) from None
 
     def run_classification(model, *args, **kwargs):
         diffusion = getattr(model, "is_diffusion_classifier", False)
-        if not diffusion and not _state.get("report_data"):
+        if not diffusion and not _state.get("report_data") and not _state.get("predictions"):
             return original_classification(model, *args, **kwargs)  # untouched: a plain CLIP run
         if diffusion:
-            dataloader = _bound_arguments(original_classification, model, args, kwargs).get("dataloader")
+            bound = _bound_arguments(original_classification, model, args, kwargs)
+            limit = getattr(_state["options"], "diffusion_limit", 0) or 0
+            if bound and limit:
+                bound["dataloader"] = _FirstImages(bound["dataloader"], limit)
+                args, kwargs = (), {k: v for k, v in bound.items() if k != "model"}
+            model.expected_images = _state.get("expected_images")
             try:
-                model.expected_images = len(dataloader.dataset)
-            except (TypeError, AttributeError):
+                model.expected_images = len(bound["dataloader"].dataset)
+                model.expected_images = min(model.expected_images, limit or model.expected_images)
+            except (TypeError, AttributeError, KeyError):
                 pass  # iterable (webdataset) datasets have no length
         result = original_classification(model, *args, **kwargs)
         if diffusion and model.complete_shards():  # rank 0 of several: once more, every image from the record
@@ -416,6 +457,9 @@ def _patch_cli(cli_module) -> None:
             _write_predictions(_state.pop("predictions"), logits.argmax(dim=1).tolist(), labels)
         if diffusion:
             model.finish(labels=labels)
+            if labels is not None:
+                correct = int((logits.argmax(dim=1) == target).sum())
+                _state["summary"] = {"metric": "acc1", "correct": correct, "n": len(labels), "model": model}
         return result
 
     def classification_evaluate(model, *args, **kwargs):
@@ -433,13 +477,19 @@ def _patch_cli(cli_module) -> None:
         if not diffusion and not _state.get("report_data"):
             return original_selection(model, *args, **kwargs)  # untouched: a plain CLIP run
         bound = inspect.signature(original_selection).bind(model, *args, **kwargs)
-        loader = bound.arguments["dataloader"] = _LayoutReportingLoader(bound.arguments["dataloader"], model)
+        limit = (getattr(_state["options"], "diffusion_limit", 0) or 0) if diffusion else 0
+        loader = bound.arguments["dataloader"] = _LayoutReportingLoader(bound.arguments["dataloader"], model, limit)
+        if diffusion:
+            model.expected_images = _state.get("expected_images")
         metrics = original_selection(*bound.args, **bound.kwargs)
         if diffusion and model.complete_shards():
             loader.instances = 0
             metrics = original_selection(*bound.args, **bound.kwargs)
         if diffusion:
             model.finish()
+            if isinstance(metrics.get("text_acc"), (int, float)) and loader.instances:
+                _state["summary"] = {"metric": "text_acc", "correct": round(metrics["text_acc"] * loader.instances),
+                                     "n": loader.instances, "model": model}
         # with one image per instance, image_acc is 1 by construction: the report says so instead of 100%
         return {**metrics, "instances": loader.instances, "images_per_instance": loader.images_per_instance}
 
@@ -493,6 +543,127 @@ def _add_protocol(output: str, protocol: dict, settings: ScorerSettings, record_
         json.dump(dump, handle)
 
 
+def _usage_error(message: Optional[str]) -> None:
+    """Stop with one line (exit code 2, argparse's) if there is a message."""
+    if message:
+        print(f"clip_benchmark_diffusion: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _check_before_loading(args: argparse.Namespace, argv: list) -> None:
+    """Mistakes in `clip_benchmark eval` arguments that would otherwise surface as a traceback after
+    the model has loaded: a model name close to a diffusion one, an unknown dataset, a `wds/` dataset
+    without its files, a diffusion run without --dataset_root."""
+    from .datasets import check_dataset, dataset_root_given, expand_dataset_arguments
+
+    models = list(args.model) if isinstance(args.model, (list, tuple)) else [args.model]
+    if not args.pretrained_model:
+        for name in models:
+            suggestion = None if is_diffusion_model(args.model_type, name) else \
+                model_suggestion(name, DIFFUSION_MODEL_NAMES)
+            if suggestion:
+                _usage_error(f"--model {name}: no such model; did you mean --model {suggestion}?")
+    diffusion = args.model_type == MODEL_TYPE or any(name in DIFFUSION_MODEL_NAMES for name in models)
+    datasets = args.dataset if isinstance(args.dataset, (list, tuple)) else [args.dataset]
+    try:
+        for name in expand_dataset_arguments(datasets):
+            check_dataset(name, args.dataset_root, args.split, dataset_root_given(argv), strict_root=diffusion,
+                          task=args.task)
+    except DatasetError as error:
+        _usage_error(str(error))
+
+
+def _fit_workers_to_shards(args: argparse.Namespace) -> None:
+    """A local wds split with fewer shards than --num_workers: clip_benchmark's extra workers find no
+    shard and webdataset raises "No samples found" after every image was scored. Use one worker per
+    shard instead (the results are the same)."""
+    from .datasets import wds_shard_count
+
+    if not str(getattr(args, "dataset", "")).startswith("wds/") or getattr(args, "num_workers", 0) <= 1:
+        return
+    name = args.dataset.replace("wds/", "", 1)
+    root = args.dataset_root.format(dataset=name, dataset_cleaned=name.replace("/", "-"))
+    shards = wds_shard_count(root, args.split)
+    if shards and shards < args.num_workers:
+        args.num_workers = shards
+
+
+def _expected_images(args: argparse.Namespace, limit: int) -> Optional[int]:
+    """How many images the run will pass (a local wds split's count from its tar headers), for the
+    progress bar's total and time left; None if unknown."""
+    from .datasets import wds_sample_count
+
+    count = None
+    if args.dataset.startswith("wds/"):
+        name = args.dataset.replace("wds/", "", 1)
+        count = wds_sample_count(args.dataset_root.format(dataset=name, dataset_cleaned=name.replace("/", "-")),
+                                 args.split)
+    if limit:
+        count = min(count, limit) if count is not None else limit
+    return count
+
+
+def _metric_modules() -> list:
+    from clip_benchmark.metrics import image_caption_selection, zeroshot_classification
+
+    return [zeroshot_classification, image_caption_selection]
+
+
+def _print_summary(seconds: float, output: Optional[str], limit: int) -> None:
+    """The run's one closing line: accuracy with its interval, images, network calls, time."""
+    summary = _state.get("summary")
+    if not summary:
+        return
+    model = summary["model"]
+    scored = getattr(model, "images_scored", 0)
+    reused = getattr(model, "images_reused", 0)
+    where = f"result: {output}" if output else \
+        (f"quick look at the first {limit} images (no result JSON; rerun without --diffusion_limit to score "
+         f"the rest, these are reused)" if limit else None)
+    say(summary_line(summary["metric"], summary["correct"], summary["n"], model.calls, scored, reused, seconds,
+                     where))
+
+
+def _report_interrupt(record: Optional[str]) -> None:
+    """Ctrl-C: close the bar, then one line: how many images are saved, where, and that a rerun resumes."""
+    from .records import read_records
+
+    model = _state.get("model")
+    bar = getattr(model, "_progress", None)
+    if bar is not None:
+        bar.close()
+    saved = 0
+    if record and os.path.isfile(record):
+        try:
+            saved = len(read_records(record)["images"])
+        except Exception:
+            saved = 0
+    print(file=sys.stderr)
+    say(interrupted_line(saved, getattr(model, "images_scored", 0), record))
+
+
+class _FirstImages:
+    """The first `limit` images of a classification dataloader (the last batch cut short)."""
+
+    def __init__(self, dataloader, limit: int) -> None:
+        self.dataloader, self.limit = dataloader, limit
+
+    def __iter__(self):
+        left = self.limit
+        for images, target in self.dataloader:
+            if left <= 0:
+                return
+            yield images[:left], target[:left]
+            left -= len(images)
+
+    def __len__(self) -> int:
+        try:
+            batch = self.dataloader.batch_size or 1
+            return min(len(self.dataloader), -(-self.limit // batch))
+        except TypeError:
+            raise TypeError("length unknown") from None
+
+
 def _shard_for(args: argparse.Namespace, record_path: str):
     """This process's shard of the run when launched as several processes (torchrun, srun), else None."""
     from .sharding import shard_from_env
@@ -531,15 +702,20 @@ def _bound_arguments(function, first: Any, args: tuple, kwargs: dict) -> dict:
 
 
 class _LayoutReportingLoader:
-    """Iterates a caption-selection dataloader unchanged, telling the model each batch's
-    (images, captions) per instance before clip_benchmark encodes it."""
+    """Iterates a caption-selection dataloader unchanged (up to `limit` instances if > 0), telling
+    the model each batch's (images, captions) per instance before clip_benchmark encodes it."""
 
-    def __init__(self, dataloader, model) -> None:
-        self.dataloader, self.model = dataloader, model
+    def __init__(self, dataloader, model, limit: int = 0) -> None:
+        self.dataloader, self.model, self.limit = dataloader, model, limit
         self.instances, self.images_per_instance = 0, 0  # for the report's intervals (any model)
 
     def __iter__(self):
         for batch_images, batch_texts in self.dataloader:
+            if self.limit:
+                if self.instances >= self.limit:
+                    return
+                keep = self.limit - self.instances
+                batch_images, batch_texts = batch_images[:keep], batch_texts[:keep]
             images_per = 1 if batch_images.dim() == 4 else batch_images.shape[1]
             self.instances += len(batch_texts)
             self.images_per_instance = max(self.images_per_instance, images_per)

@@ -121,7 +121,7 @@ def test_missing_folder_gives_one_clear_line(tiny_wds, tmp_path, capsys, monkeyp
 def test_unavailable_hub_checkpoint_gives_one_clear_line(tiny_wds, tmp_path):
     message = _one_line_error(run_cli(eval_args("sd2-base", tiny_wds), tmp_path))
     assert "stabilityai/stable-diffusion-2-base" in message and "HF_HUB_OFFLINE" in message
-    assert "huggingface-cli download" in message
+    assert "`hf download stabilityai/stable-diffusion-2-base`" in message and "huggingface-cli" not in message
     assert not list(tmp_path.glob("*.json"))
 
 
@@ -181,6 +181,8 @@ def test_a_schedule_implies_its_strategy_and_contradicting_strategies_are_refuse
     parse = diffusion_argument_parser().parse_args
     implied = settings_from_options(parse(["--diffusion_schedule", "5@50,1@500"]), seed=0)
     assert implied.strategy == "schedule" and implied.schedule_keep == (5, 1) and implied.schedule_draws == (50, 500)
-    assert settings_from_options(parse([]), seed=0).strategy == "guaranteed"  # the default
+    from clip_benchmark_diffusion.settings import ScorerSettings
+
+    assert settings_from_options(parse([]), seed=0).strategy == ScorerSettings().strategy == "guaranteed"
     with pytest.raises(DiffusionUsageError, match="only used by --diffusion_strategy schedule, not ttest"):
         settings_from_options(parse(["--diffusion_strategy", "ttest", "--diffusion_schedule", "5@50,1@500"]), seed=0)

@@ -7,7 +7,7 @@ from typing import Optional
 from .collect import read_costs, read_results
 from .leaderboard import write_leaderboard
 from .page import Figure, html_page, markdown_page
-from .plots import accuracy_plot, binding_plot, cost_plot, robustness_plot, shape_bias_plot
+from .plots import accuracy_plot, binding_plot, cost_plot, model_palette, robustness_plot, shape_bias_plot
 from .tables import cost_table, paired_table, published_table, results_table, shape_bias_table
 
 DEFAULT_TITLE = "Diffusion classifiers vs CLIP"
@@ -23,13 +23,16 @@ def build_report(results_dir: str, out_dir: str, title: str = DEFAULT_TITLE) -> 
 
     tables = [t for t in (results_table(results), published_table(results), paired_table(results),
                            shape_bias_table(results), cost_table(costs, results)) if t]
+    # one colour per model (with its protocol) in every figure
+    palette = model_palette([r.label for r in results] + [c.label for c in costs])
     candidates: list[tuple[str, str, Optional[bytes]]] = [
-        ("accuracy.png", "Accuracy per dataset and model", accuracy_plot(results)),
+        ("accuracy.png", "Accuracy per dataset and model", accuracy_plot(results, palette)),
         ("shape_bias.png", "Shape vs texture decisions per class (Geirhos et al. 2019 style)",
-         shape_bias_plot(results)),
-        ("binding.png", "Attribute binding accuracy per task vs chance", binding_plot(results)),
-        ("accuracy_vs_calls.png", "Accuracy vs mean UNet calls per image", cost_plot(costs, results)),
-        ("robustness.png", "Accuracy per corruption severity (world-C / ImageNet-C style)", robustness_plot(results)),
+         shape_bias_plot(results, palette)),
+        ("binding.png", "Attribute binding accuracy per task vs chance", binding_plot(results, palette)),
+        ("accuracy_vs_calls.png", "Accuracy vs mean UNet calls per image", cost_plot(costs, results, palette)),
+        ("robustness.png", "Accuracy per corruption severity (world-C / ImageNet-C style)",
+         robustness_plot(results, palette)),
     ]
     figures = [Figure(name, caption, png) for name, caption, png in candidates if png is not None]
 

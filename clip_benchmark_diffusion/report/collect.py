@@ -95,15 +95,24 @@ class RunCost:
     settings: dict
     probe: Optional[str] = None  # set by `probes` runs (e.g. "shape_bias")
     protocol: Optional[str] = None  # the record header's protocol label, if it has one
+    mean_draws: Optional[float] = None  # draws the decided candidate got, mean over images (what was spent)
+
+    @property
+    def label(self) -> str:
+        """The model as figures show it: with its protocol, as `Result.label`."""
+        return self.model_fullname if self.protocol is None else f"{self.model_fullname} · {self.protocol}"
 
     @property
     def settings_label(self) -> str:
+        """'fixed, 64 draws', or for adaptive strategies the draws actually spent: 'ttest, 7.1 draws (max 64)'."""
         strategy, draws = self.settings.get("strategy", "?"), self.settings.get("draws", "?")
         if strategy == "schedule" and self.settings.get("schedule_keep"):
             stages = ",".join(f"{k}@{d}" for k, d in zip(self.settings["schedule_keep"],
                                                          self.settings.get("schedule_draws", ())))
             return f"schedule {stages}"
-        return f"{strategy}, {draws} draws"
+        if self.mean_draws is None or (isinstance(draws, (int, float)) and abs(self.mean_draws - draws) < 0.05):
+            return f"{strategy}, {draws} draws"
+        return f"{strategy}, {self.mean_draws:.1f} draws (max {draws})"
 
 
 def _is_result(data: Any) -> bool:
@@ -162,13 +171,15 @@ def read_cost(path: str) -> Optional[RunCost]:
         return None
     run = header.get("run") or {}
     calls = [int(image.get("calls", 0)) for image in images]
+    spent = [max(image["draws"]) for image in images if isinstance(image.get("draws"), list) and image["draws"]]
     return RunCost(path=path, model_fullname=f"{run.get('model_name', 'sd-diffusion')} {run.get('pretrained', '?')}",
                    dataset=str(run.get("dataset", os.path.basename(path)[:-len(RECORD_SUFFIX)])),
                    images=len(images), mean_calls=statistics.fmean(calls), min_calls=min(calls), max_calls=max(calls),
                    seconds_per_image=_seconds_per_image(images, summary),
                    accuracy=_records_accuracy(images, summary, str(run.get("task", ""))),
                    settings=header.get("settings") or {}, probe=run.get("probe"),
-                   protocol=(header.get("protocol") or {}).get("label"))
+                   protocol=(header.get("protocol") or {}).get("label"),
+                   mean_draws=statistics.fmean(spent) if len(spent) == len(images) else None)
 
 
 def read_costs(folder: str) -> list[RunCost]:

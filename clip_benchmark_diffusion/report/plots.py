@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import matplotlib
 
@@ -22,6 +22,14 @@ DPI = 100
 MARKERS = "os^Dv<>pPX*h"
 
 
+def model_palette(models: Iterable[str]) -> dict[str, tuple]:
+    """One colour per model (its label: model_fullname, with its protocol if any), the same in every figure
+    of a report: the report's models sorted, tab10 colours in that order (tab20 beyond ten models)."""
+    names = sorted(set(models))
+    colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    return {name: colours(i % colours.N) for i, name in enumerate(names)}
+
+
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
@@ -34,28 +42,31 @@ def _value(result: Result) -> float:
     return float("nan") if value is None else value
 
 
-def _grouped_bars(results: Sequence[Result], title: str, ylabel: str, chance: Optional[float] = None) -> bytes:
+def _grouped_bars(results: Sequence[Result], title: str, ylabel: str, chance: Optional[float] = None,
+                  palette: Optional[dict] = None) -> bytes:
     """Datasets along x, one bar per model; missing (model, dataset) pairs leave a gap."""
     datasets = sorted({r.dataset for r in results})
     models = sorted({r.label for r in results})  # with the protocol: different protocols never share a bar
+    palette = palette or model_palette(models)
     values = {(r.dataset, r.label): _value(r) for r in results}
     bounds = {(r.dataset, r.label): interval(r) for r in results}
     width = 0.8 / len(models)
     figure, axis = plt.subplots(figsize=(min(14.0, max(6.0, 0.45 * len(datasets) * len(models) + 2)), 4.2))
-    colours = plt.get_cmap("tab10")
     for m, model in enumerate(models):
         heights = [values.get((d, model), float("nan")) for d in datasets]
         positions = [d + (m - (len(models) - 1) / 2) * width for d in range(len(datasets))]
-        axis.bar(positions, heights, width=width, label=model, color=colours(m % 10))
+        axis.bar(positions, heights, width=width, label=model, color=palette[model])
         low = [h - b[0] if (b := bounds.get((d, model))) else 0.0 for d, h in zip(datasets, heights)]
         high = [b[1] - h if (b := bounds.get((d, model))) else 0.0 for d, h in zip(datasets, heights)]
-        axis.errorbar(positions, heights, yerr=[low, high], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+        axis.errorbar(positions, heights, yerr=[low, high], fmt="none", ecolor="black", elinewidth=0.8, capsize=2,
+                      clip_on=False)
     if chance is not None:
         axis.axhline(chance, color="black", linestyle="--", linewidth=1, label=f"chance ({chance:g})")
     axis.set_xticks(range(len(datasets)))
     crowded = len(datasets) > 4
     axis.set_xticklabels(datasets, rotation=30 if crowded else 0, ha="right" if crowded else "center")
-    axis.set_ylim(0, 1)
+    axis.set_ylim(0, 1.04)  # room for an interval's cap at 100%
+    axis.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     axis.set_ylabel(ylabel)
     axis.set_title(f"{title} (bars: 95% intervals)" if any(bounds.values()) else title)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -63,35 +74,41 @@ def _grouped_bars(results: Sequence[Result], title: str, ylabel: str, chance: Op
     return _png(figure)
 
 
-def accuracy_plot(results: Sequence[Result]) -> Optional[bytes]:
+def accuracy_plot(results: Sequence[Result], palette: Optional[dict] = None) -> Optional[bytes]:
     """Grouped bars of each dataset's main accuracy (classification, retrieval, probes)."""
     chosen = [r for r in results if r.task not in ("shape_bias", "image_caption_selection")]
-    return _grouped_bars(chosen, "Accuracy per dataset", "accuracy (main metric)") if chosen else None
+    return _grouped_bars(chosen, "Accuracy per dataset", "accuracy (main metric)", palette=palette) if chosen else None
 
 
-def binding_plot(results: Sequence[Result]) -> Optional[bytes]:
+def binding_plot(results: Sequence[Result], palette: Optional[dict] = None) -> Optional[bytes]:
     """Caption-selection (binding) accuracy per task against the two-caption chance level."""
     chosen = [r for r in results if r.task == "image_caption_selection"]
-    return _grouped_bars(chosen, "Attribute binding (caption selection)", "text accuracy", 0.5) if chosen else None
+    return _grouped_bars(chosen, "Attribute binding (caption selection)", "text accuracy", 0.5,
+                         palette=palette) if chosen else None
 
 
-def shape_bias_plot(results: Sequence[Result]) -> Optional[bytes]:
+def shape_bias_plot(results: Sequence[Result], palette: Optional[dict] = None) -> Optional[bytes]:
     """Geirhos-style: per shape class, the fraction of shape decisions (bottom axis) and of
-    texture decisions (top axis, = 1 - shape), one marker per model; a vertical line marks
-    each model's overall shape bias."""
+    texture decisions (top axis, = 1 - shape), one marker per model (its colour; the marker's shape
+    is the dataset), each model a little above or below the class line so none hides another; a
+    vertical line marks each model's overall shape bias. Markers at 0 or 1 are drawn whole."""
     chosen = [r for r in results if r.task == "shape_bias"]
     if not chosen:
         return None
+    palette = palette or model_palette(r.label for r in chosen)
+    datasets = sorted({r.dataset for r in chosen})
     classes = sorted({c for r in chosen for c in r.metrics.get("per_class", {})})
-    figure, axis = plt.subplots(figsize=(6.5, 1.2 + 0.32 * max(len(classes), 4)))
-    colours = plt.get_cmap("tab10")
+    figure, axis = plt.subplots(figsize=(6.5, 1.2 + 0.32 * max(len(classes), 4) * max(1.0, len(chosen) / 3)))
+    step = min(0.6 / len(chosen), 0.2)
     for m, result in enumerate(chosen):
-        colour, per_class = colours(m % 10), result.metrics.get("per_class", {})
-        points = [(per_class[c].get("shape_bias"), i) for i, c in enumerate(classes) if c in per_class]
+        colour, per_class = palette[result.label], result.metrics.get("per_class", {})
+        dodge = (m - (len(chosen) - 1) / 2) * step
+        points = [(per_class[c].get("shape_bias"), i + dodge) for i, c in enumerate(classes) if c in per_class]
         points = [(x, y) for x, y in points if x is not None and not math.isnan(x)]
         label = f"{result.label} ({result.dataset})"
         if points:
-            axis.scatter(*zip(*points), marker=MARKERS[m % len(MARKERS)], color=colour, s=40, label=label, zorder=3)
+            axis.scatter(*zip(*points), marker=MARKERS[datasets.index(result.dataset) % len(MARKERS)], color=colour,
+                         s=40, label=label, zorder=3, clip_on=False, edgecolors="white", linewidths=0.5)
         overall = result.metrics.get("shape_bias")
         if overall is not None and not math.isnan(overall):
             axis.axvline(overall, color=colour, linestyle="--", linewidth=1.2)
@@ -109,7 +126,7 @@ def shape_bias_plot(results: Sequence[Result]) -> Optional[bytes]:
     return _png(figure)
 
 
-def robustness_plot(results: Sequence[Result]) -> Optional[bytes]:
+def robustness_plot(results: Sequence[Result], palette: Optional[dict] = None) -> Optional[bytes]:
     """Accuracy against corruption severity (0 = clean), mean over corruptions, one line per model and
     corruption set, with 95% Wilson intervals over the images of each severity."""
     from .stats import wilson_interval
@@ -117,8 +134,9 @@ def robustness_plot(results: Sequence[Result]) -> Optional[bytes]:
     chosen = [r for r in results if r.task == "corruption_robustness" and r.metrics.get("acc_per_severity")]
     if not chosen:
         return None
+    palette = palette or model_palette(r.label for r in chosen)
+    datasets = sorted({r.dataset for r in chosen})
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
-    colours = plt.get_cmap("tab10")
     for m, result in enumerate(chosen):
         metrics = result.metrics
         points = sorted((int(s), a) for s, a in metrics["acc_per_severity"].items())
@@ -129,11 +147,12 @@ def robustness_plot(results: Sequence[Result]) -> Optional[bytes]:
         bounds = [wilson_interval(round(a * sizes.get(s, per_severity)), sizes.get(s, per_severity)) for s, a in points]
         xs, ys = zip(*points)
         errors = [[y - b[0] for y, b in zip(ys, bounds)], [b[1] - y for y, b in zip(ys, bounds)]]
-        axis.errorbar(xs, ys, yerr=errors, marker=MARKERS[m % len(MARKERS)], color=colours(m % 10), capsize=3,
+        axis.errorbar(xs, ys, yerr=errors, marker=MARKERS[datasets.index(result.dataset) % len(MARKERS)],
+                      color=palette[result.label], capsize=3, clip_on=False,
                       label=f"{result.label} ({result.dataset})")
     axis.set_xticks(range(0, 6))
     axis.set_xticklabels(["clean", "1", "2", "3", "4", "5"])
-    axis.set_ylim(0, 1.02)
+    axis.set_ylim(0, 1.04)
     axis.set_xlabel("corruption severity")
     axis.set_ylabel("accuracy (mean over corruptions)")
     axis.set_title("Corruption robustness (bars: 95% intervals)")
@@ -142,19 +161,20 @@ def robustness_plot(results: Sequence[Result]) -> Optional[bytes]:
     return _png(figure)
 
 
-def cost_figure(costs: Sequence[RunCost], results: Sequence[Result]):
-    """The accuracy-vs-calls figure (None if no run has both): one colour per run, one marker per
-    dataset, and every label in the legend beside the axes, so no label can cover another or the title."""
+def cost_figure(costs: Sequence[RunCost], results: Sequence[Result], palette: Optional[dict] = None):
+    """The accuracy-vs-calls figure (None if no run has both): the model's colour (as in the other
+    figures), one marker per (dataset, settings), and every label in the legend beside the axes, so
+    no label can cover another or the title."""
     points = [(c.mean_calls, cost_accuracy(c, list(results)), c) for c in costs]
     points = [(x, y, c) for x, y, c in points if y is not None and x > 0]
     if not points:
         return None
+    palette = palette or model_palette(c.label for _, _, c in points)
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
-    colours = plt.get_cmap("tab10")
-    datasets = sorted({c.dataset for _, _, c in points})
-    for n, (x, y, cost) in enumerate(points):
-        d = datasets.index(cost.dataset)
-        axis.scatter([x], [y], color=colours(n % 10), marker=MARKERS[d % len(MARKERS)], s=45, zorder=3,
+    kinds = sorted({(c.dataset, c.settings_label) for _, _, c in points})
+    for x, y, cost in points:
+        marker = MARKERS[kinds.index((cost.dataset, cost.settings_label)) % len(MARKERS)]
+        axis.scatter([x], [y], color=palette[cost.label], marker=marker, s=45, zorder=3, clip_on=False,
                      label=f"{cost.model_fullname}, {cost.protocol + ': ' if cost.protocol else ''}"
                            f"{cost.settings_label} ({cost.dataset})")
     axis.set_xscale("log")
@@ -162,17 +182,17 @@ def cost_figure(costs: Sequence[RunCost], results: Sequence[Result]):
     axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
     axis.xaxis.set_minor_formatter(ticker.NullFormatter())
     axis.margins(x=0.15)
-    axis.set_ylim(0, 1.02)
+    axis.set_ylim(0, 1.04)
     axis.set_xlabel("mean UNet calls per image (log)")
     axis.set_ylabel("accuracy")
     axis.set_title("Accuracy vs compute (diffusion runs)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="run (marker: dataset)",
-                title_fontsize=7)
+    axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                title="run (colour: model, marker: dataset + settings)", title_fontsize=7)
     return figure
 
 
-def cost_plot(costs: Sequence[RunCost], results: Sequence[Result]) -> Optional[bytes]:
+def cost_plot(costs: Sequence[RunCost], results: Sequence[Result], palette: Optional[dict] = None) -> Optional[bytes]:
     """Accuracy against mean UNet calls per image, one point per diffusion run (PNG)."""
-    figure = cost_figure(costs, results)
+    figure = cost_figure(costs, results, palette)
     return None if figure is None else _png(figure)

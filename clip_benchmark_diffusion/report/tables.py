@@ -72,13 +72,26 @@ def results_table(results: Sequence[Result]) -> Table:
         cells.setdefault(_row_label(result), {})[result.label] = with_interval(result)
     rows = [[label] + [cells[label].get(m, MISSING) for m in models] for label in sorted(cells)]
     return Table("Results", ["dataset (metric)"] + models, rows,
-                 note="Values in %, with the 95% Wilson interval over images in brackets where the number of "
+                 note=_rerun_note(results) +
+                 "Values in %, with the 95% Wilson interval over images in brackets where the number of "
                       "images is known (per-image predictions or records beside the result; caption selection: "
                       "its instance count; shape bias: its shape + texture decisions). Caption selection: text_acc "
                       "(chance 50 for two captions); image_acc is not shown for one image per instance, where it "
                       "is 100% by construction. Shape bias: share of shape decisions among shape + texture "
                       "decisions." + PROTOCOL_NOTE,
                  columns_right=set(range(1, len(models) + 1)))
+
+
+def _rerun_note(results: Sequence[Result]) -> str:
+    """One line naming the classification results without per-image predictions (so no interval and
+    no paired test), and what to rerun."""
+    missing = [r for r in results if r.task == "zeroshot_classification" and interval(r) is None]
+    if not missing:
+        return ""
+    names = ", ".join(f"{r.model_fullname} on {r.dataset}" for r in missing[:4]) + (" ..." if len(missing) > 4 else "")
+    return (f"No interval or paired test for {names}: no per-image predictions beside the result. Rerun that "
+            "clip_benchmark eval with clip-benchmark-diffusion installed (it writes X.predictions.jsonl beside "
+            "X.json). ")
 
 
 def paired_table(results: Sequence[Result]) -> Optional[Table]:
@@ -195,5 +208,6 @@ def to_html(table: Table) -> str:
 
     body = "\n".join(row(r, "td") for r in table.rows)
     note = f"<p class=note>{html.escape(table.note)}</p>" if table.note else ""
-    return (f"<h2>{html.escape(table.title)}</h2>\n<table>\n<thead>{row(table.header, 'th')}</thead>\n"
-            f"<tbody>\n{body}\n</tbody>\n</table>\n{note}\n")
+    # the wrapper scrolls a wide table sideways on a narrow screen instead of running off the page
+    return (f"<h2>{html.escape(table.title)}</h2>\n<div class=table-scroll>\n<table>\n"
+            f"<thead>{row(table.header, 'th')}</thead>\n<tbody>\n{body}\n</tbody>\n</table>\n</div>\n{note}\n")

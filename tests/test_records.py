@@ -223,3 +223,56 @@ def test_scorer_reports_each_image_when_its_decision_is_made():
     assert all(results[i] is scores for i, scores in seen)
     calls = [scores.calls for _, scores in seen]
     assert len(set(calls)) == 3 and calls == sorted(calls)  # decided at different rounds, reported in that order
+
+
+def _rewrite_in_place_keeping_stat(path, data):
+    """What `cp -p` onto an existing file, `rsync --inplace` or `touch -r` leave: new bytes of the same size
+    in the same inode, with the old mtime (only the change time moves, and no user call can set it back)."""
+    before = os.stat(path)
+    with open(path, "r+b") as handle:
+        handle.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_ino, after.st_mtime_ns) == (before.st_size, before.st_ino, before.st_mtime_ns)
+
+
+def test_a_same_size_in_place_rewrite_with_the_old_mtime_is_not_taken_from_the_hash_cache(pipeline_copy, tiny_wds,
+                                                                                           tmp_path, capsys,
+                                                                                           monkeypatch):
+    """The stale-score case of issue 21: size, inode and mtime all kept, so a cache keyed on them alone
+    reused 6 of 6 images scored with the old weights."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    code, _ = run_in_process(eval_args(pipeline_copy, tiny_wds), tmp_path, capsys, monkeypatch)
+    assert code == 0
+    first = read_records(str(tmp_path / RECORD))
+    weights_file = pipeline_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    halved = tmp_path / "halved.safetensors"
+    with safe_open(str(weights_file), "pt") as handle:
+        metadata = handle.metadata()
+    save_file({name: tensor * 0.5 for name, tensor in load_file(str(weights_file)).items()}, str(halved), metadata)
+    assert halved.stat().st_size == weights_file.stat().st_size
+    _rewrite_in_place_keeping_stat(weights_file, halved.read_bytes())
+    code, err = run_in_process(eval_args(pipeline_copy, tiny_wds), tmp_path, capsys, monkeypatch)
+    assert code == 0 and "reused 0 of 6 images" in err
+    second = read_records(str(tmp_path / RECORD))
+    assert second["header"]["model"]["weights"]["unet"] != first["header"]["model"]["weights"]["unet"]
+    assert second["images"][0]["errors"] != first["images"][0]["errors"]
+
+
+def test_the_hash_cache_is_reused_while_nothing_changes_and_ignores_entries_without_a_change_time(pipeline_copy):
+    import json
+
+    from clip_benchmark_diffusion.weights import hash_cache_file
+
+    parts = ("unet",)
+    first = weights_fingerprint(str(pipeline_copy), parts)
+    cache_path = hash_cache_file()
+    cache = json.load(open(cache_path))
+    weights_file = os.path.realpath(pipeline_copy / "unet" / "diffusion_pytorch_model.safetensors")
+    assert len(cache[weights_file]) == 5  # size, mtime, inode, ctime, digest
+    # an entry of the old format (no ctime) with a wrong digest must not be believed
+    cache[weights_file] = cache[weights_file][:3] + ["0" * 32]
+    json.dump(cache, open(cache_path, "w"))
+    assert weights_fingerprint(str(pipeline_copy), parts) == first

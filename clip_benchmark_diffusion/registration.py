@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import inspect
 import os
 import sys
 from typing import Any, Iterator, Optional
 
 from .checkpoints import CheckpointError
-from .records import RecordError, record_lock, warn
+from .records import RecordError, close_recorders, record_lock, warn
+from .safety import NonFiniteError, ResourceLimit, output_problem
 from .sharding import rank_record_path
 from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, SIGMA_DISTRIBUTIONS, STRATEGIES, TEMPLATE_MODES,
                        TIMESTEP_SAMPLERS, TTEST_VARIANCES, ScorerSettings, UnsupportedSettings)
@@ -222,7 +224,11 @@ def diffusion_run(options: Optional[argparse.Namespace], seed: int, record_path:
     try:
         # locked before the model loads: a second run on the same record stops in seconds
         with record_lock(own_record) if own_record else contextlib.nullcontext():
-            yield settings
+            try:
+                yield settings
+            finally:
+                if own_record:
+                    close_recorders(own_record)  # a failed run's lines are on disk; let go of file and lock
     finally:
         _state.update(saved)
 
@@ -324,6 +330,9 @@ def _patch_cli(cli_module) -> None:
             record_path = (options and options.diffusion_records) or (os.path.splitext(output)[0] + ".diffusion.jsonl")
             info = {"dataset": args.dataset, "pretrained": args.pretrained, "task": task, "result_json": output,
                     "model_name": args.model, "language": args.language}
+            problem = output_problem(record_path, output, _state["predictions"], args.skip_existing)
+            if problem:
+                raise RecordError(problem)
             shard = _shard_for(args, record_path)
             if shard is not None and shard.rank != 0:
                 if args.skip_existing and os.path.exists(output):
@@ -334,8 +343,16 @@ def _patch_cli(cli_module) -> None:
                 args.output = output.replace("{", "{{").replace("}", "}}")
                 args.model_type = MODEL_TYPE
                 return original_run(args, *more, **kwargs)
-        except (CheckpointError, DiffusionUsageError, UnsupportedSettings, RecordError) as error:
+        except (CheckpointError, DiffusionUsageError, UnsupportedSettings, RecordError, NonFiniteError,
+                ResourceLimit) as error:
             print(f"clip_benchmark_diffusion: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except OSError as error:
+            if error.errno not in _STORAGE_ERRORS:
+                raise
+            print(f"clip_benchmark_diffusion: error: {error.strerror} writing {error.filename or 'a file'}; every "
+                  "image line written before is kept in the record (rerun to resume once there is room)",
+                  file=sys.stderr)
             raise SystemExit(2) from None
 
     def run_classification(model, *args, **kwargs):
@@ -378,6 +395,10 @@ def _patch_cli(cli_module) -> None:
     _set_attribute(cli_module, "run", run)
     _set_attribute(zeroshot_classification, "run_classification", run_classification)
     _set_attribute(image_caption_selection, "evaluate", evaluate)
+
+
+#: errors that mean "the disk cannot take it" rather than a bug: one line, not a traceback
+_STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _shard_for(args: argparse.Namespace, record_path: str):

@@ -276,3 +276,76 @@ def test_the_hash_cache_is_reused_while_nothing_changes_and_ignores_entries_with
     cache[weights_file] = cache[weights_file][:3] + ["0" * 32]
     json.dump(cache, open(cache_path, "w"))
     assert weights_fingerprint(str(pipeline_copy), parts) == first
+
+
+def _one_error_line(code, err):
+    lines = err.strip().splitlines()
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert lines[-1].startswith("clip_benchmark_diffusion: error: ")
+    return lines[-1]
+
+
+def test_nothing_the_run_writes_can_replace_a_record(pipeline_copy, tiny_wds, tmp_path, capsys, monkeypatch):
+    """Issue 21: records path = result JSON, = predictions file, or --output = an earlier run's record all
+    ended with rc 0 and the record replaced at the end. Each is refused before any work now."""
+    code, _ = run_in_process(eval_args(pipeline_copy, tiny_wds), tmp_path, capsys, monkeypatch)
+    assert code == 0
+    record = (tmp_path / RECORD).read_bytes()
+    result = (tmp_path / "out.json").read_bytes()
+    cases = [
+        (("--diffusion_records", "out.json"), "is also the result JSON"),
+        (("--diffusion_records", "out.predictions.jsonl"), "is also the predictions file"),
+        (("--diffusion_records", RECORD, "--output", RECORD), "is also the result JSON"),
+        (("--output", RECORD, "--diffusion_records", "new.diffusion.jsonl"), "is an existing diffusion record"),
+        (("--output", "new.json", "--diffusion_records", "out.json"), "not a diffusion record"),
+    ]
+    for extra, message in cases:
+        args = eval_args(pipeline_copy, tiny_wds)[:-2] + list(extra)
+        code, err = run_in_process(args + (["--output", "out.json"] if "--output" not in extra else []), tmp_path,
+                                   capsys, monkeypatch)
+        assert message in _one_error_line(code, err), (extra, err)
+        assert (tmp_path / RECORD).read_bytes() == record and (tmp_path / "out.json").read_bytes() == result
+        assert not (tmp_path / "new.json").exists() and not (tmp_path / "new.diffusion.jsonl").exists()
+    assert not list(tmp_path.glob("*.lock"))
+
+
+def test_a_folder_as_records_path_is_refused_before_any_work(pipeline_copy, tiny_wds, tmp_path, capsys,
+                                                             monkeypatch):
+    (tmp_path / "records").mkdir()
+    code, err = run_in_process(eval_args(pipeline_copy, tiny_wds, "--diffusion_records", "records"), tmp_path, capsys,
+                               monkeypatch)
+    assert "is a folder" in _one_error_line(code, err)
+    assert "Loading" not in err  # before the model
+    assert sorted(os.listdir(tmp_path)) == ["model", "records"] and not os.listdir(tmp_path / "records")
+
+
+def test_a_read_only_output_folder_is_one_line_before_any_work(pipeline_copy, tiny_wds, tmp_path, capsys,
+                                                               monkeypatch):
+    if os.geteuid() == 0:
+        pytest.skip("root writes to read-only folders")
+    folder = tmp_path / "results"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        code, err = run_in_process(eval_args(pipeline_copy, tiny_wds)[:-2] + ["--output", "results/out.json"],
+                                   tmp_path, capsys, monkeypatch)
+    finally:
+        folder.chmod(0o755)
+    assert "is read-only" in _one_error_line(code, err)
+
+
+def test_the_lock_is_taken_on_the_real_path_so_a_symlink_cannot_bypass_it_and_no_lock_file_outlives_it(tmp_path):
+    real = tmp_path / "real" / RECORD
+    real.parent.mkdir()
+    link = tmp_path / "link.diffusion.jsonl"
+    link.symlink_to(real)
+    other = [sys.executable, "-c", "import sys; from clip_benchmark_diffusion.records import record_lock, RecordError\n"
+             "try:\n    with record_lock(sys.argv[1]): print('got it')\n"
+             "except RecordError as e: print('refused', e)"]
+    with record_lock(str(link)):
+        assert os.path.exists(str(real) + ".lock") and not os.path.exists(str(link) + ".lock")
+        through_real = subprocess.run(other + [str(real)], capture_output=True, text=True, timeout=120)
+    assert through_real.stdout.startswith("refused") and "being written by another run (pid" in through_real.stdout
+    assert not list(tmp_path.rglob("*.lock"))  # released and removed
+    free = subprocess.run(other + [str(real)], capture_output=True, text=True, timeout=120)
+    assert free.stdout.startswith("got it") and not list(tmp_path.rglob("*.lock"))

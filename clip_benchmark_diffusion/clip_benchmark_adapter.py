@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from . import rank_codec
 from .records import RunRecorder, image_record, read_records
+from .safety import NonFiniteError
 from .sharding import Shard, other_rank_records, rank_record_path
 from .scorer import DiffusionScorer, image_key_from_pixels
 from .strategies import call_bounds
@@ -239,8 +240,13 @@ class DiffusionZeroShotModel(torch.nn.Module):
                     recorder.add(records[i])
 
             priors = self.prefilter.rank(images[todo], candidates) if self.prefilter else None
-            self.scorer.score(images[todo], candidates, [keys[i] for i in todo], on_calls=self._count_calls,
-                              prior_orders=priors, shortlist_size=self.scorer.settings.prefilter_k, on_image=save)
+            try:
+                self.scorer.score(images[todo], candidates, [keys[i] for i in todo], on_calls=self._count_calls,
+                                  prior_orders=priors, shortlist_size=self.scorer.settings.prefilter_k, on_image=save)
+            except NonFiniteError as error:  # name the image by its place in the dataset too
+                position = getattr(error, "position", None)
+                where = f"dataset image {self.images_seen + todo[position]}, " if position is not None else ""
+                raise NonFiniteError(where + str(error)) from None
         return records
 
     def _bar(self) -> tqdm:

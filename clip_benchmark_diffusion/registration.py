@@ -314,6 +314,7 @@ def _patch_cli(cli_module) -> None:
         try:
             if diffusion:
                 return run_diffusion(args, *more, **kwargs)
+            _warn_unused_diffusion_flags(args)
             _state["run"] = None
             if _state["report_data"]:
                 _state["predictions"] = _predictions_path(args)
@@ -324,6 +325,7 @@ def _patch_cli(cli_module) -> None:
     def run_diffusion(args, *more, **kwargs):
         try:
             task = _check_diffusion_run(args)
+            _warn_ignored_flags()
             output = _output_path(args, task)
             _state["predictions"] = _predictions_path(args)
             options = _state["options"]
@@ -395,6 +397,37 @@ def _patch_cli(cli_module) -> None:
     _set_attribute(cli_module, "run", run)
     _set_attribute(zeroshot_classification, "run_classification", run_classification)
     _set_attribute(image_caption_selection, "evaluate", evaluate)
+
+
+def _warn_ignored_flags() -> None:
+    """Flags the chosen objective does not use: said once, not silently ignored."""
+    from .safety import ignored_flag_warnings
+
+    options = _state["options"]
+    if options is not None:
+        for message in ignored_flag_warnings(options, diffusion_argument_parser().parse_args([])):
+            _warn_once(message)
+
+
+def _warn_unused_diffusion_flags(args: argparse.Namespace) -> None:
+    """`--diffusion_*` flags on a run of another model (a CLIP) change nothing: say so."""
+    from .safety import diffusion_flags_given
+
+    options = _state["options"]
+    given = diffusion_flags_given(options, diffusion_argument_parser().parse_args([])) if options else []
+    if given:
+        _warn_once(f"{', '.join(given)} only apply to diffusion models; model '{getattr(args, 'model', '?')}' "
+                   "ignores them")
+
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    """clip_benchmark calls `run` once per model x dataset: a warning about the flags is said once."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warn(message)
 
 
 #: errors that mean "the disk cannot take it" rather than a bug: one line, not a traceback

@@ -116,6 +116,11 @@ class DiffusionZeroShotModel(torch.nn.Module):
         if self.images_seen:
             self._start_new_candidate_set()
         prompts = self.tokenizer.decode(token_ids)
+        if len(self.candidates) >= self.capacity:
+            from .settings import UnsupportedSettings
+
+            raise UnsupportedSettings(f"--diffusion_max_candidates {self.capacity} is below the number of classes "
+                                      f"(at least {len(self.candidates) + 1}); raise it or drop the flag")
         self.candidates.append(prompts)
         self.scorer.encode_candidates([prompts])
         return rank_codec.class_embedding(len(self.candidates) - 1, self.capacity, len(prompts)).to(token_ids.device)

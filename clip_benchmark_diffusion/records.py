@@ -182,15 +182,29 @@ def _read_lines(path: str) -> tuple[list[dict], int]:
             try:
                 if not terminated:
                     raise ValueError("no newline")
-                lines.append(json.loads(raw))
+                line = json.loads(raw)
             except ValueError:
                 if any(rest.strip() for rest in pieces[number:]):
                     raise RecordError(f"{path}, line {number}: not valid JSON (the file was changed by hand or "
                                       "damaged); move it away to start this record afresh") from None
                 warn(f"{path}, line {number}: dropped a torn last line (the run writing it was interrupted)")
                 break
+            problem = _line_problem(line)
+            if problem:
+                raise RecordError(f"{path}, line {number}: {problem} (the file was changed by hand or is not a "
+                                  "record); move it away to start this record afresh")
+            lines.append(line)
         intact = offset
     return lines, intact
+
+
+def _line_problem(line: Any) -> Optional[str]:
+    """Why a parsed line cannot be a record line, or None."""
+    if not isinstance(line, dict):
+        return f"valid JSON but not an object ({type(line).__name__})"
+    if line.get("type") == "image" and not isinstance(line.get("image_key"), str):
+        return "an image line without an image_key"
+    return None
 
 
 def read_records(path: str) -> dict[str, Any]:

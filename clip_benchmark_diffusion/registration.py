@@ -269,8 +269,29 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
         raise DiffusionUsageError("--load_clfs cannot be used with diffusion models: their class scores are not a "
                                   "fixed linear classifier; drop --load_clfs")
     options = _state["options"] or diffusion_argument_parser().parse_args([])
-    locate(args.pretrained, cache_dir=args.model_cache_dir, settings=settings_from_options(options, seed=args.seed))
+    settings = settings_from_options(options, seed=args.seed)
+    locate(args.pretrained, cache_dir=args.model_cache_dir, settings=settings)
+    from .safety import class_count_problem, prefilter_problem
+
+    problem = prefilter_problem(settings) or (class_count_problem(settings, _class_count(args))
+                                               if task == "zeroshot_classification" else None)
+    if problem:
+        raise DiffusionUsageError(problem)
     return task
+
+
+def _class_count(args: argparse.Namespace) -> Optional[int]:
+    """The number of classes, when it can be read without building the dataset (a custom classname
+    file, or a local wds/ dataset's classnames.txt); None otherwise."""
+    path = getattr(args, "custom_classname_file", None)
+    if not path and args.dataset.startswith("wds/"):
+        root = args.dataset_root.format(dataset=_dataset_name(args), dataset_cleaned=_dataset_name(args).replace("/", "-"))
+        path = os.path.join(root, "classnames.txt")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return sum(1 for line in handle if line.strip())
+    except (OSError, TypeError):
+        return None
 
 
 def _predictions_path(args: argparse.Namespace) -> Optional[str]:
@@ -344,7 +365,13 @@ def _patch_cli(cli_module) -> None:
             with diffusion_run(options, args.seed, record_path, info, shard=shard):
                 args.output = output.replace("{", "{{").replace("}", "}}")
                 args.model_type = MODEL_TYPE
-                return original_run(args, *more, **kwargs)
+                try:
+                    return original_run(args, *more, **kwargs)
+                except ValueError as error:  # clip_benchmark's own word for a dataset name it does not know
+                    if not str(error).startswith("Unsupported dataset"):
+                        raise
+                    raise DiffusionUsageError(f"clip_benchmark: {error} (see clip_benchmark's dataset list; local "
+                                              "webdatasets are wds/NAME with --dataset_root)") from None
         except (CheckpointError, DiffusionUsageError, UnsupportedSettings, RecordError, NonFiniteError,
                 ResourceLimit) as error:
             print(f"clip_benchmark_diffusion: error: {error}", file=sys.stderr)

@@ -97,6 +97,47 @@ def diffusion_flags_given(options: Any, defaults: Any, ignore: Sequence[str] = (
             if name not in ignore and value != getattr(defaults, name, value)]
 
 
+def class_count_problem(settings: Any, classes: Optional[int]) -> Optional[str]:
+    """Checks that need the number of classes, done before the model loads when it is known."""
+    if not classes:
+        return None
+    if settings.max_candidates < classes:
+        return (f"--diffusion_max_candidates {settings.max_candidates} is below the dataset's {classes} classes; "
+                "raise it or drop the flag")
+    scored = min(classes, settings.prefilter_k or classes)
+    if settings.max_calls and settings.max_calls < scored:
+        return (f"--diffusion_max_calls {settings.max_calls} cannot pay for one draw of each of the {scored} "
+                "candidates scored per image; raise it (or pre-filter to fewer classes)")
+    return None
+
+
+def prefilter_problem(settings: Any) -> Optional[str]:
+    """An unknown open_clip pre-filter model or pretrained tag, found before any model loads."""
+    if not settings.prefilter_model:
+        return None
+    try:
+        import open_clip
+
+        from .reference import register_reference_clip
+
+        register_reference_clip()
+        models = open_clip.list_models()
+    except Exception:  # open_clip missing or changed: the pre-filter's own load will say so
+        return None
+    model, pretrained = settings.prefilter_model, settings.prefilter_pretrained
+    if model.startswith(("hf-hub:", "local-dir:")):
+        return None  # fetched or read by open_clip itself
+    if model not in models:
+        return (f"--diffusion_prefilter: open_clip has no model {model!r} (e.g. {', '.join(models[:3])}; "
+                "open_clip.list_models() lists all)")
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    cleaned = [tag.lower().replace("-", "_") for tag in tags]
+    if pretrained and pretrained.lower().replace("-", "_") not in cleaned and not os.path.isfile(pretrained):
+        return (f"--diffusion_prefilter: {model} has no pretrained weights {pretrained!r} (known: "
+                f"{', '.join(tags) or 'none'}; a file path works too)")
+    return None
+
+
 # ------------------------------------------------------------------------------ scores
 def check_finite(errors: Any, image: str, candidate_of_row: Any, dtype: Any) -> None:
     """Raise NonFiniteError when a row's error is NaN or infinite. `candidate_of_row(k)` names the
@@ -211,3 +252,28 @@ def output_problem(record_path: str, output: str, predictions: Optional[str], sk
         if folder:
             return f"{path} cannot be written: the folder {folder} is read-only (or not ours); pass another path"
     return None
+
+
+# ------------------------------------------------------------------------------ images
+_WARNED_16_BIT: list = []
+
+
+def to_rgb(image: Any) -> Any:
+    """`image.convert("RGB")`, except that 16/32-bit integer images (16-bit grayscale PNG, TIFF) are
+    scaled to 8 bits first: PIL's own conversion clips them, and every image reads as white."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        import numpy as np
+        from PIL import Image
+
+        values = np.asarray(image, dtype=np.float64)
+        if values.size and values.max() > 255:
+            if not _WARNED_16_BIT:
+                _WARNED_16_BIT.append(True)
+                from .records import warn
+
+                warn(f"16-bit images (mode {image.mode}) are scaled to 8 bits per channel for the model (PIL's "
+                     "own conversion would clip them to white)")
+            top = 65535.0 if values.max() <= 65535 else float(values.max())
+            values = np.clip(np.round(values * 255.0 / top), 0, 255)
+        image = Image.fromarray(values.astype(np.uint8), mode="L")
+    return image.convert("RGB")

@@ -155,3 +155,119 @@ def test_row_buffers_follow_the_rows_a_pass_has_not_the_batch_size():
     scorer.score(torch.rand(2, 3, 8, 8), [["a"], ["b"], ["c"]])
     sizes = [buffer.shape[0] for _, buffer in scorer._gather.buffers.values()]
     assert sizes and max(sizes) <= 2 * 3 * 4
+
+
+# ------------------------------------------------------------------------------ one clear line each
+@pytest.mark.parametrize("line, message", [
+    ("[1, 2]", "line 2: valid JSON but not an object (list)"),
+    ("42", "line 2: valid JSON but not an object (int)"),
+    ('{"type": "image", "index": 0, "ranking": [0]}', "line 2: an image line without an image_key"),
+])
+def test_a_record_line_that_is_not_a_record_line_names_file_and_line(line, message, tmp_path):
+    from clip_benchmark_diffusion.records import RecordError
+
+    path = tmp_path / RECORD
+    path.write_text('{"type": "header"}\n' + line + '\n{"type": "summary"}\n')
+    with pytest.raises(RecordError, match=r"out\.diffusion\.jsonl, " + message.replace("(", r"\(").replace(")", r"\)")):
+        read_records(str(path))
+
+
+def test_such_a_record_stops_a_run_with_one_line_and_is_left_as_it_was(tiny_epsilon_pipeline, tiny_wds, tmp_path,
+                                                                      capsys, monkeypatch):
+    text = '{"type": "header"}\n["not", "an", "object"]\n'
+    (tmp_path / RECORD).write_text(text)
+    code, err = run_in_process(eval_args(tiny_epsilon_pipeline, tiny_wds), tmp_path, capsys, monkeypatch)
+    assert "line 2: valid JSON but not an object" in one_error_line(code, err)
+    assert (tmp_path / RECORD).read_text() == text and not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "is not valid JSON"), ("[]", "is a JSON list"), ("{}", "is an empty object"),
+    ('{"unet": ["diffusers", "UNet2DConditionModel"]}', "is an object without _class_name"),
+])
+def test_a_broken_model_index_is_one_line(content, message, pipeline_copy):
+    from clip_benchmark_diffusion.checkpoints import CheckpointError, locate
+
+    (pipeline_copy / "model_index.json").write_text(content)
+    with pytest.raises(CheckpointError, match=message):
+        locate(str(pipeline_copy))
+
+
+def test_a_broken_model_index_stops_the_cli_with_one_line(pipeline_copy, tiny_wds, tmp_path, capsys, monkeypatch):
+    (pipeline_copy / "model_index.json").write_text("[]")
+    code, err = run_in_process(eval_args(pipeline_copy, tiny_wds), tmp_path, capsys, monkeypatch)
+    assert "model_index.json is a JSON list" in one_error_line(code, err)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--diffusion_max_candidates", "2"), "--diffusion_max_candidates 2 is below the dataset's 3 classes"),
+    (("--diffusion_max_calls", "2"), "--diffusion_max_calls 2 cannot pay for one draw of each of the 3"),
+    (("--diffusion_prefilter", "no-such-clip,openai"), "open_clip has no model 'no-such-clip'"),
+    (("--diffusion_prefilter", "ref-world-clip,no-such-tag"), "has no pretrained weights 'no-such-tag'"),
+])
+def test_checks_that_ran_after_loading_now_run_before(flags, message, tiny_epsilon_pipeline, tiny_wds, tmp_path,
+                                                      capsys, monkeypatch):
+    code, err = run_in_process(eval_args(tiny_epsilon_pipeline, tiny_wds, *flags), tmp_path, capsys, monkeypatch)
+    assert message in one_error_line(code, err)
+    assert "Loading" not in err and os.listdir(tmp_path) == []
+
+
+def test_max_candidates_below_the_classes_is_one_line_when_the_count_is_only_known_late():
+    from clip_benchmark_diffusion.settings import UnsupportedSettings
+
+    settings = ScorerSettings(templates="average_errors", strategy="fixed", draws=2, max_candidates=2)
+    model = DiffusionZeroShotModel(DiffusionScorer(FakeBackend(), settings), PromptTokenizer(), show_progress=False)
+    tokenizer = model.tokenizer
+    with pytest.raises(UnsupportedSettings, match="--diffusion_max_candidates 2 is below the number of classes"):
+        zeroshot_classification.zero_shot_classifier(model, tokenizer, ["a", "b", "c"], ["{c}"], "cpu")
+
+
+def test_an_unknown_dataset_is_one_line(tiny_epsilon_pipeline, tmp_path, capsys, monkeypatch):
+    args = eval_args(tiny_epsilon_pipeline, str(tmp_path))
+    args[args.index("wds/animals")] = "no_such_dataset"
+    code, err = run_in_process(args, tmp_path, capsys, monkeypatch)
+    assert "Unsupported dataset: no_such_dataset" in one_error_line(code, err)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_images_written(tiny_epsilon_pipeline, tiny_wds, tmp_path, capsys,
+                                                              monkeypatch):
+    import errno
+
+    from clip_benchmark_diffusion.records import RunRecorder
+
+    original = RunRecorder.add
+
+    def add(self, record):
+        if len(self._in_file) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device", self.path)
+        original(self, record)
+
+    monkeypatch.setattr(RunRecorder, "add", add)
+    code, err = run_in_process(eval_args(tiny_epsilon_pipeline, tiny_wds), tmp_path, capsys, monkeypatch)
+    line = one_error_line(code, err)
+    assert "No space left on device writing out.diffusion.jsonl" in line and "kept in the record" in line
+    assert len(read_records(str(tmp_path / RECORD))["images"]) == 2 and not (tmp_path / "out.json").exists()
+    assert not list(tmp_path.glob("*.lock"))
+
+
+def test_a_16_bit_png_is_scaled_not_read_as_white_and_said_once(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    from clip_benchmark_diffusion import safety
+    from clip_benchmark_diffusion.backends.base import DiffusionBackend
+
+    values = np.full((8, 8), 16384, dtype=np.uint16)  # a quarter grey in 16 bits
+    Image.fromarray(values).save(tmp_path / "grey16.png")
+    image = Image.open(tmp_path / "grey16.png")
+    assert image.mode.startswith("I") and np.asarray(image.convert("RGB")).min() == 255  # PIL alone: white
+    safety._WARNED_16_BIT.clear()
+    transform = DiffusionBackend.image_transform(SimpleNamespace(resolution=8))
+    pixels = transform(image)
+    assert pixels.shape == (3, 8, 8) and pixels.mean().item() == pytest.approx(64 / 255 * 2 - 1, abs=0.01)
+    transform(Image.open(tmp_path / "grey16.png"))
+    assert capsys.readouterr().err.count("16-bit images (mode") == 1
+    assert transform(Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8))).max().item() == \
+        pytest.approx(200 / 255 * 2 - 1, abs=1e-6)  # 8-bit images as before

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Optional
 from .checkpoints import CheckpointError
 from .records import RecordError, close_recorders, record_lock, warn
 from .safety import NonFiniteError, ResourceLimit, output_problem
-from .sharding import rank_record_path
+from .sharding import ShardError, rank_record_path
 from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, SIGMA_DISTRIBUTIONS, STRATEGIES, TEMPLATE_MODES,
                        TIMESTEP_SAMPLERS, TTEST_VARIANCES, ScorerSettings, UnsupportedSettings)
 
@@ -357,6 +357,8 @@ def _patch_cli(cli_module) -> None:
             if problem:
                 raise RecordError(problem)
             shard = _shard_for(args, record_path)
+            if shard is not None:  # before the model loads: a rank with other flags must not hang or waste work
+                shard.agree("settings or output", _run_identity(args, output, record_path, options), job=True)
             if shard is not None and shard.rank != 0:
                 if args.skip_existing and os.path.exists(output):
                     return None  # rank 0 skips this run too
@@ -373,7 +375,7 @@ def _patch_cli(cli_module) -> None:
                     raise DiffusionUsageError(f"clip_benchmark: {error} (see clip_benchmark's dataset list; local "
                                               "webdatasets are wds/NAME with --dataset_root)") from None
         except (CheckpointError, DiffusionUsageError, UnsupportedSettings, RecordError, NonFiniteError,
-                ResourceLimit) as error:
+                ResourceLimit, ShardError) as error:
             print(f"clip_benchmark_diffusion: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
         except OSError as error:
@@ -424,6 +426,18 @@ def _patch_cli(cli_module) -> None:
     _set_attribute(cli_module, "run", run)
     _set_attribute(zeroshot_classification, "run_classification", run_classification)
     _set_attribute(image_caption_selection, "evaluate", evaluate)
+
+
+def _run_identity(args: argparse.Namespace, output: str, record_path: str, options: Any) -> dict:
+    """What every rank of a job must share (compared before the model loads; weights after)."""
+    from .settings import RECORD_IGNORED_SETTINGS
+
+    settings = settings_from_options(options or diffusion_argument_parser().parse_args([]), seed=args.seed)
+    values = {f"--diffusion_{k}" if k != "seed" else "--seed": v for k, v in settings.to_dict().items()
+              if k not in RECORD_IGNORED_SETTINGS}
+    values.update({"--output": os.path.abspath(output), "--diffusion_records": os.path.abspath(record_path),
+                   "--pretrained": args.pretrained, "--dataset": args.dataset, "--task": args.task})
+    return values
 
 
 def _warn_ignored_flags() -> None:

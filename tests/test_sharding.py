@@ -2,6 +2,7 @@
 every image scored exactly once, and a killed job resumed on another world size loses nothing."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -100,3 +101,95 @@ def test_ranks_give_single_process_answers_and_a_killed_job_resumes_on_another_w
     assert json.loads((tmp_path / "out.json").read_text())["metrics"] == result["metrics"]
     assert not list(tmp_path.glob("*.rank*.jsonl"))  # merged into the record, then removed
     assert "on rank 0" in err and "on the other 1 ranks" in err
+
+
+# ------------------------------------------------------------------------------ issue 21
+def test_a_sharded_job_resumed_as_one_process_reuses_every_ranks_record(tiny_epsilon_pipeline, tiny_wds, tmp_path,
+                                                                       capsys, monkeypatch):
+    """Issue 21: a job killed under torchrun and resumed as one process ignored the other ranks' records."""
+    from test_records import eval_args
+
+    code, _ = run_in_process(eval_args(tiny_epsilon_pipeline, tiny_wds), tmp_path, capsys, monkeypatch)
+    assert code == 0
+    lines = (tmp_path / "out.diffusion.jsonl").read_text().splitlines()
+    header, images = lines[0], [line for line in lines if '"type": "image"' in line]
+    assert len(images) == 6
+    # as a killed 2-rank job leaves them: rank 0 wrote images 0-2, rank 1 images 3-5, no summaries
+    (tmp_path / "out.diffusion.jsonl").write_text("\n".join([header] + images[:3]) + "\n")
+    (tmp_path / "out.diffusion.rank1.jsonl").write_text("\n".join([header] + images[3:]) + "\n")
+    (tmp_path / "out.json").unlink()
+    code, err = run_in_process(eval_args(tiny_epsilon_pipeline, tiny_wds), tmp_path, capsys, monkeypatch)
+    assert code == 0 and "reused 6 of 6 images" in err and "; 0 scored" in err
+    record = read_records(str(tmp_path / "out.diffusion.jsonl"))
+    assert sorted(json.dumps(i, sort_keys=True) for i in record["images"]) == \
+        sorted(json.dumps(json.loads(i), sort_keys=True) for i in images)
+    assert record["summary"]["unet_calls_this_session"] == 0 and record["summary"]["merged_from_rank_records"] == 3
+    assert not (tmp_path / "out.diffusion.rank1.jsonl").exists()
+
+
+def launch_rank(rank, world, port, args, cwd, **env):
+    """One rank as srun starts it (no torchrun: each rank may get its own command line)."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RANK": str(rank),
+                   "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(port), **env}
+    return subprocess.Popen([sys.executable, "-m", "clip_benchmark_diffusion", *args], cwd=cwd, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def last_line(job, timeout=300):
+    try:
+        _, err = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        raise
+    return job.returncode, err.strip().splitlines()[-1] if err.strip() else ""
+
+
+def test_ranks_launched_with_another_output_or_draws_are_refused_naming_the_rank(tiny_epsilon_pipeline, tiny_wds,
+                                                                                 tmp_path):
+    """Issue 21: a rank with another --output hung rank 0 for up to 72 hours; other draws or seed were not
+    refused and that rank's work was thrown away. Both ranks now stop before the model loads."""
+    from test_records import eval_args
+
+    port = free_port()
+    base = eval_args(tiny_epsilon_pipeline, tiny_wds)
+    ranks = [launch_rank(0, 2, port, base, tmp_path),
+             launch_rank(1, 2, port, base[:-2] + ["--output", "other.json", "--diffusion_draws", "3"], tmp_path)]
+    results = [last_line(job) for job in ranks]
+    for code, line in results:
+        assert code == 2 and "rank 1 was launched with other settings or output than rank 0" in line, results
+        assert "--diffusion_draws: rank 0 2, rank 1 3" in line and "--output" in line
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_ranks_with_other_weights_behind_the_same_path_are_refused(tiny_epsilon_pipeline, tiny_wds, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from test_records import eval_args
+
+    cwds = [tmp_path / "node0", tmp_path / "node1"]
+    for cwd in cwds:
+        shutil.copytree(tiny_epsilon_pipeline, cwd / "model")
+    weights_file = str(cwds[1] / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+    with safe_open(weights_file, "pt") as handle:
+        metadata = handle.metadata()
+    save_file({k: v * 0.5 for k, v in load_file(weights_file).items()}, weights_file, metadata)
+    out = tmp_path / "results"
+    args = eval_args("model", tiny_wds)[:-2] + ["--output", str(out / "out.json")]
+    port = free_port()
+    ranks = [launch_rank(r, 2, port, args, cwds[r]) for r in (0, 1)]
+    results = [last_line(job) for job in ranks]
+    for code, line in results:
+        assert code == 2 and "rank 1 was launched with other weights or candidates (set 1) than rank 0" in line, \
+            results
+    assert not out.exists() or not list(out.glob("*.json"))
+
+
+def test_a_rank_that_never_comes_is_a_timeout_with_a_message(tiny_epsilon_pipeline, tiny_wds, tmp_path):
+    from test_records import eval_args
+
+    job = launch_rank(0, 2, free_port(), eval_args(tiny_epsilon_pipeline, tiny_wds), tmp_path,
+                      CLIP_BENCHMARK_DIFFUSION_RANK_TIMEOUT_S="3")
+    code, line = last_line(job, timeout=120)
+    assert code == 2 and "did not join" in line and "CLIP_BENCHMARK_DIFFUSION_RANK_TIMEOUT_S" in line

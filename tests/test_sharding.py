@@ -162,34 +162,81 @@ def test_ranks_launched_with_another_output_or_draws_are_refused_naming_the_rank
     assert sorted(os.listdir(tmp_path)) == []
 
 
-def test_ranks_with_other_weights_behind_the_same_path_are_refused(tiny_epsilon_pipeline, tiny_wds, tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+def _two_ranks(store=None):
+    from torch.distributed import HashStore
 
-    from test_records import eval_args
+    from clip_benchmark_diffusion.sharding import Shard
 
-    cwds = [tmp_path / "node0", tmp_path / "node1"]
-    for cwd in cwds:
-        shutil.copytree(tiny_epsilon_pipeline, cwd / "model")
-    weights_file = str(cwds[1] / "model" / "unet" / "diffusion_pytorch_model.safetensors")
-    with safe_open(weights_file, "pt") as handle:
-        metadata = handle.metadata()
-    save_file({k: v * 0.5 for k, v in load_file(weights_file).items()}, weights_file, metadata)
-    out = tmp_path / "results"
-    args = eval_args("model", tiny_wds)[:-2] + ["--output", str(out / "out.json")]
-    port = free_port()
-    ranks = [launch_rank(r, 2, port, args, cwds[r]) for r in (0, 1)]
-    results = [last_line(job) for job in ranks]
-    for code, line in results:
-        assert code == 2 and "rank 1 was launched with other weights or candidates (set 1) than rank 0" in line, \
-            results
-    assert not out.exists() or not list(out.glob("*.json"))
+    store = store or HashStore()
+    return [Shard(r, 2, r, store).for_run("run") for r in (0, 1)]
 
 
-def test_a_rank_that_never_comes_is_a_timeout_with_a_message(tiny_epsilon_pipeline, tiny_wds, tmp_path):
-    from test_records import eval_args
+def _in_threads(*calls):
+    """Run each call in its own thread (as each rank would run in its own process): their exceptions."""
+    import threading
 
-    job = launch_rank(0, 2, free_port(), eval_args(tiny_epsilon_pipeline, tiny_wds), tmp_path,
-                      CLIP_BENCHMARK_DIFFUSION_RANK_TIMEOUT_S="3")
-    code, line = last_line(job, timeout=120)
-    assert code == 2 and "did not join" in line and "CLIP_BENCHMARK_DIFFUSION_RANK_TIMEOUT_S" in line
+    errors = [None] * len(calls)
+
+    def run(k):
+        try:
+            calls[k]()
+        except Exception as error:  # noqa: BLE001 - collected for the test
+            errors[k] = error
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return errors
+
+
+def test_ranks_with_other_weights_are_refused_before_the_first_image(tmp_path):
+    """Same flags, same path, other weights behind it (another node's copy): rank 1's images would be
+    thrown away by rank 0. Each rank's adapter compares before scoring anything."""
+    import torch
+
+    from clip_benchmark_diffusion.clip_benchmark_adapter import DiffusionZeroShotModel, PromptTokenizer
+    from clip_benchmark_diffusion.scorer import DiffusionScorer
+    from clip_benchmark_diffusion.settings import ScorerSettings
+    from clip_benchmark_diffusion.sharding import ShardError
+    from fake_backend import FakeBackend
+
+    settings = ScorerSettings(templates="average_errors", strategy="fixed", draws=2)
+    models = []
+    for shard, weights in zip(_two_ranks(), ("aaaa", "bbbb")):
+        header = {"settings": settings.to_dict(), "model": {"backend": "fake", "weights": {"all": weights}}}
+        model = DiffusionZeroShotModel(DiffusionScorer(FakeBackend(), settings), PromptTokenizer(),
+                                       record_path=str(tmp_path / "out.diffusion.jsonl"), record_header=header,
+                                       show_progress=False, shard=shard)
+        for name in ("cat", "dog"):
+            model.encode_text(model.tokenizer([name]))
+        models.append(model)
+    errors = _in_threads(*[lambda m=m: m.rank(torch.rand(2, 3, 8, 8)) for m in models])
+    for error in errors:
+        assert isinstance(error, ShardError) and "rank 1 was launched with other weights or candidates" in str(error)
+        assert "weights: rank 0 aaaa, rank 1 bbbb" in str(error)
+    assert not list(tmp_path.glob("*.jsonl"))
+
+
+def test_a_rank_that_never_comes_is_a_timeout_with_a_message(monkeypatch):
+    from clip_benchmark_diffusion.sharding import ShardError
+
+    monkeypatch.setenv("CLIP_BENCHMARK_DIFFUSION_RANK_TIMEOUT_S", "0.5")
+    rank0, _ = _two_ranks()
+    with pytest.raises(ShardError, match=r"rank 0: rank\(s\) \[1\] did not reach the settings check within 0.5 s"):
+        rank0.agree("settings", {"draws": 2})
+    monkeypatch.setenv("CLIP_BENCHMARK_DIFFUSION_RANK_WAIT_S", "0.5")
+    with pytest.raises(ShardError, match=r"rank 0 waited 0.5 s for rank\(s\) \[1\] to finish"):
+        rank0.wait_for_other_ranks()
+
+
+def test_ranks_that_never_join_the_rendezvous_are_a_timeout_with_a_message(monkeypatch):
+    from clip_benchmark_diffusion import sharding
+
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", str(free_port())), ("CLIP_BENCHMARK_DIFFUSION_RANK_TIMEOUT_S", "2")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(sharding, "_process_shard", {})
+    with pytest.raises(RuntimeError, match=r"rank 0 of 2: the other ranks did not join at 127.0.0.1:\d+ within 2 s"):
+        sharding.shard_from_env()

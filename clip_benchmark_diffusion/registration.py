@@ -285,7 +285,8 @@ def _class_count(args: argparse.Namespace) -> Optional[int]:
     file, or a local wds/ dataset's classnames.txt); None otherwise."""
     path = getattr(args, "custom_classname_file", None)
     if not path and args.dataset.startswith("wds/"):
-        root = args.dataset_root.format(dataset=_dataset_name(args), dataset_cleaned=_dataset_name(args).replace("/", "-"))
+        name = _dataset_name(args)
+        root = args.dataset_root.format(dataset=name, dataset_cleaned=name.replace("/", "-"))
         path = os.path.join(root, "classnames.txt")
     try:
         with open(path, encoding="utf-8") as handle:

@@ -2,7 +2,6 @@
 every image scored exactly once, and a killed job resumed on another world size loses nothing."""
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -127,39 +126,34 @@ def test_a_sharded_job_resumed_as_one_process_reuses_every_ranks_record(tiny_eps
     assert not (tmp_path / "out.diffusion.rank1.jsonl").exists()
 
 
-def launch_rank(rank, world, port, args, cwd, **env):
-    """One rank as srun starts it (no torchrun: each rank may get its own command line)."""
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RANK": str(rank),
-                   "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
-                   "MASTER_PORT": str(port), **env}
-    return subprocess.Popen([sys.executable, "-m", "clip_benchmark_diffusion", *args], cwd=cwd, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_ranks_launched_with_another_output_or_draws_are_refused_naming_the_rank(tiny_epsilon_pipeline):
+    """Issue 21: a rank with another --output hung rank 0 for up to 72 hours (its keys went under another
+    record's prefix, so rank 0 waited for a rank that was never coming); other draws or seed were not
+    refused and that rank's work was thrown away. The ranks now compare in the job's own store, before
+    the model loads (the torchrun test above runs the same comparison between agreeing ranks)."""
+    import argparse
 
+    from torch.distributed import HashStore
 
-def last_line(job, timeout=300):
-    try:
-        _, err = job.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        job.kill()
-        raise
-    return job.returncode, err.strip().splitlines()[-1] if err.strip() else ""
+    from clip_benchmark_diffusion.registration import _run_identity, diffusion_argument_parser
+    from clip_benchmark_diffusion.sharding import Shard, ShardError
 
+    def identity(output, *flags):
+        args = argparse.Namespace(dataset="wds/animals", pretrained=tiny_epsilon_pipeline, task="auto", seed=0,
+                                  output=output)
+        options = diffusion_argument_parser().parse_args(["--diffusion_draws", "2", *flags])
+        return _run_identity(args, output, os.path.splitext(output)[0] + ".diffusion.jsonl", options)
 
-def test_ranks_launched_with_another_output_or_draws_are_refused_naming_the_rank(tiny_epsilon_pipeline, tiny_wds,
-                                                                                 tmp_path):
-    """Issue 21: a rank with another --output hung rank 0 for up to 72 hours; other draws or seed were not
-    refused and that rank's work was thrown away. Both ranks now stop before the model loads."""
-    from test_records import eval_args
-
-    port = free_port()
-    base = eval_args(tiny_epsilon_pipeline, tiny_wds)
-    ranks = [launch_rank(0, 2, port, base, tmp_path),
-             launch_rank(1, 2, port, base[:-2] + ["--output", "other.json", "--diffusion_draws", "3"], tmp_path)]
-    results = [last_line(job) for job in ranks]
-    for code, line in results:
-        assert code == 2 and "rank 1 was launched with other settings or output than rank 0" in line, results
-        assert "--diffusion_draws: rank 0 2, rank 1 3" in line and "--output" in line
-    assert sorted(os.listdir(tmp_path)) == []
+    values = [identity("out.json"), identity("other.json", "--diffusion_draws", "3")]
+    store = HashStore()
+    job = Shard(0, 2, 0, store)  # one process's view; each rank gets its own Shard over the same store
+    ranks = [Shard(r, 2, r, store).for_run(values[r]["--diffusion_records"]) for r in (0, 1)]
+    assert job.runs == 0 and all(rank.job_store is not None for rank in ranks)
+    errors = _in_threads(*[lambda r=r: ranks[r].agree("settings or output", values[r], job=True) for r in (0, 1)])
+    for error in errors:
+        assert isinstance(error, ShardError), errors
+        assert "rank 1 was launched with other settings or output than rank 0" in str(error)
+        assert "--diffusion_draws: rank 0 2, rank 1 3" in str(error) and "--output: rank 0 " in str(error)
 
 
 def _two_ranks(store=None):

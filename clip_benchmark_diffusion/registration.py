@@ -270,8 +270,11 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
                                   "fixed linear classifier; drop --load_clfs")
     options = _state["options"] or diffusion_argument_parser().parse_args([])
     settings = settings_from_options(options, seed=args.seed)
-    locate(args.pretrained, cache_dir=args.model_cache_dir, settings=settings)
-    from .safety import class_count_problem, prefilter_problem
+    _, index = locate(args.pretrained, cache_dir=args.model_cache_dir, settings=settings)
+    from .safety import class_count_problem, ignored_by_family, prefilter_problem
+
+    for message in ignored_by_family(settings, str(index.get("_class_name", ""))):
+        _warn_once(message)
 
     problem = prefilter_problem(settings) or (class_count_problem(settings, _class_count(args))
                                                if task == "zeroshot_classification" else None)

@@ -87,6 +87,18 @@ def ignored_flag_warnings(options: Any, defaults: Any) -> list[str]:
     if objective != "x0_heuristic" and options.diffusion_heuristic_rate != defaults.diffusion_heuristic_rate:
         found.append(f"--diffusion_heuristic_rate has no effect with --diffusion_objective {objective} (only "
                      "x0_heuristic uses it)")
+    if options.diffusion_logit_normal and options.diffusion_sigma_distribution != "logit_normal":
+        found.append(f"--diffusion_logit_normal has no effect with --diffusion_sigma_distribution "
+                     f"{options.diffusion_sigma_distribution} (only logit_normal uses it)")
+    return found
+
+
+def ignored_by_family(settings: Any, pipeline_class: str) -> list[str]:
+    """Flags the checkpoint's family does not use (found from its model_index.json, before loading)."""
+    found = []
+    if settings.guidance != 1.0 and not pipeline_class.startswith("Flux"):
+        found.append(f"--diffusion_guidance has no effect on a {pipeline_class} (only FLUX.1-dev has a guidance "
+                     "input)")
     return found
 
 

@@ -119,11 +119,13 @@ def test_flags_the_objective_ignores_are_named_and_flags_on_a_clip_run_too(tiny_
 
     monkeypatch.setattr(registration, "_WARNED", set())
     code, err = run_in_process(eval_args(tiny_epsilon_pipeline, tiny_wds, "--diffusion_objective", "epsilon",
-                                         "--diffusion_bucket_weights", "1", "2", "--diffusion_heuristic_rate", "3"),
+                                         "--diffusion_bucket_weights", "1", "2", "--diffusion_heuristic_rate", "3",
+                                         "--diffusion_guidance", "3.5"),
                                tmp_path, capsys, monkeypatch)
     assert code == 0
     assert "warning: --diffusion_bucket_weights has no effect with --diffusion_objective epsilon" in err
     assert "warning: --diffusion_heuristic_rate has no effect with --diffusion_objective epsilon" in err
+    assert "warning: --diffusion_guidance has no effect on a StableDiffusionPipeline" in err
     code, err = run_in_process(["eval", "--model", "ref-world-clip", "--pretrained", "ref-world", "--dataset",
                                 "wds/animals", "--dataset_root", tiny_wds, "--num_workers", "0", "--output",
                                 "clip.json", "--diffusion_draws", "8"], tmp_path, capsys, monkeypatch)

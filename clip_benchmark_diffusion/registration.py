@@ -276,10 +276,15 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
     for message in ignored_by_family(settings, str(index.get("_class_name", ""))):
         _warn_once(message)
 
-    problem = prefilter_problem(settings) or (class_count_problem(settings, _class_count(args))
-                                               if task == "zeroshot_classification" else None)
+    classes = _class_count(args) if task == "zeroshot_classification" else None
+    problem = prefilter_problem(settings) or class_count_problem(settings, classes)
     if problem:
         raise DiffusionUsageError(problem)
+    if classes:  # the per-draw tables of one clip_benchmark batch, before the model loads
+        from .safety import check_table_memory, table_draws
+
+        check_table_memory(args.batch_size, classes, table_draws(settings.draws if settings.strategy != "schedule"
+                                                                 else settings.schedule_draws[-1], settings.max_calls))
     return task
 
 

@@ -150,6 +150,20 @@ def test_draws_without_a_cap_are_refused_with_the_estimate_and_the_limit(monkeyp
                                                                                  [["a"], ["b"], ["c"]])
 
 
+def test_draws_the_tables_cannot_hold_are_refused_before_the_model_loads(tiny_epsilon_pipeline, tiny_wds, tmp_path,
+                                                                         capsys, monkeypatch):
+    code, err = run_in_process(eval_args(tiny_epsilon_pipeline, tiny_wds, "--diffusion_draws", "1000000000"),
+                               tmp_path, capsys, monkeypatch)
+    assert "1,000,000,000 draws x 3 candidates x 4 images need 119.2 GiB of per-draw tables, above the limit of " \
+           "4.0 GiB" in one_error_line(code, err)
+    assert "Loading" not in err and os.listdir(tmp_path) == []
+    # under a cap, the same draws need a table of what the cap pays for: it runs
+    code, err = run_in_process(eval_args(tiny_epsilon_pipeline, tiny_wds, "--diffusion_draws", "1000000000",
+                                         "--diffusion_max_calls", "12"), tmp_path, capsys, monkeypatch)
+    assert code == 0, err[-2000:]
+    assert all(image["calls"] == 12 and image["capped"] for image in read_records(str(tmp_path / RECORD))["images"])
+
+
 def test_row_buffers_follow_the_rows_a_pass_has_not_the_batch_size():
     """Issue 21: --diffusion_batch_size 1000000 allocated 4 GB of row buffers for 24-row passes."""
     settings = ScorerSettings(templates="average_errors", draws=4, strategy="fixed", batch_size=60000)

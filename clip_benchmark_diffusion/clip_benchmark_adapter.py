@@ -64,6 +64,8 @@ class DiffusionZeroShotModel(torch.nn.Module):
 
     #: how the registration's wrappers of clip_benchmark functions recognise this model
     is_diffusion_classifier = True
+    #: score only the first of each class's templates (a protocol's "first template of the dataset" rule)
+    first_template_only = False
 
     def __init__(self, scorer: DiffusionScorer, tokenizer: PromptTokenizer, record_path: Optional[str] = None,
                  record_header: Optional[dict] = None, show_progress: bool = True,
@@ -115,7 +117,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
             return self._encode_captions(token_ids)
         if self.images_seen:
             self._start_new_candidate_set()
-        prompts = self.tokenizer.decode(token_ids)
+        prompts = self.tokenizer.decode(token_ids)[:1 if self.first_template_only else None]
         if len(self.candidates) >= self.capacity:
             from .settings import UnsupportedSettings
 
@@ -277,7 +279,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
         settings = self.scorer.settings
         open_candidates = min(len(self.candidates), settings.prefilter_k or len(self.candidates))
         templates = max(len(prompts) for prompts in self.candidates)
-        rows = (1 if settings.templates == "average_embeddings" else templates) * \
+        rows = (templates if settings.templates == "average_errors" else 1) * \
             self.scorer.backend.calls_per_prediction
         bounds = call_bounds(settings, open_candidates, rows)
         expected = f"{bounds.expected:,}" if bounds.expected is not None else \
@@ -363,10 +365,12 @@ class DiffusionZeroShotModel(torch.nn.Module):
 def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, record_path: Optional[str] = None,
                          run_info: Optional[dict] = None, cache_dir: Optional[str] = None,
                          show_progress: bool = True, task: str = "zeroshot_classification",
-                         shard: Optional[Shard] = None):
-    """clip_benchmark's loader contract: return `(model, transform, tokenizer)`."""
+                         shard: Optional[Shard] = None, protocol: Optional[dict] = None):
+    """clip_benchmark's loader contract: return `(model, transform, tokenizer)`. `protocol`: the
+    run's `--diffusion_protocol` record (see `protocols.resolve`), written into the record header."""
     from .backends.speed import SpeedOptions
     from .checkpoints import load_backend
+    from .protocols import first_template_only
 
     speed = SpeedOptions(channels_last=settings.channels_last, compile_mode=settings.compile,
                          static_batch=settings.batch_size)
@@ -374,8 +378,12 @@ def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, 
                            settings=settings)
     scorer = DiffusionScorer(backend, settings)
     tokenizer = PromptTokenizer()
-    header = {"settings": settings.to_dict(), "model": backend.description, "run": run_info or {}}
+    header = {"settings": settings.to_dict(), "model": backend.description, "run": run_info or {},
+              "calls_per_prediction": backend.calls_per_prediction}
+    if protocol is not None:
+        header["protocol"] = protocol
     model = DiffusionZeroShotModel(scorer, tokenizer, record_path=record_path, record_header=header,
                                    show_progress=show_progress and (shard is None or shard.rank == 0), task=task,
                                    shard=shard)
+    model.first_template_only = first_template_only(protocol)
     return model, backend.image_transform(), tokenizer

@@ -30,6 +30,8 @@ import sys
 from typing import Any, Iterator, Optional
 
 from .checkpoints import CheckpointError
+from .prompts import canonical_templates
+from .protocols import DEFAULT_PROTOCOL, check_protocol, protocol_names
 from .records import RecordError, close_recorders, record_lock, warn
 from .safety import NonFiniteError, ResourceLimit, output_problem
 from .sharding import ShardError, rank_record_path
@@ -53,10 +55,14 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
                                      description="diffusion classifier options (clip-benchmark-diffusion)")
     group = parser.add_argument_group("diffusion classifier (clip-benchmark-diffusion)")
     add = group.add_argument
+    add("--diffusion_protocol", type=str, default=DEFAULT_PROTOCOL, metavar="NAME",
+        help=f"a paper's whole protocol, set per dataset ({', '.join(protocol_names())}; see docs/protocols.md); "
+             "explicit --diffusion_* flags override it and the record says so")
     add("--diffusion_draws", type=int, default=defaults.draws,
-        help="(t, noise) draws per candidate (maximum with --diffusion_strategy ttest)")
+        help="(t, noise) draws per candidate: the full budget (the maximum of the adaptive strategies)")
     add("--diffusion_strategy", choices=STRATEGIES, default=None,
-        help=f"fixed budget, paired t-test elimination, or multi-stage schedule (default: {defaults.strategy}, "
+        help=f"guaranteed elimination (the full budget's answer with probability >= 1 - delta), fixed budget, "
+             f"t-test elimination, or multi-stage schedule (default: {defaults.strategy}, "
              "or schedule when --diffusion_schedule is given)")
     add("--diffusion_timesteps", choices=TIMESTEP_SAMPLERS, default=defaults.timesteps, help="timestep sampling")
     add("--diffusion_t_range", type=int, nargs=2, metavar=("T_MIN", "T_MAX"), default=None,
@@ -78,16 +84,24 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
         help="FLUX.1-dev guidance input (1.0 = plain conditional)")
     add("--diffusion_resolution", type=int, default=None, help="score at this pixel size (default: the model's)")
     add("--diffusion_templates", choices=TEMPLATE_MODES, default=defaults.templates,
-        help="average errors over templates (cost x templates) or condition on the mean text embedding")
+        help="single: one prompt per class, the dataset's canonical one (the papers' protocol); average_errors: "
+             "every template, errors averaged (cost x templates); average_embeddings: the mean text state of the "
+             "templates (untested on real models)")
     add("--diffusion_batch_size", type=int, default=defaults.batch_size, help="UNet rows per call")
     add("--diffusion_dtype", choices=DTYPES, default=defaults.dtype, help="auto: on CUDA float16 (UNet families) or bfloat16 (flow/T5 families); float32 on CPU")
     add("--diffusion_channels_last", action="store_true", help="channels_last memory format for the denoiser")
     add("--diffusion_compile", choices=COMPILE_MODES, default=defaults.compile,
         help="torch.compile the denoiser in this mode (reduce-overhead: CUDA graphs); passes are padded to the "
              "next power of two rows")
-    add("--diffusion_ttest_p", type=float, default=defaults.ttest_p)
-    add("--diffusion_min_draws", type=int, default=defaults.min_draws)
-    add("--diffusion_round_draws", type=int, default=defaults.round_draws)
+    add("--diffusion_delta", type=float, default=defaults.delta,
+        help="guaranteed: the answer equals the full budget's (--diffusion_draws for every candidate) with "
+             "probability >= 1 - DELTA")
+    add("--diffusion_look_growth", type=float, default=defaults.look_growth,
+        help="guaranteed: each test after the first at this many times the previous draw count")
+    add("--diffusion_ttest_p", type=float, default=defaults.ttest_p, help="ttest: drop at p below this")
+    add("--diffusion_min_draws", type=int, default=defaults.min_draws,
+        help="guaranteed, ttest: draws of every candidate before the first test")
+    add("--diffusion_round_draws", type=int, default=defaults.round_draws, help="ttest: draws added per round")
     add("--diffusion_ttest_variance", choices=TTEST_VARIANCES, default=defaults.ttest_variance,
         help="t-test variance: per candidate pair (paired) or pooled over the open candidates (pooled)")
     add("--diffusion_schedule", type=str, default=None, metavar="KEEP@DRAWS,...",
@@ -111,12 +125,47 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
 
 def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSettings:
     """Build the scorer settings of a run from its parsed flags (seed = clip_benchmark's --seed)."""
+    try:
+        return ScorerSettings(**_values_from_options(options, seed))
+    except ValueError as error:
+        raise DiffusionUsageError(str(error)) from None
+
+
+def explicit_flags(argv: list[str]) -> frozenset[str]:
+    """The `--diffusion_*` options (argparse dests) given on a command line, whatever their value."""
+    parser = diffusion_argument_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return frozenset(vars(parser.parse_known_args(argv)[0]))
+
+
+def settings_for_dataset(options: Optional[argparse.Namespace], seed: int, dataset: str
+                         ) -> tuple[ScorerSettings, dict]:
+    """The settings of one dataset's run under `--diffusion_protocol` (resolved per dataset: one
+    command runs a suite), and the protocol's record (name, implied settings, overrides)."""
+    from .protocols import resolve
+
+    options = options or diffusion_argument_parser().parse_args([])
+    explicit = getattr(options, "diffusion_explicit", None)
+    if explicit is None:  # built in Python: what differs from the flag defaults counts as given
+        defaults = vars(diffusion_argument_parser().parse_args([]))
+        explicit = {k for k, v in vars(options).items() if k in defaults and v != defaults[k]}
+    try:
+        name = check_protocol(getattr(options, "diffusion_protocol", None) or DEFAULT_PROTOCOL)
+        return resolve(name, dataset, _values_from_options(options, seed), explicit)
+    except ValueError as error:  # ProtocolError, or invalid merged settings
+        raise DiffusionUsageError(str(error)) from None
+
+
+def _values_from_options(options: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """ScorerSettings fields from parsed flags (their defaults included)."""
     values: dict[str, Any] = dict(
         draws=options.diffusion_draws, strategy=options.diffusion_strategy, timesteps=options.diffusion_timesteps,
         objective=options.diffusion_objective, heuristic_rate=options.diffusion_heuristic_rate,
         loss=options.diffusion_loss, templates=options.diffusion_templates, batch_size=options.diffusion_batch_size,
         dtype=options.diffusion_dtype, channels_last=options.diffusion_channels_last,
-        compile=options.diffusion_compile, ttest_p=options.diffusion_ttest_p, min_draws=options.diffusion_min_draws,
+        compile=options.diffusion_compile, delta=options.diffusion_delta, look_growth=options.diffusion_look_growth,
+        ttest_p=options.diffusion_ttest_p, min_draws=options.diffusion_min_draws,
         round_draws=options.diffusion_round_draws, ttest_variance=options.diffusion_ttest_variance,
         max_candidates=options.diffusion_max_candidates, max_calls=options.diffusion_max_calls, seed=seed,
         sigma_distribution=options.diffusion_sigma_distribution, drop_t5=options.diffusion_no_t5,
@@ -145,10 +194,7 @@ def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSetti
         values.update(schedule_keep=keep, schedule_draws=draws, strategy="schedule")
     if values["strategy"] is None:
         del values["strategy"]
-    try:
-        return ScorerSettings(**values)
-    except ValueError as error:
-        raise DiffusionUsageError(str(error)) from None
+    return values
 
 
 def parse_schedule(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -175,11 +221,13 @@ def load_diffusion(model_name: str, pretrained: str, cache_dir: Optional[str] = 
 
     run = _state["run"] or {}
     options = _state["options"] or diffusion_argument_parser().parse_args([])
-    settings = run.get("settings") or settings_from_options(options, seed=0)
+    settings, protocol = (run["settings"], run.get("protocol")) if run.get("settings") else \
+        settings_for_dataset(options, 0, "")
     task = (run.get("info") or {}).get("task", "zeroshot_classification")
     return load_zero_shot_model(pretrained, device, settings, record_path=run.get("record_path"),
                                 run_info=run.get("info"), cache_dir=cache_dir,
-                                show_progress=not options.diffusion_no_progress, task=task, shard=run.get("shard"))
+                                show_progress=not options.diffusion_no_progress, task=task, shard=run.get("shard"),
+                                protocol=protocol)
 
 
 def _patch_models(models_module) -> None:
@@ -213,13 +261,15 @@ def _register_reference_clip() -> None:
 def diffusion_run(options: Optional[argparse.Namespace], seed: int, record_path: Optional[str],
                   info: dict, shard: Any = None) -> Iterator[Any]:
     """Within this block, diffusion models loaded through clip_benchmark's `load_clip` use the
-    settings of `options` (parsed `--diffusion_*` flags; None = defaults) and `seed`, write their
-    per-image record to `record_path`, and serve `info["task"]`. Yields the settings."""
+    settings of `options` (parsed `--diffusion_*` flags; None = defaults) under its protocol for
+    `info["dataset"]`, and `seed`, write their per-image record to `record_path`, and serve
+    `info["task"]`. Yields the settings."""
     options = options or diffusion_argument_parser().parse_args([])
-    settings = settings_from_options(options, seed=seed)
+    settings, protocol = settings_for_dataset(options, seed, info.get("dataset", ""))
     saved = dict(_state)
     _state["options"] = options
-    _state["run"] = {"settings": settings, "record_path": record_path, "info": info, "shard": shard}
+    _state["run"] = {"settings": settings, "record_path": record_path, "info": info, "shard": shard,
+                     "protocol": protocol}
     own_record = rank_record_path(record_path, shard.rank) if shard is not None and record_path else record_path
     try:
         # locked before the model loads: a second run on the same record stops in seconds
@@ -269,7 +319,7 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
         raise DiffusionUsageError("--load_clfs cannot be used with diffusion models: their class scores are not a "
                                   "fixed linear classifier; drop --load_clfs")
     options = _state["options"] or diffusion_argument_parser().parse_args([])
-    settings = settings_from_options(options, seed=args.seed)
+    settings = settings_for_dataset(options, args.seed, args.dataset)[0]
     _, index = locate(args.pretrained, cache_dir=args.model_cache_dir, settings=settings)
     from .safety import class_count_problem, ignored_by_family, prefilter_problem
 
@@ -322,9 +372,11 @@ def _patch_cli(cli_module) -> None:
     original_run = _expect(cli_module, "run")
     original_classification = _expect(zeroshot_classification, "run_classification")
     original_selection = _expect(image_caption_selection, "evaluate")
+    original_classification_evaluate = _expect(zeroshot_classification, "evaluate")
 
     def get_parser_args(*args, **kwargs):
         options, rest = diffusion_argument_parser().parse_known_args(sys.argv[1:])
+        options.diffusion_explicit = explicit_flags(sys.argv[1:])
         _state["options"] = options
         saved = sys.argv
         sys.argv = [saved[0]] + rest
@@ -373,16 +425,22 @@ def _patch_cli(cli_module) -> None:
                     return None  # rank 0 skips this run too
                 # every rank runs clip_benchmark's evaluation; only rank 0's result JSON is the result
                 output, args.skip_existing, _state["predictions"] = os.devnull, False, None
-            with diffusion_run(options, args.seed, record_path, info, shard=shard):
+            with diffusion_run(options, args.seed, record_path, info, shard=shard) as settings:
+                protocol = _state["run"]["protocol"]
                 args.output = output.replace("{", "{{").replace("}", "}}")
                 args.model_type = MODEL_TYPE
+                written_before = os.path.getmtime(output) if os.path.isfile(output) else None
                 try:
-                    return original_run(args, *more, **kwargs)
+                    with _protocol_templates(args, protocol, task):
+                        result = original_run(args, *more, **kwargs)
                 except ValueError as error:  # clip_benchmark's own word for a dataset name it does not know
                     if not str(error).startswith("Unsupported dataset"):
                         raise
                     raise DiffusionUsageError(f"clip_benchmark: {error} (see clip_benchmark's dataset list; local "
                                               "webdatasets are wds/NAME with --dataset_root)") from None
+                if output != os.devnull and os.path.isfile(output) and os.path.getmtime(output) != written_before:
+                    _add_protocol(output, protocol, settings, record_path)
+                return result
         except (CheckpointError, DiffusionUsageError, UnsupportedSettings, RecordError, NonFiniteError,
                 ResourceLimit, ShardError) as error:
             print(f"clip_benchmark_diffusion: error: {error}", file=sys.stderr)
@@ -416,6 +474,16 @@ def _patch_cli(cli_module) -> None:
             model.finish(labels=labels)
         return result
 
+    def classification_evaluate(model, *args, **kwargs):
+        """Diffusion runs with `templates="single"`: one canonical prompt per class (the papers' protocol)."""
+        run = _state.get("run") or {}
+        if not getattr(model, "is_diffusion_classifier", False) or run.get("settings") is None \
+                or run["settings"].templates != "single":
+            return original_classification_evaluate(model, *args, **kwargs)
+        bound = inspect.signature(original_classification_evaluate).bind(model, *args, **kwargs)
+        bound.arguments["templates"] = canonical_templates(run["info"].get("dataset", ""), bound.arguments["templates"])
+        return original_classification_evaluate(*bound.args, **bound.kwargs)
+
     def evaluate(model, *args, **kwargs):
         diffusion = getattr(model, "is_diffusion_classifier", False) and model.task == "image_caption_selection"
         if not diffusion and not _state.get("report_data"):
@@ -435,13 +503,57 @@ def _patch_cli(cli_module) -> None:
     _set_attribute(cli_module, "run", run)
     _set_attribute(zeroshot_classification, "run_classification", run_classification)
     _set_attribute(image_caption_selection, "evaluate", evaluate)
+    _set_attribute(zeroshot_classification, "evaluate", classification_evaluate)
+
+
+@contextlib.contextmanager
+def _protocol_templates(args: argparse.Namespace, protocol: dict, task: str) -> Iterator[None]:
+    """During one dataset's run, clip_benchmark reads the protocol's prompt for it from a temporary
+    `--custom_template_file` (unless the user gave one: that wins, and is recorded if it differs)."""
+    from .protocols import apply_prompt, dataset_keys
+
+    if task != "zeroshot_classification":
+        protocol["prompt"] = "the instance's own captions (no templates in this task)"
+        yield
+        return
+    templates = apply_prompt(protocol, args.custom_template_file)
+    if templates is None:
+        yield
+        return
+    import json
+    import tempfile
+
+    handle, path = tempfile.mkstemp(prefix="cbd-protocol-", suffix=".json")
+    saved = args.custom_template_file
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump({key: templates for key in dataset_keys(args.dataset) + ["imagenet1k"]}, file)
+        args.custom_template_file = path
+        protocol["prompt_source"] = "protocol"
+        yield
+    finally:
+        args.custom_template_file = saved
+        os.remove(path)
+
+
+def _add_protocol(output: str, protocol: dict, settings: ScorerSettings, record_path: str) -> None:
+    """The result JSON says how it was computed: a top-level `protocol` label (a column of the
+    leaderboard and of `clip_benchmark build`) and a `diffusion` section (protocol, settings, record)."""
+    import json
+
+    with open(output, encoding="utf-8") as handle:
+        dump = json.load(handle)
+    dump["protocol"] = protocol["label"]
+    dump["diffusion"] = {"protocol": protocol, "settings": settings.to_dict(), "record": os.path.basename(record_path)}
+    with open(output, "w", encoding="utf-8") as handle:
+        json.dump(dump, handle)
 
 
 def _run_identity(args: argparse.Namespace, output: str, record_path: str, options: Any) -> dict:
     """What every rank of a job must share (compared before the model loads; weights after)."""
     from .settings import RECORD_IGNORED_SETTINGS
 
-    settings = settings_from_options(options or diffusion_argument_parser().parse_args([]), seed=args.seed)
+    settings = settings_for_dataset(options, args.seed, args.dataset)[0]
     values = {f"--diffusion_{k}" if k != "seed" else "--seed": v for k, v in settings.to_dict().items()
               if k not in RECORD_IGNORED_SETTINGS}
     values.update({"--output": os.path.abspath(output), "--diffusion_records": os.path.abspath(record_path),

@@ -181,6 +181,6 @@ def test_a_schedule_implies_its_strategy_and_contradicting_strategies_are_refuse
     parse = diffusion_argument_parser().parse_args
     implied = settings_from_options(parse(["--diffusion_schedule", "5@50,1@500"]), seed=0)
     assert implied.strategy == "schedule" and implied.schedule_keep == (5, 1) and implied.schedule_draws == (50, 500)
-    assert settings_from_options(parse([]), seed=0).strategy == "ttest"  # the default
+    assert settings_from_options(parse([]), seed=0).strategy == "guaranteed"  # the default
     with pytest.raises(DiffusionUsageError, match="only used by --diffusion_strategy schedule, not ttest"):
         settings_from_options(parse(["--diffusion_strategy", "ttest", "--diffusion_schedule", "5@50,1@500"]), seed=0)

@@ -72,14 +72,15 @@ def test_the_preview_line_states_what_a_fixed_run_then_spends(capsys):
 
 def test_the_defaults_score_1000_classes_x_80_templates_without_paying_for_the_templates():
     """ImageNet's shape (1000 classes, clip_benchmark's 80 templates): the old defaults (fixed 64 draws,
-    every template scored) cost 5,120,000 calls per image; the defaults at most 64,000."""
+    every template scored) cost 5,120,000 calls per image; the defaults score one prompt per class,
+    between 8 draws (the first look) and 1024 (the full budget) per class."""
     candidates = [[f"template {k} of class {c}" for k in range(80)] for c in range(1000)]
     settings = ScorerSettings(batch_size=8192)  # the defaults; the batch size only changes speed
     bounds = call_bounds(settings, len(candidates), rows_per_candidate=1)
-    assert (bounds.fewest, bounds.most) == (2 * 1000, 64 * 1000)
+    assert (bounds.fewest, bounds.most) == (8 * 1000, 1024 * 1000)
     backend = FakeBackend(spread=0.5)
     results = DiffusionScorer(backend, settings).score(images(2), candidates)
     assert all(bounds.fewest <= r.calls <= bounds.most for r in results)
     assert backend.predict_rows == sum(r.calls for r in results)
-    # classes this far apart are nearly all dropped by the first (pooled) test, after 2 draws
-    assert max(r.calls for r in results) < 3 * 1000
+    # 1000 nearly tied candidates (the fake's predictions differ by at most 0.5): most leave early all the same
+    assert max(r.calls for r in results) < bounds.most / 4

@@ -8,7 +8,7 @@ from .collect import read_costs, read_results
 from .leaderboard import write_leaderboard
 from .page import Figure, html_page, markdown_page
 from .plots import accuracy_plot, binding_plot, cost_plot, robustness_plot, shape_bias_plot
-from .tables import cost_table, paired_table, results_table, shape_bias_table
+from .tables import cost_table, paired_table, published_table, results_table, shape_bias_table
 
 DEFAULT_TITLE = "Diffusion classifiers vs CLIP"
 
@@ -21,8 +21,8 @@ def build_report(results_dir: str, out_dir: str, title: str = DEFAULT_TITLE) -> 
     costs = read_costs(results_dir)
     os.makedirs(out_dir, exist_ok=True)
 
-    tables = [t for t in (results_table(results), paired_table(results), shape_bias_table(results),
-                           cost_table(costs, results)) if t]
+    tables = [t for t in (results_table(results), published_table(results), paired_table(results),
+                           shape_bias_table(results), cost_table(costs, results)) if t]
     candidates: list[tuple[str, str, Optional[bytes]]] = [
         ("accuracy.png", "Accuracy per dataset and model", accuracy_plot(results)),
         ("shape_bias.png", "Shape vs texture decisions per class (Geirhos et al. 2019 style)",

@@ -56,6 +56,19 @@ class Result:
         return f"{self.data['model']} {self.data['pretrained']}"
 
     @property
+    def protocol(self) -> Optional[str]:
+        """The `--diffusion_protocol` label a diffusion result was computed under (None: CLIP, or a
+        result written before protocols were recorded)."""
+        value = self.data.get("protocol")
+        return str(value) if value else None
+
+    @property
+    def label(self) -> str:
+        """The model as tables and plots show it: with its protocol, so results computed differently
+        never share a column, a bar or an unmarked comparison."""
+        return self.model_fullname if self.protocol is None else f"{self.model_fullname} · {self.protocol}"
+
+    @property
     def main_metric(self) -> tuple[str, Optional[float]]:
         """(name, value) of the number that represents this result in tables and plots."""
         names = MAIN_METRICS.get(self.task, ()) + tuple(sorted(self.metrics))
@@ -81,10 +94,15 @@ class RunCost:
     accuracy: Optional[float]
     settings: dict
     probe: Optional[str] = None  # set by `probes` runs (e.g. "shape_bias")
+    protocol: Optional[str] = None  # the record header's protocol label, if it has one
 
     @property
     def settings_label(self) -> str:
         strategy, draws = self.settings.get("strategy", "?"), self.settings.get("draws", "?")
+        if strategy == "schedule" and self.settings.get("schedule_keep"):
+            stages = ",".join(f"{k}@{d}" for k, d in zip(self.settings["schedule_keep"],
+                                                         self.settings.get("schedule_draws", ())))
+            return f"schedule {stages}"
         return f"{strategy}, {draws} draws"
 
 
@@ -149,7 +167,8 @@ def read_cost(path: str) -> Optional[RunCost]:
                    images=len(images), mean_calls=statistics.fmean(calls), min_calls=min(calls), max_calls=max(calls),
                    seconds_per_image=_seconds_per_image(images, summary),
                    accuracy=_records_accuracy(images, summary, str(run.get("task", ""))),
-                   settings=header.get("settings") or {}, probe=run.get("probe"))
+                   settings=header.get("settings") or {}, probe=run.get("probe"),
+                   protocol=(header.get("protocol") or {}).get("label"))
 
 
 def read_costs(folder: str) -> list[RunCost]:

@@ -5,8 +5,10 @@ top-level key (dataset, model, pretrained, task, language, ...), plus `model_ful
 model + ' ' + pretrained. Building rows the same way keeps the columns identical, so
 diffusion and CLIP rows concatenate with rows from `clip_benchmark build`. Two deliberate
 differences, neither affecting the columns: a stable column order (identity columns first,
-where `build` uses set order), and nested values (e.g. shape bias `per_class`) as JSON
-rather than Python reprs. Two additions: the main metric's 95% Wilson interval and its n
+where `build` uses set order), and nested values (e.g. shape bias `per_class`, a diffusion result's
+`diffusion` section) as JSON rather than Python reprs. Diffusion results carry a top-level `protocol`
+(the `--diffusion_protocol` label, with overridden settings), so `build` has that column too; here it is
+always present, empty for other rows. Two additions: the main metric's 95% Wilson interval and its n
 (`ci95_low`, `ci95_high`, `ci95_n`, empty when n is unknown), and an empty `image_acc` for
 caption selection with one image per instance (it is 1 by construction there).
 """
@@ -18,7 +20,7 @@ from typing import Any, Sequence
 
 from .collect import Result, images_per_instance
 
-FIRST_COLUMNS = ("model_fullname", "model", "pretrained", "dataset", "task", "language")
+FIRST_COLUMNS = ("model_fullname", "model", "pretrained", "dataset", "task", "language", "protocol")
 INTERVAL_COLUMNS = ("ci95_low", "ci95_high", "ci95_n")
 
 
@@ -27,6 +29,7 @@ def leaderboard_row(data: dict) -> dict[str, Any]:
     row = dict(data["metrics"])
     row.update({k: v for k, v in data.items() if k != "metrics"})
     row["model_fullname"] = f"{row['model']} {row['pretrained']}"
+    row.setdefault("protocol", "")  # empty: not a diffusion run, or one from before protocols were recorded
     return {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()}
 
 

@@ -37,9 +37,9 @@ def _value(result: Result) -> float:
 def _grouped_bars(results: Sequence[Result], title: str, ylabel: str, chance: Optional[float] = None) -> bytes:
     """Datasets along x, one bar per model; missing (model, dataset) pairs leave a gap."""
     datasets = sorted({r.dataset for r in results})
-    models = sorted({r.model_fullname for r in results})
-    values = {(r.dataset, r.model_fullname): _value(r) for r in results}
-    bounds = {(r.dataset, r.model_fullname): interval(r) for r in results}
+    models = sorted({r.label for r in results})  # with the protocol: different protocols never share a bar
+    values = {(r.dataset, r.label): _value(r) for r in results}
+    bounds = {(r.dataset, r.label): interval(r) for r in results}
     width = 0.8 / len(models)
     figure, axis = plt.subplots(figsize=(min(14.0, max(6.0, 0.45 * len(datasets) * len(models) + 2)), 4.2))
     colours = plt.get_cmap("tab10")
@@ -89,7 +89,7 @@ def shape_bias_plot(results: Sequence[Result]) -> Optional[bytes]:
         colour, per_class = colours(m % 10), result.metrics.get("per_class", {})
         points = [(per_class[c].get("shape_bias"), i) for i, c in enumerate(classes) if c in per_class]
         points = [(x, y) for x, y in points if x is not None and not math.isnan(x)]
-        label = f"{result.model_fullname} ({result.dataset})"
+        label = f"{result.label} ({result.dataset})"
         if points:
             axis.scatter(*zip(*points), marker=MARKERS[m % len(MARKERS)], color=colour, s=40, label=label, zorder=3)
         overall = result.metrics.get("shape_bias")
@@ -130,7 +130,7 @@ def robustness_plot(results: Sequence[Result]) -> Optional[bytes]:
         xs, ys = zip(*points)
         errors = [[y - b[0] for y, b in zip(ys, bounds)], [b[1] - y for y, b in zip(ys, bounds)]]
         axis.errorbar(xs, ys, yerr=errors, marker=MARKERS[m % len(MARKERS)], color=colours(m % 10), capsize=3,
-                      label=f"{result.model_fullname} ({result.dataset})")
+                      label=f"{result.label} ({result.dataset})")
     axis.set_xticks(range(0, 6))
     axis.set_xticklabels(["clean", "1", "2", "3", "4", "5"])
     axis.set_ylim(0, 1.02)
@@ -155,7 +155,8 @@ def cost_figure(costs: Sequence[RunCost], results: Sequence[Result]):
     for n, (x, y, cost) in enumerate(points):
         d = datasets.index(cost.dataset)
         axis.scatter([x], [y], color=colours(n % 10), marker=MARKERS[d % len(MARKERS)], s=45, zorder=3,
-                     label=f"{cost.model_fullname}, {cost.settings_label} ({cost.dataset})")
+                     label=f"{cost.model_fullname}, {cost.protocol + ': ' if cost.protocol else ''}"
+                           f"{cost.settings_label} ({cost.dataset})")
     axis.set_xscale("log")
     axis.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))

@@ -11,6 +11,9 @@ from .collect import Result, RunCost, correctness, cost_accuracy, successes_and_
 from .stats import mcnemar_exact, wilson_interval
 
 MISSING = "–"
+PROTOCOL_NOTE = (" A diffusion model's column names the protocol it was scored under (`--diffusion_protocol`, "
+                 "with any overridden settings in brackets): the same model under two protocols gets two columns, "
+                 "and columns of different protocols were computed differently.")
 
 
 @dataclass
@@ -51,8 +54,8 @@ def _number(value: Optional[float], digits: int = 1) -> str:
 
 
 def models_of(results: Sequence[Result]) -> list[str]:
-    """Model columns (clip_benchmark's `model_fullname`), sorted."""
-    return sorted({r.model_fullname for r in results})
+    """Model columns (clip_benchmark's `model_fullname`, with its protocol if it has one), sorted."""
+    return sorted({r.label for r in results})
 
 
 def _row_label(result: Result) -> str:
@@ -66,7 +69,7 @@ def results_table(results: Sequence[Result]) -> Table:
     models = models_of(results)
     cells: dict[str, dict[str, str]] = {}
     for result in results:  # sorted by path: a later file for the same cell wins
-        cells.setdefault(_row_label(result), {})[result.model_fullname] = with_interval(result)
+        cells.setdefault(_row_label(result), {})[result.label] = with_interval(result)
     rows = [[label] + [cells[label].get(m, MISSING) for m in models] for label in sorted(cells)]
     return Table("Results", ["dataset (metric)"] + models, rows,
                  note="Values in %, with the 95% Wilson interval over images in brackets where the number of "
@@ -74,7 +77,7 @@ def results_table(results: Sequence[Result]) -> Table:
                       "its instance count; shape bias: its shape + texture decisions). Caption selection: text_acc "
                       "(chance 50 for two captions); image_acc is not shown for one image per instance, where it "
                       "is 100% by construction. Shape bias: share of shape decisions among shape + texture "
-                      "decisions.",
+                      "decisions." + PROTOCOL_NOTE,
                  columns_right=set(range(1, len(models) + 1)))
 
 
@@ -88,13 +91,13 @@ def paired_table(results: Sequence[Result]) -> Optional[Table]:
             by_dataset.setdefault((result.dataset, result.task), []).append((result, correct))
     rows = []
     for (dataset, _), entries in sorted(by_dataset.items()):
-        entries = sorted(entries, key=lambda entry: entry[0].model_fullname)
+        entries = sorted(entries, key=lambda entry: entry[0].label)
         for i, (a, correct_a) in enumerate(entries):
             for b, correct_b in entries[i + 1:]:
-                if len(correct_a) != len(correct_b) or a.model_fullname == b.model_fullname:
+                if len(correct_a) != len(correct_b) or a.label == b.label:
                     continue
                 test = mcnemar_exact(correct_a, correct_b)
-                rows.append([dataset, a.model_fullname, percent(sum(correct_a) / test.n), b.model_fullname,
+                rows.append([dataset, a.label, percent(sum(correct_a) / test.n), b.label,
                              percent(sum(correct_b) / test.n), str(test.n), str(test.only_a), str(test.only_b),
                              f"{test.p_value:.3g}", "yes" if test.significant else "no"])
     if not rows:
@@ -103,13 +106,41 @@ def paired_table(results: Sequence[Result]) -> Optional[Table]:
                  ["dataset", "model A", "A %", "model B", "B %", "images", "only A right", "only B right",
                   "p", "significant (p < 0.05)"], rows,
                  note="Both models on the same images, in the same order. p is the two-sided exact McNemar test: a "
-                      "binomial test at 1/2 of the images exactly one of the two models gets right.",
+                      "binomial test at 1/2 of the images exactly one of the two models gets right. Two diffusion "
+                      "models named with different protocols were scored differently: the test compares the "
+                      "two (model, protocol) pairs, not the models alone.",
                  columns_right={2, 4, 5, 6, 7, 8})
+
+
+def published_table(results: Sequence[Result]) -> Optional[Table]:
+    """Each result of a paper's protocol beside that paper's published numbers for the dataset (carried
+    in the result's `diffusion.protocol.published`), with what may make them differ: model, overrides."""
+    rows = []
+    for result in results:
+        protocol = (result.data.get("diffusion") or {}).get("protocol") or {}
+        published = protocol.get("published") or {}
+        if not published:
+            continue
+        rows.append([result.dataset, protocol.get("name", "?"), result.label, with_interval(result),
+                     "; ".join(f"{model} {value:.1f}" for model, value in published.items()),
+                     "yes" if protocol.get("paper_model") == result.data.get("pretrained") else
+                     f"no (paper: {protocol.get('paper_model')})",
+                     ", ".join(sorted(protocol.get("overrides") or {})) or "none"])
+    if not rows:
+        return None
+    return Table("Against the papers' published numbers",
+                 ["dataset", "protocol", "model (as run)", "yours %", "published %", "paper's model",
+                  "overridden settings"], sorted(rows),
+                 note="Published: the paper's own top-1 accuracy for this dataset (see docs/protocols.md). Yours "
+                      "is comparable to the paper's diffusion number when the model is the paper's and nothing "
+                      "was overridden; the papers' subsets, noise sharing and timestep grids may still differ "
+                      "(each protocol's note, recorded with the result).",
+                 columns_right={3})
 
 
 def shape_bias_table(results: Sequence[Result]) -> Optional[Table]:
     """Shape bias with the decision counts behind it, one row per (model, dataset)."""
-    rows = [[r.model_fullname, r.dataset, percent(r.metrics.get("shape_bias")),
+    rows = [[r.label, r.dataset, percent(r.metrics.get("shape_bias")),
              percent(r.metrics.get("shape_accuracy")), percent(r.metrics.get("texture_accuracy")),
              str(r.metrics.get("conflict_images", MISSING))]
             for r in results if r.task == "shape_bias"]
@@ -132,14 +163,17 @@ def cost_table(costs: Sequence[RunCost], results: Sequence[Result]) -> Optional[
     """Per diffusion run: UNet calls and seconds per image, next to the accuracy they bought."""
     if not costs:
         return None
-    rows = [[c.model_fullname, c.dataset, c.settings_label, str(c.images), _number(c.mean_calls),
+    rows = [[c.model_fullname, c.dataset, c.protocol or MISSING, c.settings_label, str(c.images),
+             _number(c.mean_calls),
              f"{c.min_calls}–{c.max_calls}", _number(c.seconds_per_image, 3), _cost_accuracy(c, results),
              os.path.basename(c.path)]
             for c in costs]
-    return Table("Diffusion cost per image", ["model", "dataset", "strategy", "images", "UNet calls / image",
-                                              "calls range", "seconds / image", "accuracy %", "records"],
+    return Table("Diffusion cost per image", ["model", "dataset", "protocol", "strategy", "images",
+                                              "UNet calls / image", "calls range", "seconds / image", "accuracy %",
+                                              "records"],
                  rows, note="From the per-image records (*.diffusion.jsonl). Seconds are shown when the "
-                            "records carry them.", columns_right={3, 4, 5, 6, 7})
+                            "records carry them; protocol '–': a record written before protocols were recorded.",
+                 columns_right={4, 5, 6, 7, 8})
 
 
 def to_markdown(table: Table) -> str:

@@ -126,8 +126,7 @@ def locate(pretrained: str, cache_dir: Optional[str] = None, settings: Optional[
     if not os.path.isfile(index_file):
         raise CheckpointError(f"diffusion checkpoint {what}: {folder} has no model_index.json, so it is not a "
                               f"diffusers pipeline folder (save one with pipeline.save_pretrained); {how}")
-    with open(index_file) as handle:
-        index = json.load(handle)
+    index = read_model_index(index_file, what)
     class_name = index.get("_class_name", "?")
     backend_class = family(class_name, what)
     problem = backend_class.settings_problem(settings) if settings is not None else None
@@ -144,6 +143,22 @@ def locate(pretrained: str, cache_dir: Optional[str] = None, settings: Optional[
             raise CheckpointError(f"diffusion checkpoint {what}: {os.path.join(folder, relative)} is damaged "
                                   f"({problem}); download or save it again")
     return folder, index
+
+
+def read_model_index(path: str, what: str) -> dict:
+    """`model_index.json` as a dict, or one CheckpointError line (invalid JSON, a list, empty, no class)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            index = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"diffusion checkpoint {what}: {path} is not valid JSON ({type(error).__name__}: "
+                              f"{str(error)[:120]}); save the pipeline again (pipeline.save_pretrained)") from None
+    if not isinstance(index, dict) or not index.get("_class_name"):
+        kind = "an empty object" if index == {} else f"a JSON {type(index).__name__}" \
+            if not isinstance(index, dict) else "an object without _class_name"
+        raise CheckpointError(f"diffusion checkpoint {what}: {path} is {kind}, not a diffusers pipeline index "
+                              "(an object naming its _class_name); save the pipeline again")
+    return index
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -166,11 +181,11 @@ def _download_or_cached(hub_id: str, what: str, cache_dir: Optional[str],
     from huggingface_hub import hf_hub_download, snapshot_download
 
     try:
-        with open(hf_hub_download(hub_id, "model_index.json", cache_dir=cache_dir,
-                                  local_files_only=_hub_offline())) as handle:
-            index = json.load(handle)
+        index_file = hf_hub_download(hub_id, "model_index.json", cache_dir=cache_dir,
+                                     local_files_only=_hub_offline())
     except Exception as error:  # huggingface_hub raises many types; all mean "not available"
         raise _unavailable(hub_id, what, error) from None
+    index = read_model_index(index_file, what)
     parts = family(index.get("_class_name", "?"), what).required_parts(index, settings)
     try:
         return snapshot_download(hub_id, allow_patterns=hub_patterns(parts), cache_dir=cache_dir,

@@ -25,7 +25,8 @@ import torch
 from tqdm import tqdm
 
 from . import rank_codec
-from .records import RunRecorder, image_record, read_records
+from .records import RunRecorder, image_record, read_records, settings_fingerprint
+from .safety import NonFiniteError
 from .sharding import Shard, other_rank_records, rank_record_path
 from .scorer import DiffusionScorer, image_key_from_pixels
 from .strategies import call_bounds
@@ -118,6 +119,11 @@ class DiffusionZeroShotModel(torch.nn.Module):
         if self.images_seen:
             self._start_new_candidate_set()
         prompts = self.tokenizer.decode(token_ids)[:1 if self.first_template_only else None]
+        if len(self.candidates) >= self.capacity:
+            from .settings import UnsupportedSettings
+
+            raise UnsupportedSettings(f"--diffusion_max_candidates {self.capacity} is below the number of classes "
+                                      f"(at least {len(self.candidates) + 1}); raise it or drop the flag")
         self.candidates.append(prompts)
         self.scorer.encode_candidates([prompts])
         return rank_codec.class_embedding(len(self.candidates) - 1, self.capacity, len(prompts)).to(token_ids.device)
@@ -177,16 +183,28 @@ class DiffusionZeroShotModel(torch.nn.Module):
         what makes earlier records reusable; in caption selection each record carries its own)."""
         if self.record_path and self.recorder is None:
             candidates = self.candidates if self.task == "zeroshot_classification" else None
-            others = []
-            if self.shard is not None:  # every rank's earlier images count, whatever the world size was
-                others = [p for p in [self.record_path] + other_rank_records(self.record_path)
-                          if os.path.abspath(p) != os.path.abspath(self.rank_record_path)]
-            self.recorder = RunRecorder(self.rank_record_path, {**self.record_header, "task": self.task,
-                                                                "candidates": candidates}, also_read=others)
+            # every rank's earlier images count, whatever the world size was (one process included:
+            # a torchrun job killed and resumed as a single process loses nothing)
+            others = [p for p in [self.record_path] + other_rank_records(self.record_path)
+                      if os.path.abspath(p) != os.path.abspath(self.rank_record_path)]
+            header = {**self.record_header, "task": self.task, "candidates": candidates}
+            if self.shard is not None and self.shard_stats is None:
+                self._agree_with_other_ranks(header)
+            self.recorder = RunRecorder(self.rank_record_path, header, also_read=others)
             if self.recorder.previous_images:
                 self._say(f"{self.recorder.resumed_from} holds {self.recorder.previous_images} images scored with "
                           "these settings, weights and candidates; they are reused")
         return self.recorder
+
+    def _agree_with_other_ranks(self, header: dict) -> None:
+        """Ranks that loaded other weights (or registered other candidates) would write records
+        rank 0 must throw away: refuse, naming the rank, before any image is scored."""
+        self._candidate_sets = getattr(self, "_candidate_sets", 0) + 1
+        model = header.get("model") or {}
+        self.shard.agree(f"weights or candidates (set {self._candidate_sets})", {
+            "weights": (model.get("weights") or {}).get("all"),
+            "record fingerprint": settings_fingerprint({"type": "header", **header}),
+            "candidates": len(header.get("candidates") or [])})
 
     @staticmethod
     def _say(message: str) -> None:
@@ -245,8 +263,13 @@ class DiffusionZeroShotModel(torch.nn.Module):
                 self._tick(1)  # the bar moves per image, not per clip_benchmark batch
 
             priors = self.prefilter.rank(images[todo], candidates) if self.prefilter else None
-            self.scorer.score(images[todo], candidates, [keys[i] for i in todo], on_calls=self._count_calls,
-                              prior_orders=priors, shortlist_size=self.scorer.settings.prefilter_k, on_image=save)
+            try:
+                self.scorer.score(images[todo], candidates, [keys[i] for i in todo], on_calls=self._count_calls,
+                                  prior_orders=priors, shortlist_size=self.scorer.settings.prefilter_k, on_image=save)
+            except NonFiniteError as error:  # name the image by its place in the dataset too
+                position = getattr(error, "position", None)
+                where = f"dataset image {self.images_seen + todo[position]}, " if position is not None else ""
+                raise NonFiniteError(where + str(error)) from None
         return records
 
     def _bar(self) -> tqdm:
@@ -337,6 +360,10 @@ class DiffusionZeroShotModel(torch.nn.Module):
                            f"{self.shard.world_size - 1} ranks, merged into {self.record_path}")
             else:
                 summary["images_reused"] = self.images_reused
+                if self.shard is None and self.record_path:  # a sharded job resumed as one process
+                    merged = self.recorder.merge(other_rank_records(self.record_path))
+                    if merged:
+                        summary["merged_from_rank_records"] = merged
                 if self.shard is not None:
                     summary.update(rank=self.shard.rank, images_left_to_other_ranks=self.images_elsewhere)
                 message = (f"reused {self.images_reused} of {self.images_seen} images from {self.rank_record_path}; "

@@ -14,8 +14,9 @@ What is guaranteed (and tested):
   `X.diffusion.<fingerprint>.jsonl` when another run first writes to `X.diffusion.jsonl`, and
   moved back when a run with its settings comes again; a file is only created or moved once an
   image (or the summary) is written, so a run that fails early leaves every file as it was;
-* one process at a time writes a record (an OS lock on `X.diffusion.jsonl.lock`); a second run
-  on the same record stops with one line;
+* one process at a time writes a record (an OS lock on `X.diffusion.jsonl.lock` beside the record's
+  real path, removed when the run ends); a second run on the same record, by any path to it
+  (symlinks included), stops with one line;
 * a torn last line (disk full, power loss) is dropped with a warning and the run goes on.
 """
 from __future__ import annotations
@@ -118,11 +119,16 @@ _HELD_LOCKS: dict[str, list] = {}
 @contextmanager
 def record_lock(path: str) -> Iterator[None]:
     """Hold the OS lock of record `path` (re-entrant within a process). Another process holding
-    it raises RecordError at once: two runs appending to one record would interleave lines."""
+    it raises RecordError at once: two runs appending to one record would interleave lines.
+    The lock is taken on the real path (a symlink reaches the same lock) and its file is removed
+    when the last holder lets go, so no `.lock` file outlives a run that ends."""
+    if os.path.isdir(path):
+        raise RecordError(f"the record {path} is a folder; pass a file path, e.g. "
+                          f"{os.path.join(path, 'run.diffusion.jsonl')}")
     key = os.path.realpath(path)
     held = _HELD_LOCKS.get(key)
     if held is None:
-        held = [_acquire(path), 0]
+        held = [_acquire(key, shown=path), 0]
         _HELD_LOCKS[key] = held
     held[1] += 1
     try:
@@ -131,29 +137,65 @@ def record_lock(path: str) -> Iterator[None]:
         held[1] -= 1
         if held[1] == 0:
             del _HELD_LOCKS[key]
-            held[0].close()  # closing the descriptor releases the lock
+            _release(held[0])
 
 
-def _acquire(path: str):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    handle = open(path + ".lock", "a+", encoding="utf-8")
+def lock_path(path: str) -> str:
+    """The lock file of record `path`: beside its real path."""
+    return os.path.realpath(path) + ".lock"
+
+
+def _release(handle) -> None:
+    """Remove the lock file while still holding it, then let go (closing releases the lock); a run
+    that opened the file before the removal sees it is gone and locks the new one (`_acquire`)."""
+    try:
+        os.remove(handle.name)
+    except OSError:
+        pass
+    handle.close()
+
+
+def _acquire(real: str, shown: Optional[str] = None):
+    os.makedirs(os.path.dirname(real), exist_ok=True)
     try:
         import fcntl
     except ImportError:  # not a POSIX system: no OS lock available
-        return handle
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise RecordError(f"the record {path} is being written by another run ({owner}); wait for it to finish "
-                          "(then rerun to reuse its images) or pass --diffusion_records with another path") from None
+        return open(real + ".lock", "a+", encoding="utf-8")
+    for _ in range(100):
+        handle = open(real + ".lock", "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise RecordError(f"the record {shown or real} is being written by another run ({owner}); wait for it "
+                              "to finish (then rerun to reuse its images) or pass --diffusion_records with another "
+                              "path") from None
+        try:
+            current = os.stat(handle.name).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the previous holder removed this file while we waited: lock the new one
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()}")
     handle.flush()
     return handle
+
+
+#: recorders with an open file, so a failed run can close them (and release their lock)
+_OPEN_RECORDERS: list = []
+
+
+def close_recorders(path: str) -> None:
+    """Close every recorder of this process still open on record `path` (after a run failed
+    mid-way): their lines are all on disk already; this only lets go of the file and its lock."""
+    real = os.path.realpath(path)
+    for recorder in [r for r in _OPEN_RECORDERS if os.path.realpath(r.path) == real]:
+        recorder.close()
 
 
 # ------------------------------------------------------------------------------ reading
@@ -172,15 +214,29 @@ def _read_lines(path: str) -> tuple[list[dict], int]:
             try:
                 if not terminated:
                     raise ValueError("no newline")
-                lines.append(json.loads(raw))
+                line = json.loads(raw)
             except ValueError:
                 if any(rest.strip() for rest in pieces[number:]):
                     raise RecordError(f"{path}, line {number}: not valid JSON (the file was changed by hand or "
                                       "damaged); move it away to start this record afresh") from None
                 warn(f"{path}, line {number}: dropped a torn last line (the run writing it was interrupted)")
                 break
+            problem = _line_problem(line)
+            if problem:
+                raise RecordError(f"{path}, line {number}: {problem} (the file was changed by hand or is not a "
+                                  "record); move it away to start this record afresh")
+            lines.append(line)
         intact = offset
     return lines, intact
+
+
+def _line_problem(line: Any) -> Optional[str]:
+    """Why a parsed line cannot be a record line, or None."""
+    if not isinstance(line, dict):
+        return f"valid JSON but not an object ({type(line).__name__})"
+    if line.get("type") == "image" and not isinstance(line.get("image_key"), str):
+        return "an image line without an image_key"
+    return None
 
 
 def read_records(path: str) -> dict[str, Any]:
@@ -236,6 +292,7 @@ class RunRecorder:
         self._in_file: set[str] = set()  # image keys in this record's own file
         self._lock = record_lock(path)
         self._lock.__enter__()
+        _OPEN_RECORDERS.append(self)
         self._handle = None
         try:
             #: the file our earlier images come from (`path` itself or our archive), if any
@@ -248,7 +305,7 @@ class RunRecorder:
                 images = (self._matching(other) or ({}, 0))[0]
                 self.done.update((key, line) for key, line in images.items() if key not in self.done)
         except BaseException:
-            self._lock.__exit__(None, None, None)
+            self.close()
             raise
         self.previous_images = len(self.done)
 
@@ -336,3 +393,5 @@ class RunRecorder:
         if self._lock is not None:
             self._lock.__exit__(None, None, None)
             self._lock = None
+        if self in _OPEN_RECORDERS:
+            _OPEN_RECORDERS.remove(self)

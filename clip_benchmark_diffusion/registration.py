@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import inspect
 import os
 import sys
@@ -35,8 +36,9 @@ from .console import (INTERRUPTED_EXIT_CODE, abbreviated_flag_error, group_help,
 from .datasets import DatasetError
 from .prompts import canonical_templates
 from .protocols import DEFAULT_PROTOCOL, check_protocol, protocol_names
-from .records import RecordError, record_lock, warn
-from .sharding import rank_record_path
+from .records import RecordError, close_recorders, record_lock, warn
+from .safety import NonFiniteError, ResourceLimit, output_problem
+from .sharding import ShardError, rank_record_path
 from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, SIGMA_DISTRIBUTIONS, STRATEGIES, TEMPLATE_MODES,
                        TIMESTEP_SAMPLERS, TTEST_VARIANCES, ScorerSettings, UnsupportedSettings)
 
@@ -283,7 +285,11 @@ def diffusion_run(options: Optional[argparse.Namespace], seed: int, record_path:
     try:
         # locked before the model loads: a second run on the same record stops in seconds
         with record_lock(own_record) if own_record else contextlib.nullcontext():
-            yield settings
+            try:
+                yield settings
+            finally:
+                if own_record:
+                    close_recorders(own_record)  # a failed run's lines are on disk; let go of file and lock
     finally:
         _state.update(saved)
 
@@ -324,9 +330,38 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
         raise DiffusionUsageError("--load_clfs cannot be used with diffusion models: their class scores are not a "
                                   "fixed linear classifier; drop --load_clfs")
     options = _state["options"] or diffusion_argument_parser().parse_args([])
-    locate(args.pretrained, cache_dir=args.model_cache_dir,
-           settings=settings_for_dataset(options, args.seed, args.dataset)[0])
+    settings = settings_for_dataset(options, args.seed, args.dataset)[0]
+    _, index = locate(args.pretrained, cache_dir=args.model_cache_dir, settings=settings)
+    from .safety import class_count_problem, ignored_by_family, prefilter_problem
+
+    for message in ignored_by_family(settings, str(index.get("_class_name", ""))):
+        _warn_once(message)
+
+    classes = _class_count(args) if task == "zeroshot_classification" else None
+    problem = prefilter_problem(settings) or class_count_problem(settings, classes)
+    if problem:
+        raise DiffusionUsageError(problem)
+    if classes:  # the per-draw tables of one clip_benchmark batch, before the model loads
+        from .safety import check_table_memory, table_draws
+
+        check_table_memory(args.batch_size, classes, table_draws(settings.draws if settings.strategy != "schedule"
+                                                                 else settings.schedule_draws[-1], settings.max_calls))
     return task
+
+
+def _class_count(args: argparse.Namespace) -> Optional[int]:
+    """The number of classes, when it can be read without building the dataset (a custom classname
+    file, or a local wds/ dataset's classnames.txt); None otherwise."""
+    path = getattr(args, "custom_classname_file", None)
+    if not path and args.dataset.startswith("wds/"):
+        name = _dataset_name(args)
+        root = args.dataset_root.format(dataset=name, dataset_cleaned=name.replace("/", "-"))
+        path = os.path.join(root, "classnames.txt")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return sum(1 for line in handle if line.strip())
+    except (OSError, TypeError):
+        return None
 
 
 def _predictions_path(args: argparse.Namespace) -> Optional[str]:
@@ -380,6 +415,7 @@ def _patch_cli(cli_module) -> None:
         try:
             if diffusion:
                 return run_diffusion(args, *more, **kwargs)
+            _warn_unused_diffusion_flags(args)
             _state["run"] = None
             # any model's classification run keeps per-image predictions (a small side file): the
             # report's intervals and paired tests need them
@@ -393,12 +429,16 @@ def _patch_cli(cli_module) -> None:
         own_record = None
         try:
             task = _check_diffusion_run(args)
+            _warn_ignored_flags()
             output = _output_path(args, task)
             _state["predictions"] = _predictions_path(args)
             options = _state["options"]
             record_path = (options and options.diffusion_records) or (os.path.splitext(output)[0] + ".diffusion.jsonl")
             info = {"dataset": args.dataset, "pretrained": args.pretrained, "task": task, "result_json": output,
                     "model_name": args.model, "language": args.language}
+            problem = output_problem(record_path, output, _state["predictions"], args.skip_existing)
+            if problem:
+                raise RecordError(problem)
             shard = _shard_for(args, record_path)
             own_record = rank_record_path(record_path, shard.rank) if shard is not None else record_path
             limit = getattr(options, "diffusion_limit", 0) or 0
@@ -406,6 +446,8 @@ def _patch_cli(cli_module) -> None:
                 if args.verbose:
                     print(f"Skip {output}, exists already.")
                 return None
+            if shard is not None:  # before the model loads: a rank with other flags must not hang or waste work
+                shard.agree("settings or output", _run_identity(args, output, record_path, options), job=True)
             if shard is not None and shard.rank != 0:
                 # every rank runs clip_benchmark's evaluation; only rank 0's result JSON is the result
                 output, args.skip_existing, _state["predictions"] = os.devnull, False, None
@@ -419,18 +461,32 @@ def _patch_cli(cli_module) -> None:
                 args.output = output.replace("{", "{{").replace("}", "}}")
                 args.model_type = MODEL_TYPE
                 written_before = os.path.getmtime(output) if os.path.isfile(output) else None
-                with _protocol_templates(args, protocol, task):
-                    result = original_run(args, *more, **kwargs)
+                try:
+                    with _protocol_templates(args, protocol, task):
+                        result = original_run(args, *more, **kwargs)
+                except ValueError as error:  # clip_benchmark's own word for a dataset name it does not know
+                    if not str(error).startswith("Unsupported dataset"):
+                        raise
+                    raise DiffusionUsageError(f"clip_benchmark: {error} (see clip_benchmark's dataset list; local "
+                                              "webdatasets are wds/NAME with --dataset_root)") from None
                 if output != os.devnull and os.path.isfile(output) and os.path.getmtime(output) != written_before:
                     _add_protocol(output, protocol, settings, record_path)
             _print_summary(time.perf_counter() - started, None if output == os.devnull else output, limit)
             return result
-        except (CheckpointError, DiffusionUsageError, UnsupportedSettings, RecordError, DatasetError) as error:
+        except (CheckpointError, DiffusionUsageError, UnsupportedSettings, RecordError, DatasetError, NonFiniteError,
+                ResourceLimit, ShardError) as error:
             print(f"clip_benchmark_diffusion: error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             _report_interrupt(own_record)
             raise SystemExit(INTERRUPTED_EXIT_CODE) from None
+        except OSError as error:
+            if error.errno not in _STORAGE_ERRORS:
+                raise
+            print(f"clip_benchmark_diffusion: error: {error.strerror} writing {error.filename or 'a file'}; every "
+                  "image line written before is kept in the record (rerun to resume once there is room)",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
 
     def run_classification(model, *args, **kwargs):
         diffusion = getattr(model, "is_diffusion_classifier", False)
@@ -662,6 +718,53 @@ class _FirstImages:
             return min(len(self.dataloader), -(-self.limit // batch))
         except TypeError:
             raise TypeError("length unknown") from None
+
+
+def _run_identity(args: argparse.Namespace, output: str, record_path: str, options: Any) -> dict:
+    """What every rank of a job must share (compared before the model loads; weights after)."""
+    from .settings import RECORD_IGNORED_SETTINGS
+
+    settings = settings_for_dataset(options, args.seed, args.dataset)[0]
+    values = {f"--diffusion_{k}" if k != "seed" else "--seed": v for k, v in settings.to_dict().items()
+              if k not in RECORD_IGNORED_SETTINGS}
+    values.update({"--output": os.path.abspath(output), "--diffusion_records": os.path.abspath(record_path),
+                   "--pretrained": args.pretrained, "--dataset": args.dataset, "--task": args.task})
+    return values
+
+
+def _warn_ignored_flags() -> None:
+    """Flags the chosen objective does not use: said once, not silently ignored."""
+    from .safety import ignored_flag_warnings
+
+    options = _state["options"]
+    if options is not None:
+        for message in ignored_flag_warnings(options, diffusion_argument_parser().parse_args([])):
+            _warn_once(message)
+
+
+def _warn_unused_diffusion_flags(args: argparse.Namespace) -> None:
+    """`--diffusion_*` flags on a run of another model (a CLIP) change nothing: say so."""
+    from .safety import diffusion_flags_given
+
+    options = _state["options"]
+    given = diffusion_flags_given(options, diffusion_argument_parser().parse_args([])) if options else []
+    if given:
+        _warn_once(f"{', '.join(given)} only apply to diffusion models; model '{getattr(args, 'model', '?')}' "
+                   "ignores them")
+
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    """clip_benchmark calls `run` once per model x dataset: a warning about the flags is said once."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warn(message)
+
+
+#: errors that mean "the disk cannot take it" rather than a bug: one line, not a traceback
+_STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _shard_for(args: argparse.Namespace, record_path: str):

@@ -22,6 +22,7 @@ from .devices import to_device
 from .objectives import draw_noise, draw_timesteps, estimate_of, mix_seed
 from .schedules import NoiseSchedule
 from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings, UnsupportedSettings
+from .safety import NonFiniteError, check_finite, check_table_memory, table_draws
 from .strategies import ImageState, make_strategy, within_cap
 
 
@@ -133,7 +134,8 @@ class RowGather:
         kind = (like.shape[1:], like.dtype, like.device)
         found = self.buffers.get(name)
         if found is None or found[0] != kind or found[1].shape[0] < rows:
-            found = self.buffers[name] = (kind, like.new_empty((max(rows, self.capacity), *kind[0])))
+            # sized by the rows passes really have (a batch_size far above them allocates nothing more)
+            found = self.buffers[name] = (kind, like.new_empty((rows, *kind[0])))
         return found[1][:rows]
 
 
@@ -319,13 +321,16 @@ class DiffusionScorer:
             x0 = self.backend.encode_images(pixels)
             conditionings, groups = self._conditionings(candidates)
             strategy = make_strategy(self.settings)
-            states = [ImageState(len(candidates), strategy.max_draws()) for _ in image_keys]
+            # sized by what the cap can pay for, not by draws; checked against the memory limit first
+            max_draws = table_draws(strategy.max_draws(), self.settings.max_calls, self.backend.calls_per_prediction)
+            check_table_memory(len(image_keys), len(candidates), max_draws)
+            states = [ImageState(len(candidates), max_draws) for _ in image_keys]
             if prior_orders is not None and shortlist_size > 0:
                 for state, order in zip(states, prior_orders):
                     state.restrict(list(order)[:shortlist_size])
             seeds = [self.image_seed(k) for k in image_keys]
             all_timesteps = [draw_timesteps(self.settings, self.schedule.num_train_timesteps,
-                                            torch.arange(strategy.max_draws()), s) for s in seeds]
+                                            torch.arange(max_draws), s) for s in seeds]
             calls = [0] * len(states)
             rows_per_draw = [sum(len(groups[c]) for c in torch.nonzero(state.active).flatten().tolist())
                              * self.backend.calls_per_prediction for state in states]
@@ -333,7 +338,7 @@ class DiffusionScorer:
             first_round = 0
 
             def decide(i: int) -> None:
-                bounds = (rows_per_draw[i] * first_round, rows_per_draw[i] * strategy.max_draws())
+                bounds = (rows_per_draw[i] * first_round, rows_per_draw[i] * max_draws)
                 results[i] = self._result(image_keys[i], states[i], all_timesteps[i], calls[i], bounds)
                 if prior_orders is not None:
                     results[i].prior = list(prior_orders[i])
@@ -361,12 +366,27 @@ class DiffusionScorer:
                 blocks = {i: RoundRows(_open_conditionings(states[i], groups), states[i].draws_done, target)
                           for i, target in plans.items()}
                 for i, image_errors in self._evaluate(blocks, x0, conditionings, seeds, all_timesteps, on_calls):
+                    self._check_finite(image_errors, i, image_keys[i], blocks[i], groups, candidates)
                     self._record_round(states[i], groups, blocks[i], image_errors)
                     calls[i] += blocks[i].size * self.backend.calls_per_prediction
                     strategy.after_round(states[i])
                     states[i].survivors_per_round.append(int(states[i].active.sum()))
                     plan(i)
         return results
+
+    def _check_finite(self, errors: torch.Tensor, position: int, key: int, block: "RoundRows", groups: list,
+                      candidates: Sequence[Sequence[str]]) -> None:
+        """A NaN or infinite error is never a score (an overflowing half-precision network, NaN weights):
+        stop, naming the image, candidate and dtype (`safety.check_finite`)."""
+        def candidate(row: int) -> str:
+            conditioning = block.conditionings[row % len(block.conditionings)]
+            return next(c[0] for c, members in zip(candidates, groups) if conditioning in members)
+
+        try:
+            check_finite(errors, f"image key {key:016x}", candidate, getattr(self.backend, "dtype", None))
+        except NonFiniteError as error:
+            error.position = position
+            raise
 
     def _within_cap(self, state: ImageState, groups: list, target: Optional[int], calls: int) -> Optional[int]:
         """The strategy's next draw target, cut to what `max_calls` still pays for (None: decide now)."""

@@ -144,6 +144,10 @@ class ScorerSettings:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from .safety import check_numbers
+
+        check_numbers(self)  # NaN, inf and sizes past the resource limits (issue 21)
+
         def check(ok: bool, message: str) -> None:
             if not ok:
                 raise ValueError(f"invalid scorer setting: {message}")

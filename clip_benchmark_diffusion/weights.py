@@ -3,7 +3,14 @@
 A record may only be reused by a run of the *same weights*: a folder path says nothing once
 its files are retrained or replaced in place. So the record header carries a content hash of
 every file the model loads. Hashing an SD-scale checkpoint takes seconds, so each file's hash
-is cached by (real path, size, mtime, inode) and recomputed only when one of those changes.
+is cached by (real path, size, mtime, inode, change time) and recomputed when any of them differs.
+
+The change time (st_ctime_ns) is what makes the cache safe against same-size in-place rewrites
+(`cp -p`, `rsync --inplace`, `unzip -o`, `touch -r`): they can restore size, inode and mtime, but
+every write and every `utime` sets the change time to "now", and no user call can set it back.
+It also changes on chmod, chown and new hard links: those only cost one re-hash. What is not
+covered: a filesystem that does not keep a change time (some FUSE and network mounts report
+mtime or 0 for it), and a file changed by someone who resets the system clock.
 """
 from __future__ import annotations
 
@@ -57,16 +64,21 @@ def weights_fingerprint(folder: str, parts: Sequence[str]) -> dict[str, str]:
 def _file_digest(path: str, cache: dict) -> tuple[str, bool]:
     real = os.path.realpath(path)
     info = os.stat(real)
-    stamp = [info.st_size, info.st_mtime_ns, info.st_ino]
+    stamp = file_stamp(info)
     cached = cache.get(real)
-    if cached and cached[:3] == stamp:
-        return cached[3], False
+    if isinstance(cached, list) and cached[:-1] == stamp:  # entries of older versions (no ctime) never match
+        return cached[-1], False
     h = hashlib.blake2b(digest_size=16)
     with open(real, "rb") as handle:
         for chunk in iter(lambda: handle.read(_CHUNK), b""):
             h.update(chunk)
     cache[real] = stamp + [h.hexdigest()]
     return h.hexdigest(), True
+
+
+def file_stamp(info: os.stat_result) -> list[int]:
+    """What must be unchanged for a cached hash to be reused: size, mtime, inode and change time."""
+    return [info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]
 
 
 def _load_cache(path: str) -> dict:

@@ -251,7 +251,8 @@ def test_every_settings_flag_is_known_to_the_protocol_resolution():
     """A new `--diffusion_*` flag that sets a scorer setting must say which (else it could not override)."""
     flags = {a.dest for a in diffusion_argument_parser()._actions if a.dest.startswith("diffusion_")}
     assert flags - set(protocols.FLAG_SETTINGS) == {"diffusion_no_progress", "diffusion_predictions",
-                                                     "diffusion_protocol", "diffusion_records"}
+                                                     "diffusion_protocol", "diffusion_records",
+                                                     "diffusion_limit"}
 
 
 def test_li2023_prompts_are_the_canonical_prompts_of_the_single_template_mode():

@@ -223,3 +223,139 @@ def test_scorer_reports_each_image_when_its_decision_is_made():
     assert all(results[i] is scores for i, scores in seen)
     calls = [scores.calls for _, scores in seen]
     assert len(set(calls)) == 3 and calls == sorted(calls)  # decided at different rounds, reported in that order
+
+
+def _rewrite_in_place_keeping_stat(path, data):
+    """What `cp -p` onto an existing file, `rsync --inplace` or `touch -r` leave: new bytes of the same size
+    in the same inode, with the old mtime (only the change time moves, and no user call can set it back)."""
+    before = os.stat(path)
+    with open(path, "r+b") as handle:
+        handle.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_ino, after.st_mtime_ns) == (before.st_size, before.st_ino, before.st_mtime_ns)
+
+
+def test_a_same_size_in_place_rewrite_with_the_old_mtime_is_not_taken_from_the_hash_cache(pipeline_copy, tiny_wds,
+                                                                                           tmp_path, capsys,
+                                                                                           monkeypatch):
+    """The stale-score case of issue 21: size, inode and mtime all kept, so a cache keyed on them alone
+    reused 6 of 6 images scored with the old weights."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    code, _ = run_in_process(eval_args(pipeline_copy, tiny_wds), tmp_path, capsys, monkeypatch)
+    assert code == 0
+    first = read_records(str(tmp_path / RECORD))
+    weights_file = pipeline_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    halved = tmp_path / "halved.safetensors"
+    with safe_open(str(weights_file), "pt") as handle:
+        metadata = handle.metadata()
+    save_file({name: tensor * 0.5 for name, tensor in load_file(str(weights_file)).items()}, str(halved), metadata)
+    assert halved.stat().st_size == weights_file.stat().st_size
+    _rewrite_in_place_keeping_stat(weights_file, halved.read_bytes())
+    code, err = run_in_process(eval_args(pipeline_copy, tiny_wds), tmp_path, capsys, monkeypatch)
+    assert code == 0 and "reused 0 of 6 images" in err
+    second = read_records(str(tmp_path / RECORD))
+    assert second["header"]["model"]["weights"]["unet"] != first["header"]["model"]["weights"]["unet"]
+    assert second["images"][0]["errors"] != first["images"][0]["errors"]
+
+
+def test_the_hash_cache_is_reused_while_nothing_changes_and_ignores_entries_without_a_change_time(pipeline_copy):
+    import json
+
+    from clip_benchmark_diffusion.weights import hash_cache_file
+
+    parts = ("unet",)
+    first = weights_fingerprint(str(pipeline_copy), parts)
+    cache_path = hash_cache_file()
+    cache = json.load(open(cache_path))
+    weights_file = os.path.realpath(pipeline_copy / "unet" / "diffusion_pytorch_model.safetensors")
+    assert len(cache[weights_file]) == 5  # size, mtime, inode, ctime, digest
+    # an entry of the old format (no ctime) with a wrong digest must not be believed
+    cache[weights_file] = cache[weights_file][:3] + ["0" * 32]
+    json.dump(cache, open(cache_path, "w"))
+    assert weights_fingerprint(str(pipeline_copy), parts) == first
+
+
+def _one_error_line(code, err):
+    lines = err.strip().splitlines()
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert lines[-1].startswith("clip_benchmark_diffusion: error: ")
+    return lines[-1]
+
+
+def test_nothing_the_run_writes_can_replace_a_record(pipeline_copy, tiny_wds, tmp_path, capsys, monkeypatch):
+    """Issue 21: records path = result JSON, = predictions file, or --output = an earlier run's record all
+    ended with rc 0 and the record replaced at the end. Each is refused before any work now."""
+    code, _ = run_in_process(eval_args(pipeline_copy, tiny_wds), tmp_path, capsys, monkeypatch)
+    assert code == 0
+    record = (tmp_path / RECORD).read_bytes()
+    result = (tmp_path / "out.json").read_bytes()
+    cases = [
+        (("--diffusion_records", "out.json"), "is also the result JSON"),
+        (("--diffusion_records", "out.predictions.jsonl"), "is also the predictions file"),
+        (("--diffusion_records", RECORD, "--output", RECORD), "is also the result JSON"),
+        (("--output", RECORD, "--diffusion_records", "new.diffusion.jsonl"), "is an existing diffusion record"),
+        (("--output", "new.json", "--diffusion_records", "out.json"), "not a diffusion record"),
+    ]
+    for extra, message in cases:
+        args = eval_args(pipeline_copy, tiny_wds)[:-2] + list(extra)
+        code, err = run_in_process(args + (["--output", "out.json"] if "--output" not in extra else []), tmp_path,
+                                   capsys, monkeypatch)
+        assert message in _one_error_line(code, err), (extra, err)
+        assert (tmp_path / RECORD).read_bytes() == record and (tmp_path / "out.json").read_bytes() == result
+        assert not (tmp_path / "new.json").exists() and not (tmp_path / "new.diffusion.jsonl").exists()
+    assert not list(tmp_path.glob("*.lock"))
+
+
+def test_a_folder_as_records_path_is_refused_before_any_work(pipeline_copy, tiny_wds, tmp_path, capsys,
+                                                             monkeypatch):
+    (tmp_path / "records").mkdir()
+    code, err = run_in_process(eval_args(pipeline_copy, tiny_wds, "--diffusion_records", "records"), tmp_path, capsys,
+                               monkeypatch)
+    assert "is a folder" in _one_error_line(code, err)
+    assert "Loading" not in err  # before the model
+    assert sorted(os.listdir(tmp_path)) == ["model", "records"] and not os.listdir(tmp_path / "records")
+
+
+def test_a_read_only_output_folder_is_one_line_before_any_work(pipeline_copy, tiny_wds, tmp_path, capsys,
+                                                               monkeypatch):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:  # root writes to a chmod 555 folder: what a read-only mount answers instead
+        from clip_benchmark_diffusion import safety
+
+        real_access = os.access
+        monkeypatch.setattr(safety.os, "access", lambda path, mode: False if os.path.realpath(path) == str(
+            folder.resolve()) else real_access(path, mode))
+    try:
+        code, err = run_in_process(eval_args(pipeline_copy, tiny_wds)[:-2] + ["--output", "results/out.json"],
+                                   tmp_path, capsys, monkeypatch)
+    finally:
+        folder.chmod(0o755)
+    assert "is read-only" in _one_error_line(code, err)
+
+
+def test_the_lock_is_taken_on_the_real_path_so_a_symlink_cannot_bypass_it_and_no_lock_file_outlives_it(tmp_path):
+    """Issue 21: a run reaching the record through a symlink locked `<link>.lock` and ran beside the first.
+    The other process here is a bare flock on the real path's lock file (what a run by the real path
+    takes), so it starts in milliseconds without importing torch."""
+    real = tmp_path / "real" / RECORD
+    real.parent.mkdir()
+    link = tmp_path / "link.diffusion.jsonl"
+    link.symlink_to(real)
+    other = [sys.executable, "-c", "import fcntl, sys\nhandle = open(sys.argv[1] + '.lock', 'a+')\n"
+             "try:\n    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB); print('got it')\n"
+             "except OSError: print('refused')", str(real)]
+    with record_lock(str(link)):
+        assert os.path.exists(str(real) + ".lock") and not os.path.exists(str(link) + ".lock")
+        assert subprocess.run(other, capture_output=True, text=True, timeout=60).stdout.strip() == "refused"
+        with record_lock(str(real)):  # this process by the other path: the same lock, held once more
+            pass
+        assert subprocess.run(other, capture_output=True, text=True, timeout=60).stdout.strip() == "refused"
+    assert not list(tmp_path.rglob("*.lock"))  # released and removed
+    with record_lock(str(real)):
+        pass
+    assert not list(tmp_path.rglob("*.lock"))

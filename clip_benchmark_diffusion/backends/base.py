@@ -19,6 +19,7 @@ from PIL import Image
 from torchvision import transforms
 
 from ..devices import to_device
+from ..safety import to_rgb
 from ..schedules import DiscreteSchedule, NoiseSchedule
 from ..settings import ScorerSettings
 
@@ -225,7 +226,7 @@ class DiffusionBackend(ABC):
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """PIL image -> tensor in [-1, 1] at `resolution` (resize the short side, centre crop)."""
         return transforms.Compose([
-            transforms.Lambda(lambda image: image.convert("RGB")),
+            transforms.Lambda(to_rgb),  # 16-bit images scaled, not clipped to white
             transforms.Resize(self.resolution, interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.CenterCrop(self.resolution),
             transforms.ToTensor(),

@@ -167,3 +167,33 @@ def group_help(parser: argparse.ArgumentParser) -> str:
         formatter.add_arguments(actions)
         formatter.end_section()
     return formatter.format_help()
+
+
+def flags_table(parser: Optional[argparse.ArgumentParser] = None) -> str:
+    """The `--diffusion_*` flags as a markdown table (flag, default, what it does), from the parser's
+    own declarations: the README's flags table is this text, and a test keeps the two equal."""
+    if parser is None:
+        from .registration import diffusion_argument_parser
+
+        parser = diffusion_argument_parser()
+    rows = ["| flag | default | what it does |", "|---|---|---|"]
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        flag = action.option_strings[0]
+        if action.metavar:
+            metavar = action.metavar if isinstance(action.metavar, str) else " ".join(action.metavar)
+            flag += f" {metavar}"
+        elif action.nargs != 0:
+            flag += " " + (action.dest.replace("diffusion_", "").upper() if not action.choices else
+                           "{" + ",".join(map(str, action.choices)) + "}")
+        default = action.default
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default))
+        shown = "" if default in (None, False) else f"`{default}`"
+        text = (action.help or "").replace("%%", "%")
+        if default not in (None, False) and text.endswith(f" (default: {default})"):  # the column says it
+            text = text[: -len(f" (default: {default})")]
+        text = text.replace("|", "\\|")
+        rows.append(f"| `{flag}` | {shown} | {text} |")
+    return "\n".join(rows)

@@ -15,6 +15,7 @@ import torch
 
 from .backends import BACKENDS, DiffusionBackend, backend_for_pipeline
 from .backends.speed import SpeedOptions
+from .errors import CheckpointError, UnsupportedPromptError  # noqa: F401 (re-exported: its old home)
 from .settings import ScorerSettings
 from .weights import model_files, safetensors_problem, weights_fingerprint
 
@@ -62,15 +63,6 @@ DEFAULT_CHECKPOINT = "sd2-base"
 
 #: checkpoints shipped inside this package (filled in by `reference`)
 PACKAGED: dict[str, str] = {}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be found or is not a supported pipeline; the message says
-    what was looked for and how to provide it."""
-
-
-class UnsupportedPromptError(CheckpointError):
-    """The checkpoint cannot score these prompts (a class-conditional model given free text)."""
 
 
 def _packaged_checkpoints() -> dict[str, str]:

@@ -25,8 +25,8 @@ import torch
 from tqdm import tqdm
 
 from . import rank_codec
+from .errors import NonFiniteError
 from .records import RunRecorder, image_record, read_records, settings_fingerprint
-from .safety import NonFiniteError
 from .sharding import Shard, other_rank_records, rank_record_path
 from .scorer import DiffusionScorer, image_key_from_pixels
 from .strategies import call_bounds
@@ -120,7 +120,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
             self._start_new_candidate_set()
         prompts = self.tokenizer.decode(token_ids)[:1 if self.first_template_only else None]
         if len(self.candidates) >= self.capacity:
-            from .settings import UnsupportedSettings
+            from .errors import UnsupportedSettings
 
             raise UnsupportedSettings(f"--diffusion_max_candidates {self.capacity} is below the number of classes "
                                       f"(at least {len(self.candidates) + 1}); raise it or drop the flag")

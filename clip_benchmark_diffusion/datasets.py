@@ -31,6 +31,8 @@ import sys
 import tarfile
 from typing import Iterable, Optional, Sequence
 
+from .errors import DatasetError  # noqa: F401 (re-exported: its old home)
+
 #: image formats clip_benchmark's wds loader decodes (anything else is converted to png)
 WDS_IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")
 #: what the converter reads
@@ -38,10 +40,6 @@ READABLE_EXTENSIONS = WDS_IMAGE_EXTENSIONS + ("bmp", "gif", "tif", "tiff", "ppm"
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)
 #: clip_benchmark's default --dataset_root ("root"): an unchanged value means the flag was not given
 CLIP_BENCHMARK_DEFAULT_ROOT = "root"
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be read (or written); the message is one line for the user."""
 
 
 # --------------------------------------------------------------------------- folder -> wds

@@ -19,6 +19,8 @@ import json
 import os
 from typing import Any, Iterable, Optional
 
+from .errors import ProtocolError  # noqa: F401 (re-exported: its old home)
+
 from .settings import RECORD_IGNORED_SETTINGS, ScorerSettings
 
 #: prompt rules besides a literal template: the first of the dataset's own templates (clip_benchmark's
@@ -166,10 +168,6 @@ FLAG_SETTINGS: dict[str, tuple[str, ...]] = {
     "diffusion_prefilter": ("prefilter_model", "prefilter_pretrained", "prefilter_k"),
     "diffusion_prefilter_k": ("prefilter_k",),
 }
-
-
-class ProtocolError(ValueError):
-    """An unknown protocol name (one line listing the known ones)."""
 
 
 def protocol_names() -> tuple[str, ...]:

@@ -25,22 +25,17 @@ import base64
 import hashlib
 import json
 import os
-import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
+from .errors import RecordError, warn  # noqa: F401 (re-exported: its old home)
 from .scorer import ImageScores
 from .settings import RECORD_IGNORED_SETTINGS
 
 RECORD_SUFFIX = ".diffusion.jsonl"
-
-
-class RecordError(RuntimeError):
-    """A record file cannot be used as it is (held by another run, or unreadable); the
-    message names the file and what to do."""
 
 
 def image_record(index: int, scores: ImageScores, candidate_names: Sequence[str],
@@ -104,11 +99,6 @@ def per_draw_errors(image: dict[str, Any]) -> torch.Tensor:
 
 def _round(value: float) -> Optional[float]:
     return None if value != value else float(f"{value:.7g}")  # NaN -> null
-
-
-def warn(message: str) -> None:
-    """One line on stderr, in the form every plugin warning takes."""
-    print(f"clip_benchmark_diffusion: warning: {message}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------ locking

@@ -30,25 +30,22 @@ import sys
 import time
 from typing import Any, Iterator, Optional
 
-from .checkpoints import CheckpointError
 from .console import (INTERRUPTED_EXIT_CODE, abbreviated_flag_error, group_help, interrupted_line, model_suggestion,
                       quiet_third_party_output, say, summary_line, with_defaults)
-from .datasets import DatasetError
+from .errors import (CheckpointError, DatasetError, DiffusionClassifierError, DiffusionUsageError,  # noqa: F401
+                     HostChanged, NonFiniteError, RecordError, ResourceLimit, ShardError, UnsupportedSettings,
+                     error_line, warn)
 from .prompts import canonical_templates
 from .protocols import DEFAULT_PROTOCOL, check_protocol, protocol_names
-from .records import RecordError, close_recorders, record_lock, warn
-from .safety import NonFiniteError, ResourceLimit, output_problem
-from .sharding import ShardError, rank_record_path
+from .records import close_recorders, record_lock
+from .safety import output_problem
+from .sharding import rank_record_path
 from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, SIGMA_DISTRIBUTIONS, STRATEGIES, TEMPLATE_MODES,
-                       TIMESTEP_SAMPLERS, TTEST_VARIANCES, ScorerSettings, UnsupportedSettings)
+                       TIMESTEP_SAMPLERS, TTEST_VARIANCES, ScorerSettings)
 
 DIFFUSION_MODEL_NAMES = ("sd-diffusion",)
 MODEL_TYPE = "diffusion"
 SUPPORTED_TASKS = ("zeroshot_classification", "image_caption_selection")
-
-
-class DiffusionUsageError(RuntimeError):
-    """A clip_benchmark option combination a diffusion model cannot serve."""
 
 
 # --------------------------------------------------------------------------- command line
@@ -473,9 +470,8 @@ def _patch_cli(cli_module) -> None:
                     _add_protocol(output, protocol, settings, record_path)
             _print_summary(time.perf_counter() - started, None if output == os.devnull else output, limit)
             return result
-        except (CheckpointError, DiffusionUsageError, UnsupportedSettings, RecordError, DatasetError, NonFiniteError,
-                ResourceLimit, ShardError) as error:
-            print(f"clip_benchmark_diffusion: error: {error}", file=sys.stderr)
+        except DiffusionClassifierError as error:  # every kind of errors.py: one line, exit 2
+            print(error_line(error), file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             _report_interrupt(own_record)
@@ -831,10 +827,6 @@ class _LayoutReportingLoader:
 
 
 # --------------------------------------------------------------------------- patching safely
-class HostChanged(RuntimeError):
-    """clip_benchmark (or open_clip) no longer has what the plugin expects."""
-
-
 #: how to restore everything patched so far, newest last
 _UNDO: list = []
 _registration: dict[str, Any] = {"disabled": None, "patched": set()}

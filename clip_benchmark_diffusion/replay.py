@@ -13,13 +13,10 @@ from typing import Optional, Sequence
 
 import torch
 
+from .errors import MissingErrors  # noqa: F401 (re-exported: its old home)
 from .scorer import ImageScores, image_scores
 from .settings import ScorerSettings
 from .strategies import ImageState, make_strategy, within_cap
-
-
-class MissingErrors(ValueError):
-    """The strategy asked for an error the table does not have (the run never evaluated it)."""
 
 
 def replay(settings: ScorerSettings, per_draw: torch.Tensor, *, timesteps: Optional[torch.Tensor] = None,

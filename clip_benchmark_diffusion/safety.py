@@ -11,6 +11,8 @@ import math
 import os
 from typing import Any, Optional, Sequence
 
+from .errors import NonFiniteError, ResourceLimit, warn  # noqa: F401 (re-exported: its old home)
+
 #: the largest --diffusion_resolution accepted (pixels per side): 4096 px is 4x SDXL's native
 #: size; beyond it one latent row alone no longer fits a GPU
 MAX_RESOLUTION = 4096
@@ -22,15 +24,6 @@ MAX_BATCH_SIZE = 1 << 16
 DEFAULT_TABLE_LIMIT_BYTES = 4 << 30
 #: heuristic rates k beyond this make exp(-k t) overflow or vanish in float32 over t in [0, 1]
 MAX_HEURISTIC_RATE = 80.0
-
-
-class NonFiniteError(RuntimeError):
-    """The network gave a NaN or infinite error: never a score. The message names the image,
-    the candidate, the dtype and what to try."""
-
-
-class ResourceLimit(ValueError):
-    """Settings that would allocate more than a limit; the message gives the estimate and the limit."""
 
 
 # ------------------------------------------------------------------------------ numeric flags
@@ -281,8 +274,6 @@ def to_rgb(image: Any) -> Any:
         if values.size and values.max() > 255:
             if not _WARNED_16_BIT:
                 _WARNED_16_BIT.append(True)
-                from .records import warn
-
                 warn(f"16-bit images (mode {image.mode}) are scaled to 8 bits per channel for the model (PIL's "
                      "own conversion would clip them to white)")
             top = 65535.0 if values.max() <= 65535 else float(values.max())

@@ -21,8 +21,9 @@ from .backends.base import (Conditioning, DiffusionBackend, Encoded, mean_rows, 
 from .devices import to_device
 from .objectives import draw_noise, draw_timesteps, estimate_of, mix_seed
 from .schedules import NoiseSchedule
-from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings, UnsupportedSettings
-from .safety import NonFiniteError, check_finite, check_table_memory, table_draws
+from .errors import NonFiniteError, UnsupportedSettings
+from .safety import check_finite, check_table_memory, table_draws
+from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings
 from .strategies import ImageState, make_strategy, within_cap
 
 

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .errors import UnsupportedSettings  # noqa: F401 (re-exported: its old home)
+
 OBJECTIVES = ("epsilon", "x0_snr", "x0_heuristic", "x0_buckets", "velocity")
 #: how a flow-matching model's sigma is drawn: its own timestep shift, uniform, or logit-normal
 SIGMA_DISTRIBUTIONS = ("model", "uniform", "logit_normal")
@@ -50,11 +52,6 @@ def settings_in_layers(*layers: str) -> frozenset[str]:
 RECORD_IGNORED_SETTINGS = settings_in_layers("speed", "adapter")
 #: settings an error cache may differ in (they change where calls go, not any one error)
 ERROR_CACHE_IGNORED_SETTINGS = settings_in_layers("allocation", "speed", "adapter")
-
-
-class UnsupportedSettings(ValueError):
-    """Settings that are valid on their own but that this model cannot serve (e.g. a
-    timestep range beyond its schedule); raised before any data is read."""
 
 
 

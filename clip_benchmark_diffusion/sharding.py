@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Optional
 
+from .errors import ShardError  # noqa: F401 (re-exported: its old home)
 from .records import record_stem
 
 #: how long rank 0 waits for the slowest rank (a dead rank ends a torchrun job long before);
@@ -28,11 +29,6 @@ WAIT_FOR_RANKS = timedelta(hours=72)
 #: how long ranks wait for each other to start and to compare settings (model loads included);
 #: CLIP_BENCHMARK_DIFFUSION_RANK_TIMEOUT_S overrides it
 RANK_TIMEOUT = timedelta(minutes=30)
-
-
-class ShardError(RuntimeError):
-    """Ranks of one job that cannot work together (other settings, weights or output, or a rank that
-    never arrives); the message names the rank."""
 
 
 def _seconds(variable: str, default: timedelta) -> timedelta:

@@ -54,7 +54,7 @@ class DiTBackend(PipelineBackend):
 
     def label(self, prompt: str) -> int:
         """The class id a prompt stands for, or UnsupportedPromptError."""
-        from ..checkpoints import UnsupportedPromptError
+        from ..errors import UnsupportedPromptError
 
         key = prompt.strip()
         lookup, names = imagenet_prompts()

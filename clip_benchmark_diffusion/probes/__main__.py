@@ -67,8 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _shape_bias(args: argparse.Namespace) -> int:
-    from ..checkpoints import CheckpointError
-    from ..registration import DiffusionUsageError
+    from ..errors import CheckpointError, DiffusionUsageError
     from .run import run_shape_bias
 
     try:
@@ -95,8 +94,7 @@ def _binding_tasks(args: argparse.Namespace) -> int:
 
 
 def _robustness(args: argparse.Namespace) -> int:
-    from ..checkpoints import CheckpointError
-    from ..registration import DiffusionUsageError
+    from ..errors import CheckpointError, DiffusionUsageError
     from .robustness import run_robustness, severity_table
 
     if len(args.model) != len(args.pretrained):

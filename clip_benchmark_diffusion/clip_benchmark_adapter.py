@@ -25,10 +25,11 @@ import torch
 from tqdm import tqdm
 
 from . import rank_codec
+from .draws import image_key_from_pixels
 from .errors import NonFiniteError
 from .records import RunRecorder, image_record, read_records, settings_fingerprint
 from .sharding import Shard, other_rank_records, rank_record_path
-from .scorer import DiffusionScorer, image_key_from_pixels
+from .scorer import DiffusionScorer
 from .strategies import call_bounds
 
 

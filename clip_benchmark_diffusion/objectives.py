@@ -1,70 +1,26 @@
-"""The scoring math shared by every family: timestep draws, objectives, weightings and losses.
+"""The scoring math shared by every family: objectives, weightings and losses.
 
 Parameterisation (what a network output means, how x_t is made) belongs to the family's noise
-schedule (`schedules.py`); this module only combines a schedule's estimates of eps, x0 and the
-flow velocity into the weighted error of an objective, and seeds the draws.
+schedule (`schedules.py`, below this module: it never imports it); this module combines a
+schedule's estimates of eps, x0 and the flow velocity into the weighted error of an objective
+(`schedule_errors`). The draws (seeds, timesteps, noise) live in `draws.py`; their names are
+re-exported here for the callers of 0.1.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .devices import to_device
+from .draws import (draw_noise, draw_timesteps, mix_seed, timestep_range, unit_float,  # noqa: F401 (re-exported)
+                    van_der_corput)
+from .schedules import PREDICTION_TYPES, NoiseSchedule  # noqa: F401 (PREDICTION_TYPES: re-exported)
 from .settings import ScorerSettings
 
-if TYPE_CHECKING:
-    from .schedules import NoiseSchedule
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
-def van_der_corput(indices: torch.Tensor) -> torch.Tensor:
-    """Base-2 radical inverse: any power-of-two prefix of 0, 1, 2, ... is evenly spread over
-    [0, 1), and extending the prefix fills the gaps. That gives stratified timesteps whose
-    earlier draws stay valid when more are added (adaptive strategies reuse them)."""
-    result = torch.zeros(indices.shape, dtype=torch.float64)
-    remaining = indices.to(torch.int64).clone()
-    scale = 0.5
-    while bool((remaining > 0).any()):
-        result += (remaining & 1).to(torch.float64) * scale
-        remaining >>= 1
-        scale *= 0.5
-    return result
-
-
-def timestep_range(settings: ScorerSettings, num_train_timesteps: int) -> tuple[int, int]:
-    t_max = num_train_timesteps - 1 if settings.t_max is None else settings.t_max
-    if t_max >= num_train_timesteps:
-        raise ValueError(f"t_max={t_max} is outside the model's {num_train_timesteps} training timesteps")
-    return settings.t_min, t_max
-
-
-def draw_timesteps(settings: ScorerSettings, num_train_timesteps: int, draw_indices: torch.Tensor,
-                   image_seed: int) -> torch.Tensor:
-    """Integer timesteps for the given draw indices of one image.
-
-    Stratified grids get a per-image random shift (from `image_seed`), so they differ
-    between images while staying evenly spaced within each image.
-    """
-    t_min, t_max = timestep_range(settings, num_train_timesteps)
-    span = t_max - t_min + 1
-    if settings.timesteps == "stratified":
-        offset = unit_float(mix_seed(image_seed, 0x5EED))
-        u = torch.remainder(van_der_corput(draw_indices) + offset, 1.0)
-    else:  # uniform: one hash-derived uniform number per draw
-        u = torch.tensor([unit_float(mix_seed(image_seed, int(i), 0x7157)) for i in draw_indices],
-                         dtype=torch.float64)
-    return (t_min + torch.floor(u * span)).clamp(t_min, t_max).to(torch.int64)
-
-
-def unit_float(bits: int) -> float:
-    """Map a 63-bit integer to [0, 1)."""
-    return (bits >> 10) / float(1 << 53)
-
-
-def objective_weight(settings: ScorerSettings, schedule: "NoiseSchedule", timesteps: torch.Tensor) -> torch.Tensor:
+def objective_weight(settings: ScorerSettings, schedule: NoiseSchedule, timesteps: torch.Tensor) -> torch.Tensor:
     """w of the chosen objective for each timestep index, float32.
 
     Defined through the schedule's SNR and its unit-time axis, so an objective means the same on
@@ -129,7 +85,7 @@ def estimate_of(objective: str) -> str:
 
 
 def weighted_error(settings: ScorerSettings, estimate: Callable[[str], torch.Tensor], noise: torch.Tensor,
-                   x0: Optional[torch.Tensor], schedule: "NoiseSchedule", timesteps: torch.Tensor,
+                   x0: Optional[torch.Tensor], schedule: NoiseSchedule, timesteps: torch.Tensor,
                    scratch: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-row weighted error of the objective, from a schedule's `estimate(kind)` of "epsilon",
     "x0" or "velocity" (only the one the objective needs is computed: the others cost several
@@ -144,62 +100,28 @@ def weighted_error(settings: ScorerSettings, estimate: Callable[[str], torch.Ten
     return error * to_device(objective_weight(settings, schedule, timesteps), error.device)
 
 
-# ---------------------------------------------------------------- the DDPM-table signatures of 0.1
-def predicted_epsilon_and_x0(model_output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor,
-                             prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(epsilon_hat, x0_hat) of a DDPM model output, given each row's alpha_bar (kept for callers
-    of the first API; the math lives in `schedules.DiscreteSchedule`)."""
-    from .schedules import DiscreteSchedule
-
-    eps_hat, x0_hat, _ = DiscreteSchedule(alpha_bar, prediction_type).estimates(
-        model_output, x_t, torch.arange(len(alpha_bar), device=x_t.device))
-    return eps_hat, x0_hat
-
-
-def timestep_weight(settings: ScorerSettings, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
-                    num_train_timesteps: int) -> torch.Tensor:
-    """w(t) of the objective on a DDPM table (see `objective_weight`)."""
-    from .schedules import DiscreteSchedule
-
-    return objective_weight(settings, DiscreteSchedule(alphas_cumprod[:num_train_timesteps], "epsilon"), timesteps)
-
-
-def denoising_error(settings: ScorerSettings, model_output: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
-                    x_t: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
-                    prediction_type: str, num_train_timesteps: int) -> torch.Tensor:
-    """Weighted per-draw error, float32, of DDPM model outputs (see `NoiseSchedule.errors`)."""
-    from .schedules import DiscreteSchedule
-
-    schedule = DiscreteSchedule(alphas_cumprod[:num_train_timesteps], prediction_type)
-    return schedule.errors(settings, model_output, x0, noise, x_t, timesteps)
-
-
-def mix_seed(*parts: int) -> int:
-    """Deterministic 63-bit mix of integers (splitmix64-style), stable across processes."""
-    state = 0x243F6A8885A308D3
-    for part in parts:
-        state = (state ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
-        state = (state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        state = z ^ (z >> 31)
-    return state & 0x7FFFFFFFFFFFFFFF
-
-
-def draw_noise(image_seed: int, draw_index: int, shape: tuple, device: torch.device | str = "cpu",
-               out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Gaussian noise of one draw, seeded by (image seed, draw index) alone: independent of batch
-    size, class order, worker count and of how many draws are requested at once. `out` (a
-    contiguous float32 CPU tensor of `shape`, e.g. a row of a pass's noise table) receives the
-    same values without a copy."""
-    generator = torch.Generator().manual_seed(mix_seed(image_seed, draw_index))
-    if out is not None:
-        return torch.randn(shape, generator=generator, out=out)
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(device)
+def schedule_errors(schedule: NoiseSchedule, settings: ScorerSettings, model_output: torch.Tensor,
+                    x0: Optional[torch.Tensor], noise: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor,
+                    scratch: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Weighted per-row error of the settings' objective under `schedule`'s noise process, float32
+    (`x0` may be None when the objective compares epsilon: see `estimate_of`). `scratch` (optional,
+    float32, the output's shape, overwritten) holds the float32 output and the loss's elementwise
+    values instead of two new tensors per call: a caller scoring pass after pass reuses one. With
+    `rows` (CPU, non-decreasing), `x0`, `noise` and `x_t` hold one row per draw and output row i
+    belongs to draw `rows[i]` (`timesteps` and the output have one row per row); x_t rows are
+    gathered only for an estimate that needs them."""
+    if rows is not None and not schedule.is_output(estimate_of(settings.objective)):
+        x_t = x_t.index_select(0, to_device(rows, x_t.device))
+    if scratch is not None and model_output.dtype != torch.float32:
+        model_output = scratch.copy_(model_output)
+    model_output, x0, noise, x_t = (None if v is None else v.to(torch.float32)
+                                    for v in (model_output, x0, noise, x_t))
+    return weighted_error(settings, lambda kind: schedule.estimate(kind, model_output, x_t, timesteps), noise, x0,
+                          schedule, timesteps.cpu(), scratch, rows)
 
 
 __all__ = [
-    "van_der_corput", "draw_timesteps", "objective_weight", "estimate_of", "weighted_error", "predicted_epsilon_and_x0",
-    "timestep_weight", "elementwise_loss", "denoising_error", "mix_seed", "unit_float", "draw_noise",
+    "objective_weight", "estimate_of", "weighted_error", "schedule_errors", "elementwise_loss",
+    # re-exported from draws.py
+    "van_der_corput", "draw_timesteps", "mix_seed", "unit_float", "draw_noise",
 ]

@@ -8,9 +8,10 @@ Two processes cover every supported family:
   `v = eps - x0` (SD3/SD3.5, FLUX.1).
 
 Both turn a model output into estimates of `eps` and `x0` and give the signal-to-noise ratio of a
-draw, so every objective (`objectives.weighted_error`) is defined once, in terms of those, and means
-the same on both processes. The scorer draws integer timestep indices on a grid of
-`num_train_timesteps`; a schedule maps an index to its noise level.
+draw, so every objective (`objectives.schedule_errors`, the layer above: this module never imports
+it) is defined once, in terms of those, and means the same on both processes. The scorer draws
+integer timestep indices on a grid of `num_train_timesteps`; a schedule maps an index to its noise
+level.
 """
 from __future__ import annotations
 
@@ -21,10 +22,19 @@ from typing import Any, Optional
 import torch
 
 from .devices import to_device
-from .objectives import estimate_of, weighted_error
 from .settings import SIGMA_DISTRIBUTIONS, ScorerSettings
 
+#: what a DDPM network may predict (a diffusers scheduler's `prediction_type`)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def sigma_distribution_problem(settings: ScorerSettings, flow_matching: bool) -> Optional[str]:
+    """Why `--diffusion_sigma_distribution` does not apply to a model (None if it does): only
+    flow-matching models have a sigma to redistribute."""
+    if settings.sigma_distribution != "model" and not flow_matching:
+        return (f"--diffusion_sigma_distribution {settings.sigma_distribution} applies to flow-matching models "
+                "only (SD3, FLUX); this model has a discrete DDPM schedule")
+    return None
 
 
 def _broadcast(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -74,25 +84,6 @@ class NoiseSchedule(ABC):
     def bucket(self, timesteps: torch.Tensor, buckets: int) -> torch.Tensor:
         """Equal-width bucket of each timestep on the unit-time axis."""
         return torch.floor(self.unit_time(timesteps) * buckets).to(torch.int64).clamp(0, buckets - 1)
-
-    def errors(self, settings: ScorerSettings, model_output: torch.Tensor, x0: Optional[torch.Tensor],
-               noise: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor,
-               scratch: Optional[torch.Tensor] = None, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Weighted per-row error of the settings' objective, float32 (`x0` may be None when the
-        objective compares epsilon: see `objectives.estimate_of`). `scratch` (optional, float32,
-        the output's shape, overwritten) holds the float32 output and the loss's elementwise values
-        instead of two new tensors per call: a caller scoring pass after pass reuses one. With
-        `rows` (CPU, non-decreasing), `x0`, `noise` and `x_t` hold one row per draw and output row i
-        belongs to draw `rows[i]` (`timesteps` and the output have one row per row); x_t rows are
-        gathered only for an estimate that needs them."""
-        if rows is not None and not self.is_output(estimate_of(settings.objective)):
-            x_t = x_t.index_select(0, to_device(rows, x_t.device))
-        if scratch is not None and model_output.dtype != torch.float32:
-            model_output = scratch.copy_(model_output)
-        model_output, x0, noise, x_t = (None if v is None else v.to(torch.float32)
-                                        for v in (model_output, x0, noise, x_t))
-        return weighted_error(settings, lambda kind: self.estimate(kind, model_output, x_t, timesteps), noise, x0,
-                              self, timesteps.cpu(), scratch, rows)
 
     def check(self, settings: ScorerSettings) -> None:
         """Reject settings that do not apply to this process."""
@@ -162,9 +153,9 @@ class DiscreteSchedule(NoiseSchedule):
         return ((timesteps.cpu().to(torch.int64) * buckets) // self.num_train_timesteps).clamp(0, buckets - 1)
 
     def check(self, settings: ScorerSettings) -> None:
-        if settings.sigma_distribution != "model":
-            raise ValueError(f"--diffusion_sigma_distribution {settings.sigma_distribution} applies to flow-matching "
-                             "models only; this model has a discrete DDPM schedule")
+        problem = sigma_distribution_problem(settings, flow_matching=False)
+        if problem:
+            raise ValueError(problem)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "prediction_type": self.prediction_type}
@@ -249,4 +240,5 @@ class FlowSchedule(NoiseSchedule):
                 "shift": self.shift, "mu": self.mu}
 
 
-__all__ = ["NoiseSchedule", "DiscreteSchedule", "FlowSchedule", "PREDICTION_TYPES", "SIGMA_DISTRIBUTIONS"]
+__all__ = ["NoiseSchedule", "DiscreteSchedule", "FlowSchedule", "PREDICTION_TYPES", "SIGMA_DISTRIBUTIONS",
+           "sigma_distribution_problem"]

@@ -8,7 +8,6 @@ images and candidates of a call are packed into batches of `batch_size`.
 """
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,9 +18,10 @@ import torch
 from .backends.base import (Conditioning, DiffusionBackend, Encoded, mean_rows, row_bytes, rows_to_device, split_rows,
                             stack_rows, take_rows)
 from .devices import to_device
-from .objectives import draw_noise, draw_timesteps, estimate_of, mix_seed
-from .schedules import NoiseSchedule
+from .draws import draw_noise, draw_timesteps, image_key_from_pixels, mix_seed, timestep_range_problem
 from .errors import NonFiniteError, UnsupportedSettings
+from .objectives import estimate_of, schedule_errors
+from .schedules import NoiseSchedule
 from .safety import check_finite, check_table_memory, table_draws
 from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings
 from .strategies import ImageState, make_strategy, within_cap
@@ -72,21 +72,12 @@ class ImageScores:
         return self.ranking[0]
 
 
-def image_key_from_pixels(pixels: torch.Tensor) -> int:
-    """A stable 63-bit key from an image's content, for seeding its draws."""
-    data = pixels.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") & 0x7FFFFFFFFFFFFFFF
-
-
 def check_compatible(settings: ScorerSettings, schedule: NoiseSchedule) -> None:
     """Raise UnsupportedSettings for settings this model cannot serve, before any image is read
     (otherwise they would only fail at the first network pass, after a dataset was opened)."""
-    steps = schedule.num_train_timesteps
-    if settings.t_max is not None and settings.t_max >= steps:
-        raise UnsupportedSettings(f"timestep range [{settings.t_min}, {settings.t_max}] is outside this model's "
-                                  f"{steps} training timesteps (0 to {steps - 1})")
-    if settings.t_min >= steps:
-        raise UnsupportedSettings(f"t_min={settings.t_min} is outside this model's {steps} training timesteps")
+    problem = timestep_range_problem(settings, schedule.num_train_timesteps)
+    if problem:
+        raise UnsupportedSettings(problem)
 
 
 #: the candidates' distinct conditionings stay on the device as one table, for every image of a run,
@@ -480,8 +471,8 @@ class DiffusionScorer:
                 conditioning = gather("conditioning", pass_table.table, pass_table.positions(groups))
             output = backend.predict(network_input, to_device(self.schedule.network_time(timesteps), device),
                                      conditioning)
-            chunk_errors = self.schedule.errors(self.settings, output, clean if clean_needed else None, noise, x_t,
-                                                timesteps, gather.buffer("scratch", noise, len(rows)), rows)
+            chunk_errors = schedule_errors(self.schedule, self.settings, output, clean if clean_needed else None,
+                                           noise, x_t, timesteps, gather.buffer("scratch", noise, len(rows)), rows)
             if device_errors is None:
                 device_errors = chunk_errors.new_empty(len(todo))
             device_errors[start:stop] = chunk_errors

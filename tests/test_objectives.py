@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from clip_benchmark_diffusion.objectives import (denoising_error, draw_noise, draw_timesteps, elementwise_loss,
-                                                 predicted_epsilon_and_x0, timestep_weight, van_der_corput)
+from clip_benchmark_diffusion.objectives import (draw_noise, draw_timesteps, elementwise_loss, objective_weight,
+                                                 schedule_errors, van_der_corput)
+from clip_benchmark_diffusion.schedules import DiscreteSchedule
 from clip_benchmark_diffusion.settings import ScorerSettings
 from presets import FIXED
 
@@ -54,9 +55,10 @@ def test_true_model_output_recovers_epsilon_and_x0(prediction_type):
     a = ALPHAS[t].float().view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
     output = eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
-    eps_hat, x0_hat = predicted_epsilon_and_x0(output, x_t, ALPHAS[t].float(), prediction_type)
+    eps_hat, x0_hat, _ = DiscreteSchedule(ALPHAS, prediction_type).estimates(output, x_t, t)
     assert torch.allclose(eps_hat, eps, atol=1e-4) and torch.allclose(x0_hat, x0, atol=2e-2)
-    errors = denoising_error(ScorerSettings(**FIXED), output, x0, eps, x_t, t, ALPHAS, prediction_type, T)
+    errors = schedule_errors(DiscreteSchedule(ALPHAS, prediction_type), ScorerSettings(**FIXED), output, x0, eps, x_t,
+                             t)
     assert errors.abs().max() < 1e-8
 
 
@@ -66,20 +68,23 @@ def test_x0_error_with_snr_weight_equals_epsilon_error():
     t = torch.tensor([1, 50, 200, 500, 800, 990])
     a = ALPHAS[t].float().view(-1, 1, 1, 1)
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
-    eps_error = denoising_error(ScorerSettings(**FIXED, objective="epsilon"), guess, x0, eps, x_t, t, ALPHAS, "epsilon", T)
-    snr_error = denoising_error(ScorerSettings(**FIXED, objective="x0_snr"), guess, x0, eps, x_t, t, ALPHAS, "epsilon", T)
+    schedule = DiscreteSchedule(ALPHAS, "epsilon")
+    eps_error = schedule_errors(schedule, ScorerSettings(**FIXED, objective="epsilon"), guess, x0, eps, x_t, t)
+    snr_error = schedule_errors(schedule, ScorerSettings(**FIXED, objective="x0_snr"), guess, x0, eps, x_t, t)
     assert torch.allclose(eps_error, snr_error, rtol=1e-3)
 
 
 def test_weightings():
     t = torch.tensor([0, 250, 500, 999])
-    heuristic = timestep_weight(ScorerSettings(**FIXED, objective="x0_heuristic"), t, ALPHAS, T)
+    schedule = DiscreteSchedule(ALPHAS, "epsilon")
+    heuristic = objective_weight(ScorerSettings(**FIXED, objective="x0_heuristic"), schedule, t)
     assert torch.allclose(heuristic, torch.exp(-7 * t / T).float())
-    buckets = timestep_weight(ScorerSettings(**FIXED, objective="x0_buckets", bucket_weights=(1.0, 2.0, 3.0, 4.0)), t, ALPHAS, T)
+    buckets = objective_weight(ScorerSettings(**FIXED, objective="x0_buckets", bucket_weights=(1.0, 2.0, 3.0, 4.0)),
+                               schedule, t)
     assert buckets.tolist() == [1.0, 2.0, 3.0, 4.0]
-    snr = timestep_weight(ScorerSettings(**FIXED, objective="x0_snr"), t, ALPHAS, T)
+    snr = objective_weight(ScorerSettings(**FIXED, objective="x0_snr"), schedule, t)
     assert math.isclose(float(snr[1]), float(ALPHAS[250] / (1 - ALPHAS[250])), rel_tol=1e-5)
-    assert timestep_weight(ScorerSettings(**FIXED), t, ALPHAS, T).tolist() == [1.0] * 4
+    assert objective_weight(ScorerSettings(**FIXED), schedule, t).tolist() == [1.0] * 4
 
 
 def test_losses():

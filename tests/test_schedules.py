@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from clip_benchmark_diffusion.backends.base import Conditioning
+from clip_benchmark_diffusion.objectives import schedule_errors
 from clip_benchmark_diffusion.schedules import DiscreteSchedule, FlowSchedule
 from clip_benchmark_diffusion.settings import ScorerSettings
 from presets import FIXED
@@ -23,21 +24,21 @@ def test_flow_noising_and_a_perfect_velocity_give_zero_error_in_every_objective(
     sigma = schedule.sigmas(T).float().view(-1, 1, 1, 1)
     torch.testing.assert_close(x_t, (1 - sigma) * x0 + sigma * eps)
     for objective in ("epsilon", "velocity", "x0_snr", "x0_heuristic"):
-        errors = schedule.errors(ScorerSettings(**FIXED, objective=objective), eps - x0, x0, eps, x_t, T)
+        errors = schedule_errors(schedule, ScorerSettings(**FIXED, objective=objective), eps - x0, x0, eps, x_t, T)
         assert errors.abs().max() < 1e-5, objective
 
 
 def test_flow_error_spaces_are_the_velocity_error_times_sigma_factors():
     schedule, x0, eps, v_hat, x_t = flow_draw(1)
     sigma = schedule.sigmas(T).float()
-    v_error = schedule.errors(ScorerSettings(**FIXED, objective="velocity"), v_hat, x0, eps, x_t, T)
+    v_error = schedule_errors(schedule, ScorerSettings(**FIXED, objective="velocity"), v_hat, x0, eps, x_t, T)
     torch.testing.assert_close(v_error, (v_hat - (eps - x0)).pow(2).flatten(1).mean(1))
-    eps_error = schedule.errors(ScorerSettings(**FIXED, objective="epsilon"), v_hat, x0, eps, x_t, T)
+    eps_error = schedule_errors(schedule, ScorerSettings(**FIXED, objective="epsilon"), v_hat, x0, eps, x_t, T)
     torch.testing.assert_close(eps_error, (1 - sigma) ** 2 * v_error, rtol=1e-4, atol=1e-6)
-    snr_error = schedule.errors(ScorerSettings(**FIXED, objective="x0_snr"), v_hat, x0, eps, x_t, T)
+    snr_error = schedule_errors(schedule, ScorerSettings(**FIXED, objective="x0_snr"), v_hat, x0, eps, x_t, T)
     # SNR-weighted x0 error = epsilon error, on flow exactly as on DDPM
     torch.testing.assert_close(snr_error, eps_error, rtol=1e-3, atol=1e-6)
-    heuristic = schedule.errors(ScorerSettings(**FIXED, objective="x0_heuristic"), v_hat, x0, eps, x_t, T)
+    heuristic = schedule_errors(schedule, ScorerSettings(**FIXED, objective="x0_heuristic"), v_hat, x0, eps, x_t, T)
     torch.testing.assert_close(heuristic, torch.exp(-7 * sigma) * sigma ** 2 * v_error, rtol=1e-4, atol=1e-6)
 
 
@@ -74,7 +75,7 @@ def test_velocity_objective_on_ddpm_compares_eps_minus_x0(prediction_type):
     perfect = eps if prediction_type == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
     eps_hat, x0_hat, v_hat = schedule.estimates(perfect, x_t, T)
     torch.testing.assert_close(v_hat, eps - x0, rtol=1e-3, atol=2e-2)
-    wrong = schedule.errors(ScorerSettings(**FIXED, objective="velocity"), perfect + 0.1, x0, eps, x_t, T)
+    wrong = schedule_errors(schedule, ScorerSettings(**FIXED, objective="velocity"), perfect + 0.1, x0, eps, x_t, T)
     assert bool((wrong > 0).all())
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from clip_benchmark_diffusion.checkpoints import load_backend
-from clip_benchmark_diffusion.objectives import denoising_error, draw_noise
+from clip_benchmark_diffusion.objectives import draw_noise, schedule_errors
+from clip_benchmark_diffusion.schedules import DiscreteSchedule
 from clip_benchmark_diffusion.scorer import DiffusionScorer
 from clip_benchmark_diffusion.settings import ScorerSettings
 from fake_backend import FakeBackend
@@ -31,9 +32,9 @@ def plain_loop_errors(backend, settings, image, key, candidates, timesteps):
                 t_batch = t.view(1)
                 x_t = backend.add_noise(x0, noise, t_batch)
                 output = backend.predict(x_t, t_batch, backend.encode_prompts([prompt]))
-                per_prompt.append(float(denoising_error(settings, output, x0, noise, x_t, t_batch,
-                                                        backend.alphas_cumprod, backend.prediction_type,
-                                                        backend.num_train_timesteps)))
+                schedule = DiscreteSchedule(backend.alphas_cumprod[:backend.num_train_timesteps],
+                                            backend.prediction_type)
+                per_prompt.append(float(schedule_errors(schedule, settings, output, x0, noise, x_t, t_batch)))
             errors[c, j] = sum(per_prompt) / len(per_prompt)
     return errors
 
@@ -192,8 +193,9 @@ def per_row_loop_errors(scorer, backend, images, keys, candidates, results, draw
                 noise = draw_noise(scorer.image_seed(key), j, tuple(x0.shape[1:]))[None]
                 t = result.timesteps[j].view(1)
                 x_t = schedule.add_noise(x0[i:i + 1], noise, t)
-                row_errors = [float(schedule.errors(settings, backend.predict(x_t, schedule.network_time(t),
-                                                                              backend.encode_prompts([p])),
+                row_errors = [float(schedule_errors(schedule, settings,
+                                                    backend.predict(x_t, schedule.network_time(t),
+                                                                    backend.encode_prompts([p])),
                                                     x0[i:i + 1], noise, x_t, t).to(torch.float64))
                               for p in prompts]
                 expected[c, j] = sum(row_errors) / len(row_errors)

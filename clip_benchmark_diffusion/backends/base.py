@@ -20,7 +20,7 @@ from torchvision import transforms
 
 from ..devices import to_device
 from ..safety import to_rgb
-from ..schedules import DiscreteSchedule, NoiseSchedule
+from ..schedules import DiscreteSchedule, NoiseSchedule, sigma_distribution_problem
 from ..settings import ScorerSettings
 
 
@@ -176,9 +176,9 @@ class DiffusionBackend(ABC):
     def settings_problem(cls, settings: ScorerSettings) -> Optional[str]:
         """Why these settings cannot be used with this family (None if they can), checked before
         anything is loaded."""
-        if settings.sigma_distribution != "model" and not cls.flow_matching:
-            return (f"--diffusion_sigma_distribution {settings.sigma_distribution} applies to flow-matching models "
-                    "only (SD3, FLUX); this model has a discrete DDPM schedule")
+        problem = sigma_distribution_problem(settings, cls.flow_matching)
+        if problem:
+            return problem
         if settings.drop_t5 and not cls.t5_optional:
             return "--diffusion_no_t5 applies to SD3/SD3.5 only (this model has no T5, or cannot run without it)"
         return None

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..objectives import van_der_corput
+from ..draws import van_der_corput
 from ..replay import replay
 from ..settings import ScorerSettings
 

@@ -61,12 +61,9 @@ ALIASES["sdxl-base"] = ALIASES["sdxl"]
 CLIP_BENCHMARK_DEFAULT_PRETRAINED = "laion400m_e32"
 DEFAULT_CHECKPOINT = "sd2-base"
 
-#: checkpoints shipped inside this package (filled in by `reference`)
-PACKAGED: dict[str, str] = {}
-
-
 def _packaged_checkpoints() -> dict[str, str]:
-    found = dict(PACKAGED)
+    """Names of the checkpoints shipped inside this package (`reference`'s weights) -> their folders."""
+    found: dict[str, str] = {}
     try:
         from .reference import REFERENCE_FLOW_DIR, REFERENCE_SD_DIR
     except ImportError:

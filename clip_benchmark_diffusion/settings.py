@@ -138,6 +138,9 @@ class ScorerSettings:
     prefilter_model: Optional[str] = None
     prefilter_pretrained: Optional[str] = None
     prefilter_k: int = 0
+    # Read by nothing, yet kept: every record header's settings hold it (so it is part of the
+    # settings fingerprint), and `from_dict` refuses unknown names; removing it would make every
+    # existing record unreadable or unresumable, for no gain.
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

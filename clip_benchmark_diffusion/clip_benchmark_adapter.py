@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import rank_codec
 from .draws import image_key_from_pixels
-from .errors import NonFiniteError
+from .errors import NonFiniteError, say
 from .records import RunRecorder, image_record, read_records, settings_fingerprint
 from .sharding import Shard, other_rank_records, rank_record_path
 from .scorer import DiffusionScorer
@@ -209,7 +209,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
 
     @staticmethod
     def _say(message: str) -> None:
-        print(f"clip_benchmark_diffusion: {message}", file=sys.stderr)
+        say(message)
 
     def _start_new_candidate_set(self) -> None:
         if self.recorder is not None:

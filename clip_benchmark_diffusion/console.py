@@ -19,6 +19,8 @@ import sys
 import warnings
 from typing import Iterator, Optional, Sequence
 
+from .errors import say  # noqa: F401 (re-exported: its old home)
+
 #: exit code of a run ended by Ctrl-C (128 + SIGINT), as shells report it
 INTERRUPTED_EXIT_CODE = 130
 
@@ -29,10 +31,6 @@ QUIET_WARNINGS = (
     (r".*upcast_vae.*", FutureWarning),
     (r".*torch_dtype.* is deprecated.*", FutureWarning),
 )
-
-
-def say(message: str) -> None:
-    print(f"clip_benchmark_diffusion: {message}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

@@ -76,6 +76,11 @@ class MissingErrors(DiffusionClassifierError, ValueError):
 
 
 # ------------------------------------------------------------------------------ messages
+def say(message: str) -> None:
+    """One line of news on stderr (a resumed record, a cost preview, a summary)."""
+    print(f"{PREFIX}: {message}", file=sys.stderr, flush=True)
+
+
 def warn(message: str) -> None:
     """One line on stderr, in the form every plugin warning takes."""
     print(f"{PREFIX}: warning: {message}", file=sys.stderr)
@@ -89,5 +94,5 @@ def error_line(message: object) -> str:
 __all__ = [
     "DiffusionClassifierError", "DiffusionUsageError", "UnsupportedSettings", "ProtocolError", "ResourceLimit",
     "CheckpointError", "UnsupportedPromptError", "DatasetError", "HostChanged", "NonFiniteError", "RecordError",
-    "ShardError", "MissingErrors", "warn", "error_line",
+    "ShardError", "MissingErrors", "say", "warn", "error_line",
 ]

@@ -31,10 +31,10 @@ import time
 from typing import Any, Iterator, Optional
 
 from .console import (INTERRUPTED_EXIT_CODE, abbreviated_flag_error, group_help, interrupted_line, model_suggestion,
-                      quiet_third_party_output, say, summary_line, with_defaults)
+                      quiet_third_party_output, summary_line, with_defaults)
 from .errors import (CheckpointError, DatasetError, DiffusionClassifierError, DiffusionUsageError,  # noqa: F401
                      HostChanged, NonFiniteError, RecordError, ResourceLimit, ShardError, UnsupportedSettings,
-                     error_line, warn)
+                     error_line, say, warn)
 from .prompts import canonical_templates
 from .protocols import DEFAULT_PROTOCOL, check_protocol, protocol_names
 from .records import close_recorders, record_lock
@@ -598,7 +598,7 @@ def _add_protocol(output: str, protocol: dict, settings: ScorerSettings, record_
 def _usage_error(message: Optional[str]) -> None:
     """Stop with one line (exit code 2, argparse's) if there is a message."""
     if message:
-        print(f"clip_benchmark_diffusion: error: {message}", file=sys.stderr)
+        print(error_line(message), file=sys.stderr)
         raise SystemExit(2)
 
 

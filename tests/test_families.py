@@ -71,8 +71,7 @@ def hand_output(name, pipe, pixels, prompt, t, noise, guidance):
         return x0, x_t, None, out
     if name == "sd3":
         sigma = flow_sigma_from_table(pipe, t)
-        states, _, pooled, _ = pipe.encode_prompt([prompt], None, None, do_classifier_free_guidance=False,
-                                                  max_sequence_length=tiny_families.T5_LENGTH)
+        states, _, pooled, _ = pipe.encode_prompt([prompt], None, None, do_classifier_free_guidance=False)
         x_t = (1 - sigma) * x0 + sigma * noise
         timestep = pipe.scheduler.timesteps[pipe.scheduler.config.num_train_timesteps - 1 - t].reshape(1)
         out = pipe.transformer(hidden_states=x_t, timestep=timestep, encoder_hidden_states=states,
@@ -84,7 +83,7 @@ def hand_output(name, pipe, pixels, prompt, t, noise, guidance):
         b, c, h, w = x0.shape
         mu = calculate_shift(h * w // 4)  # the pipeline's defaults = this scheduler's config
         sigma = float(pipe.scheduler.time_shift(mu, 1.0, torch.tensor((t + 1) / 1000, dtype=torch.float64)))
-        states, pooled, text_ids = pipe.encode_prompt([prompt], None, max_sequence_length=tiny_families.T5_LENGTH)
+        states, pooled, text_ids = pipe.encode_prompt([prompt], None)
         x_t = (1 - sigma) * x0 + sigma * noise
         out = pipe.transformer(hidden_states=pipe._pack_latents(x_t, b, c, h, w), timestep=torch.tensor([sigma]),
                                guidance=torch.tensor([guidance]), pooled_projections=pooled,
@@ -93,8 +92,7 @@ def hand_output(name, pipe, pixels, prompt, t, noise, guidance):
         return x0, x_t, sigma, pipe._unpack_latents(out, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor,
                                                     pipe.vae_scale_factor)
     if name == "pixart":
-        states, mask, _, _ = pipe.encode_prompt([prompt], do_classifier_free_guidance=False,
-                                                max_sequence_length=tiny_families.T5_LENGTH)
+        states, mask, _, _ = pipe.encode_prompt([prompt], do_classifier_free_guidance=False)
         x_t = ddpm_noising(pipe, x0, noise, t)
         size = float(pixels.shape[-1])
         added = {"resolution": torch.tensor([[size, size]]), "aspect_ratio": torch.tensor([[1.0]])}

@@ -130,8 +130,7 @@ def build_pixart(folder: str, sigma: bool = False) -> str:
     t5_tok = t5_tokenizer()
     transformer = PixArtTransformer2DModel(sample_size=8, num_layers=1, patch_size=2, attention_head_dim=8,
                                            num_attention_heads=3, caption_channels=32, in_channels=4, out_channels=8,
-                                           cross_attention_dim=24, norm_num_groups=8,
-                                           use_additional_conditions=not sigma)
+                                           cross_attention_dim=24, norm_num_groups=8)
     pipeline_class = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
     pipeline = pipeline_class(tokenizer=t5_tok, text_encoder=t5_encoder(t5_tok), vae=vae(), transformer=transformer,
                               scheduler=DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001,

@@ -11,7 +11,8 @@ from .pipeline_backend import PipelineBackend
 
 class FluxBackend(PipelineBackend):
     """velocity on latents (z - shift) * scale, packed to tokens with image ids; text = T5 states
-    with text ids, pooled = CLIP-L; network timestep = sigma; sigma shifted by resolution (mu from
+    with text ids, pooled = CLIP-L; network timestep = sigma, rounded as the pipeline does
+    (1000 sigma in float32, cast to the model's dtype, then / 1000); sigma shifted by resolution (mu from
     the image-token count, as the pipeline does). FLUX.1-dev takes a guidance value
     (`--diffusion_guidance`, default 1.0 = plain conditional); T5 cannot be dropped."""
 
@@ -43,9 +44,8 @@ class FluxBackend(PipelineBackend):
     def describe_extra(self) -> dict:
         return {"guidance": self.settings.guidance if self.guided else None}
 
-    @property
-    def max_sequence_length(self) -> int:
-        return min(512, int(self.pipe.tokenizer_2.model_max_length))
+    #: T5 tokens the pipeline pads to by default (its `max_sequence_length`)
+    max_sequence_length = 512
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
@@ -60,7 +60,8 @@ class FluxBackend(PipelineBackend):
         image_ids = self.pipe._prepare_latent_image_ids(batch, height // 2, width // 2, x.device, x.dtype)
         guidance = torch.full((batch,), self.settings.guidance, device=x.device, dtype=torch.float32) \
             if self.guided else None
-        output = self._denoiser(hidden_states=packed, timestep=sigma.to(x.dtype), guidance=guidance,
+        timestep = self.flow_timestep(sigma).to(x.dtype) / 1000
+        output = self._denoiser(hidden_states=packed, timestep=timestep, guidance=guidance,
                                 pooled_projections=c.pooled, encoder_hidden_states=c.states,
                                 txt_ids=c.text_ids[0], img_ids=image_ids).sample
         return self.pipe._unpack_latents(output, height * self.vae_scale_factor, width * self.vae_scale_factor,

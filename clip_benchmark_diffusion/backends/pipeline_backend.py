@@ -18,6 +18,15 @@ from .base import Conditioning, DiffusionBackend
 from .speed import SpeedOptions, prepare_denoiser, run_denoiser
 
 
+def cleans_captions() -> bool:
+    """What `clean_caption=True` (the PixArt and IF pipelines' default) does here: it cleans only
+    when bs4 and ftfy are installed, and otherwise falls back to lower-casing (with a warning per
+    call). Passing this value does the same without the warnings."""
+    from diffusers.utils import is_bs4_available, is_ftfy_available
+
+    return bool(is_bs4_available() and is_ftfy_available())
+
+
 class PipelineBackend(DiffusionBackend):
     """A family backed by one diffusers pipeline class (`diffusers_class`)."""
 
@@ -55,6 +64,7 @@ class PipelineBackend(DiffusionBackend):
         self._denoiser = prepare_denoiser(self.denoiser, speed)
         self.resolution = int(self.settings.resolution or self.native_resolution())
         self.schedule = self.build_schedule()
+        self.timestep_dtype = self.scheduler_timestep_dtype()
         self.description = {
             "backend": self.family,
             "source": self.source,
@@ -104,6 +114,16 @@ class PipelineBackend(DiffusionBackend):
 
         return DiscreteSchedule.from_scheduler(DDPMScheduler.from_config(self.pipe.scheduler.config))
 
+    def scheduler_timestep_dtype(self) -> torch.dtype:
+        """The dtype of the checkpoint's sampling scheduler's timesteps (int64 for DDPM/DDIM/DPM-Solver,
+        float32 for Euler): a DDPM family passes its integer t to the denoiser in that dtype, as the
+        pipeline does (same values; a float32 t would otherwise differ from the pipeline's int64 one)."""
+        if self.flow_matching:
+            return torch.float64
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        scheduler.set_timesteps(2)
+        return scheduler.timesteps.dtype
+
     def flow_mu(self) -> Optional[float]:
         """The resolution-dependent shift of models with `use_dynamic_shifting` (FLUX)."""
         return None
@@ -113,6 +133,11 @@ class PipelineBackend(DiffusionBackend):
         schedule = self.build_schedule(settings)
         schedule.check(settings)
         return schedule
+
+    def flow_timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The scheduler's timestep of a flow sigma: 1000 sigma in float32, as
+        `FlowMatchEulerDiscreteScheduler.set_timesteps` makes it (each pipeline then casts or scales it)."""
+        return sigma.to(torch.float32) * float(self.pipe.scheduler.config.num_train_timesteps)
 
     # ---------------------------------------------------------------- images
     @torch.no_grad()
@@ -135,6 +160,7 @@ class PipelineBackend(DiffusionBackend):
 
     @torch.no_grad()
     def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
-        output = run_denoiser(self.denoise, x_t.to(self.device, self.dtype), timesteps.to(self.device),
+        timesteps = timesteps.to(self.device) if self.flow_matching else timesteps.to(self.device, self.timestep_dtype)
+        output = run_denoiser(self.denoise, x_t.to(self.device, self.dtype), timesteps,
                               conditioning.to(self.device, self.dtype), self.speed)
         return self.mean_channels(output, x_t.shape[1])

@@ -19,7 +19,8 @@ def _t5_absent(index: dict) -> bool:
 
 class StableDiffusion3Backend(PipelineBackend):
     """velocity (eps - x0) on latents (z - shift) * scale; network timestep = 1000 sigma; sigma
-    shifted by the scheduler's `shift` (3.0). `drop_t5` (or a folder saved without T5) leaves T5
+    shifted by the scheduler's `shift` (3.0), passed in float32 like the pipeline (not the
+    model's dtype: bfloat16 would round 1000 sigma by up to 2). `drop_t5` (or a folder saved without T5) leaves T5
     out: the pipeline then puts zeros in its place, which SD3 was trained to tolerate."""
 
     diffusers_class = "StableDiffusion3Pipeline"
@@ -47,11 +48,8 @@ class StableDiffusion3Backend(PipelineBackend):
     def describe_extra(self) -> dict:
         return {"t5": self.pipe.text_encoder_3 is not None}
 
-    @property
-    def max_sequence_length(self) -> int:
-        """The pipeline's default T5 length (256), or the tokenizer's own if shorter."""
-        tokenizer = self.pipe.tokenizer_3
-        return 256 if tokenizer is None else min(256, int(tokenizer.model_max_length))
+    #: T5 tokens the pipeline pads to by default (its `max_sequence_length`)
+    max_sequence_length = 256
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
@@ -61,6 +59,6 @@ class StableDiffusion3Backend(PipelineBackend):
         return Conditioning(states=states.cpu(), pooled=pooled.cpu())
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, c: Conditioning) -> torch.Tensor:
-        timestep = (sigma * self.pipe.scheduler.config.num_train_timesteps).to(x.dtype)
+        timestep = self.flow_timestep(sigma)  # float32, as the pipeline passes it in any dtype
         return self._denoiser(hidden_states=x, timestep=timestep, encoder_hidden_states=c.states,
                               pooled_projections=c.pooled).sample

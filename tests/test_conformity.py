@@ -28,6 +28,12 @@ FAMILIES = list(BUILDS)
 #: arguments that say how to return, not what to compute
 IGNORED = {"return_dict"}
 GUIDANCE = 2.5
+#: flow-matching families (the rest are DDPM)
+#: pixel size scored, where the family's native one is large
+RESOLUTION = {"qwenimage": 32}
+FLOW = {"sd3", "flux", "qwenimage"}
+#: families whose denoiser takes packed 2x2 latent tokens
+PACKED = {"flux", "qwenimage"}
 #: families whose pipeline rescales the injected sample before the denoiser (Euler's x0 + s eps
 #: divided by sqrt(s^2 + 1)): in bfloat16 that round trip rounds x_t by up to one bfloat16 step
 ROUND_TRIP = {"sdxl"}
@@ -155,9 +161,9 @@ def run_pipeline(name: str, backend, pipe, prompt: str, x_t: torch.Tensor, t: in
     denoiser call (`Stop`). Defaults everywhere except what fixes the noise level, the sample and
     the guidance (no classifier-free batch)."""
     common = dict(num_inference_steps=1, output_type="latent")
-    if name in ("sd3", "flux"):
+    if name in FLOW:
         injected_flow(pipe.scheduler, sigma)
-        extra = {"guidance_scale": GUIDANCE} if name == "flux" else {"guidance_scale": 1.0}
+        extra = {"sd3": {"guidance_scale": 1.0}, "flux": {"guidance_scale": GUIDANCE}}.get(name, {})
         pipe(prompt, height=size, width=size, latents=x_t, **common, **extra)
     elif name == "sdxl":
         from diffusers import EulerDiscreteScheduler
@@ -190,6 +196,10 @@ def pipeline_x0(name: str, pipe, pixels: torch.Tensor) -> torch.Tensor:
     if name == "if":
         return pixels
     vae = pipe.vae
+    if name == "qwenimage":  # a video VAE (one frame), normalised per channel
+        z = vae.encode(pixels.to(vae.dtype)[:, :, None]).latent_dist.mean[:, :, 0].float()
+        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1)
+        return (z - mean) / torch.tensor(vae.config.latents_std).view(1, -1, 1, 1)
     z = vae.encode(pixels.to(vae.dtype)).latent_dist.mean.float()
     return (z - (vae.config.get("shift_factor") or 0.0)) * vae.config.scaling_factor
 
@@ -197,7 +207,7 @@ def pipeline_x0(name: str, pipe, pixels: torch.Tensor) -> torch.Tensor:
 def pipeline_noised(name: str, pipe, x0: torch.Tensor, noise: torch.Tensor, t: int, sigma: float) -> torch.Tensor:
     """x_t by the pipeline's scheduler (its state after the stopped call: one step at the plugin's level)."""
     scheduler = pipe.scheduler
-    if name in ("sd3", "flux"):
+    if name in FLOW:
         return scheduler.scale_noise(x0, scheduler.timesteps[:1], noise)
     if name == "sdxl":
         return scheduler.scale_model_input(scheduler.add_noise(x0, noise, scheduler.timesteps[:1]), scheduler.timesteps[0])
@@ -209,15 +219,17 @@ def pipeline_noised(name: str, pipe, x0: torch.Tensor, noise: torch.Tensor, t: i
 
 def pipeline_output(name: str, pipe, output: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """The denoiser's output in the schedule's space (eps, or the flow velocity), as the pipeline reads it."""
-    if name == "flux":
+    if name in PACKED:
         size = x0.shape[-1] * pipe.vae_scale_factor
-        return pipe._unpack_latents(output, size, size, pipe.vae_scale_factor)
+        unpacked = pipe._unpack_latents(output, size, size, pipe.vae_scale_factor)
+        return unpacked[:, :, 0] if unpacked.dim() == 5 else unpacked
     return output[:, :x0.shape[1]]  # learned variance (PixArt, DiT, IF): the first channels are the mean
 
 
 def conformity(name: str, folder: str, dtype: torch.dtype, monkeypatch) -> None:
-    flow = name in ("sd3", "flux")
-    settings = ScorerSettings(**FIXED, draws=2, objective="velocity" if flow else "epsilon", guidance=GUIDANCE)
+    flow = name in FLOW
+    settings = ScorerSettings(**FIXED, draws=2, objective="velocity" if flow else "epsilon", guidance=GUIDANCE,
+                              resolution=RESOLUTION.get(name))
     backend = load_backend(folder, dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype],
                            settings=settings)
     denoiser = backend.unet if name == "sd" else backend.denoiser
@@ -250,7 +262,7 @@ def conformity(name: str, folder: str, dtype: torch.dtype, monkeypatch) -> None:
             # the per-draw error, from the denoiser's output on the pipeline's own arguments
             noise = draw_noise(scorer.image_seed(42), j, tuple(x0.shape[1:]))[None]
             noised = pipeline_noised(name, pipe, x0, noise, t, sigma)
-            plugin_x_t = x_t if name != "flux" else pipeline_output(name, pipe, x_t, x0)
+            plugin_x_t = pipeline_output(name, pipe, x_t, x0) if name in PACKED else x_t
             assert torch.allclose(noised.to(dtype).float(), plugin_x_t.float(), rtol=close, atol=close)
             output = denoiser(**theirs)
             output = pipeline_output(name, pipe, output[0] if isinstance(output, tuple) else output.sample, x0).float()

@@ -261,3 +261,28 @@ def test_settings_a_family_cannot_use_stop_before_any_compute(family_folders, ti
                                 "wds/animals", "--dataset_root", tiny_wds, "--diffusion_no_progress", *flags],
                                tmp_path, capsys, monkeypatch)
     assert expected in message and not list(tmp_path.glob("*.json*"))
+
+
+#: the families added for issue 24, with the pixel size they are scored at here and their record's backend name
+NEW_FAMILIES = {"qwenimage": (32, "qwen-image")}
+
+
+def test_new_families_through_the_clip_benchmark_cli(family_folders, tiny_wds, tmp_path):
+    """One `clip_benchmark eval` process per pixel size, every new family's tiny checkpoint in it."""
+    for size in sorted({size for size, _ in NEW_FAMILIES.values()}):
+        names = [name for name, (s, _) in NEW_FAMILIES.items() if s == size]
+        result = run_cli(["eval", "--model", "sd-diffusion", "--pretrained", *[family_folders[n] for n in names],
+                          "--dataset", "wds/animals", "--dataset_root", tiny_wds, "--num_workers", "0",
+                          "--batch_size", "6", "--diffusion_draws", "2", "--diffusion_strategy", "fixed",
+                          "--diffusion_templates", "average_errors", "--diffusion_no_progress",
+                          "--diffusion_resolution", str(size), "--output", "{pretrained}.json"], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        for name in names:
+            slug = family_folders[name].strip("/").replace("/", "_")
+            metrics = json.loads((tmp_path / f"{slug}.json").read_text())["metrics"]
+            lines = [json.loads(line) for line in (tmp_path / f"{slug}.diffusion.jsonl").open()]
+            header, images = lines[0], lines[1:-1]
+            assert header["model"]["backend"] == NEW_FAMILIES[name][1] and header["model"]["resolution"] == size
+            assert len(images) == 6 and all(len(image["errors"]) == 3 and image["calls"] == 12 for image in images)
+            correct = sum(image["prediction"] == label for image, label in zip(images, lines[-1]["labels"]))
+            assert metrics["acc1"] == pytest.approx(correct / 6)

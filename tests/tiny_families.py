@@ -166,5 +166,59 @@ def build_if(folder: str) -> str:
     return _save(pipeline, folder)
 
 
+def qwen_tokenizer(words=T5_WORDS, vocab_size: int = 400):
+    """A byte-level BPE tokenizer of the Qwen2 kind with the chat-template tokens, trained here on a
+    few words (not on the template's system prompt: it must stay longer than the 34 tokens the
+    pipeline drops)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AddedToken, Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    bpe.train_from_iterator([" ".join(words)] * 4 + ["a photo of a {}.".format(w) for w in words], trainer)
+    state = __import__("json").loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
+    tokenizer = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, model_max_length=1024)
+    tokenizer.add_tokens([AddedToken(t, special=True) for t in ("<|im_start|>", "<|im_end|>")])
+    return tokenizer
+
+
+def qwen25_vl_encoder(tokenizer, width: int = 16):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    vocab = len(tokenizer) + 3
+    config = Qwen2_5_VLConfig(
+        text_config={"hidden_size": width, "intermediate_size": width, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "rope_theta": 1000000.0, "vocab_size": vocab,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": width},
+        hidden_size=width, vocab_size=vocab, vision_start_token_id=vocab - 3, vision_end_token_id=vocab - 2,
+        vision_token_id=vocab - 1)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def build_qwenimage(folder: str) -> str:
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, \
+        QwenImageTransformer2DModel
+
+    torch.manual_seed(0)
+    tokenizer = qwen_tokenizer()
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                              axes_dims_rope=(8, 4, 4))
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.1, -0.2, 0.3, 0.0],
+                                 latents_std=[1.5, 0.5, 2.0, 1.0])
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+                                                base_image_seq_len=256, max_image_seq_len=8192,
+                                                time_shift_type="exponential")
+    pipeline = QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=qwen25_vl_encoder(tokenizer),
+                                 tokenizer=tokenizer, transformer=transformer)
+    return _save(pipeline, folder)
+
+
 BUILDERS = {"sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux, "pixart": build_pixart, "dit": build_dit,
-            "if": build_if}
+            "if": build_if, "qwenimage": build_qwenimage}

@@ -29,6 +29,8 @@ BACKENDS: dict[str, str] = {
     "DiTPipeline": "dit:DiTBackend",
     "IFPipeline": "deepfloyd_if:IFBackend",
     "IFImg2ImgPipeline": "deepfloyd_if:IFBackend",
+    "QwenImagePipeline": "qwenimage:QwenImageBackend",
+    "QwenImageImg2ImgPipeline": "qwenimage:QwenImageBackend",
 }
 
 

@@ -37,7 +37,8 @@ class Conditioning:
     pooled: Optional[torch.Tensor] = None
     #: (B, 6) SDXL micro-conditioning (original size, crop, target size)
     time_ids: Optional[torch.Tensor] = None
-    #: (B, L) attention mask of `states` (PixArt, IF)
+    #: (B, L) attention mask of `states` (PixArt, IF; Qwen-Image and others whose states are as
+    #: long as each prompt: rows of different lengths are zero-padded when stacked)
     mask: Optional[torch.Tensor] = None
     #: (B, L, 3) FLUX text position ids
     text_ids: Optional[torch.Tensor] = None
@@ -109,6 +110,15 @@ def stack_rows(rows: Sequence, pin_memory: bool = False) -> Encoded:
 
 
 def _stack(values: list, pin_memory: bool) -> torch.Tensor:
+    """Rows stacked; rows of different lengths (families whose text states are as long as each
+    prompt, with a mask) are zero-padded at the end to the longest, which their masks exclude."""
+    shape = values[0].shape
+    if any(value.shape != shape for value in values):
+        shape = tuple(max(sizes) for sizes in zip(*(value.shape for value in values)))
+        out = torch.zeros((len(values), *shape), dtype=values[0].dtype, pin_memory=pin_memory)
+        for row, value in zip(out, values):
+            row[tuple(slice(0, size) for size in value.shape)] = value
+        return out
     if not pin_memory:
         return torch.stack(values)
     out = torch.empty((len(values), *values[0].shape), dtype=values[0].dtype, pin_memory=True)

@@ -128,6 +128,15 @@ class PipelineBackend(DiffusionBackend):
         """The resolution-dependent shift of models with `use_dynamic_shifting` (FLUX)."""
         return None
 
+    def token_mu(self, image_tokens: int) -> float:
+        """mu of the pipelines' `calculate_shift`: linear in the image-token count between the
+        scheduler config's (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift)."""
+        config = self.pipe.scheduler.config
+        base_tokens, max_tokens = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+        base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+        slope = (max_shift - base_shift) / (max_tokens - base_tokens)
+        return float(image_tokens * slope + base_shift - slope * base_tokens)
+
     def noise_schedule(self, settings: ScorerSettings) -> NoiseSchedule:
         """A schedule for the scorer's own settings (its sigma distribution), not the load-time ones."""
         schedule = self.build_schedule(settings)

@@ -286,3 +286,38 @@ def test_new_families_through_the_clip_benchmark_cli(family_folders, tiny_wds, t
             assert len(images) == 6 and all(len(image["errors"]) == 3 and image["calls"] == 12 for image in images)
             correct = sum(image["prediction"] == label for image, label in zip(images, lines[-1]["labels"]))
             assert metrics["acc1"] == pytest.approx(correct / 6)
+
+
+@pytest.mark.parametrize("name", ["sd3", "qwenimage"])
+def test_text_encoders_hold_no_accelerator_memory_while_the_denoiser_runs(name, family_folders, tiny_wds, tmp_path,
+                                                                          monkeypatch):
+    """Through the CLI (in this process): every prompt is encoded before the first denoiser call, and
+    from then on the text encoders are off the device. Released to the meta device here, so the
+    check holds on a CPU-only machine: a released encoder then holds no memory at all, and the run
+    still completes."""
+    from clip_benchmark_diffusion.__main__ import main
+    from clip_benchmark_diffusion.backends.pipeline_backend import PipelineBackend
+
+    events = []
+    encode_prompts, predict = PipelineBackend.encode_prompts, PipelineBackend.predict
+    monkeypatch.setattr(PipelineBackend, "release_device", "meta")
+    monkeypatch.setattr(PipelineBackend, "encode_prompts",
+                        lambda self, prompts: events.append(("encode", None)) or encode_prompts(self, prompts))
+
+    def recorded_predict(self, *args):
+        output = predict(self, *args)  # the first call releases the encoders before the denoiser runs
+        devices = {p.device.type for module in self.text_encoders().values() for p in module.parameters()}
+        events.append(("predict", (devices, next(self.denoiser.parameters()).device.type)))
+        return output
+
+    monkeypatch.setattr(PipelineBackend, "predict", recorded_predict)
+    monkeypatch.chdir(tmp_path)
+    size = NEW_FAMILIES.get(name, (16,))[0]
+    main(["eval", "--model", "sd-diffusion", "--pretrained", family_folders[name], "--dataset", "wds/animals",
+          "--dataset_root", tiny_wds, "--num_workers", "0", "--batch_size", "6", "--diffusion_draws", "2",
+          "--diffusion_strategy", "fixed", "--diffusion_no_progress", "--diffusion_resolution", str(size),
+          "--output", "out.json"])
+    kinds = [kind for kind, _ in events]
+    assert "predict" in kinds and "encode" not in kinds[kinds.index("predict"):]
+    assert all(state == ({"meta"}, "cpu") for kind, state in events if kind == "predict")
+    assert json.loads((tmp_path / "out.json").read_text())["metrics"]["acc1"] >= 0

@@ -35,7 +35,7 @@ class IFBackend(PipelineBackend):
         return {"clean_caption": cleans_captions()}
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
         """Captions cleaned as the pipeline's default does (when bs4 and ftfy are installed)."""
         states, _ = self.pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False, device=self.device,
                                             clean_caption=cleans_captions())

@@ -48,7 +48,7 @@ class FluxBackend(PipelineBackend):
     max_sequence_length = 512
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
         states, pooled, text_ids = self.pipe.encode_prompt(list(prompts), None, device=self.device,
                                                            max_sequence_length=self.max_sequence_length)
         return Conditioning(states=states.cpu(), pooled=pooled.cpu(),

@@ -8,14 +8,17 @@ noise schedule (DDPM from the scheduler's betas, or flow matching with its shift
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+import logging
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 
 from ..schedules import DiscreteSchedule, FlowSchedule, NoiseSchedule
 from ..settings import ScorerSettings
-from .base import Conditioning, DiffusionBackend
+from .base import Conditioning, DiffusionBackend, Encoded
 from .speed import SpeedOptions, prepare_denoiser, run_denoiser
+
+LOG = logging.getLogger(__name__)
 
 
 def cleans_captions() -> bool:
@@ -52,9 +55,10 @@ class PipelineBackend(DiffusionBackend):
         pipeline_class = getattr(diffusers, self.diffusers_class)
         self.pipe = pipeline_class.from_pretrained(source, torch_dtype=dtype, local_files_only=local_files_only,
                                                    cache_dir=cache_dir, **self.load_overrides())
-        for module in self.pipe.components.values():
+        for name, module in self.pipe.components.items():
             if isinstance(module, torch.nn.Module):
-                module.to(self.device).eval().requires_grad_(False)
+                # the denoiser joins the accelerator when scoring starts, after the text encoders left it
+                module.to("cpu" if name == self.denoiser_name else self.device).eval().requires_grad_(False)
                 if dtype == torch.float16 and type(module).__name__.startswith("T5"):
                     module.to(torch.bfloat16)  # T5 overflows in float16; its states are cast back per pass
         vae = getattr(self.pipe, "vae", None)
@@ -62,6 +66,8 @@ class PipelineBackend(DiffusionBackend):
             vae.to(torch.float32)  # the fp16 VAE of SDXL overflows: encode in float32
         self.denoiser = getattr(self.pipe, self.denoiser_name)
         self._denoiser = prepare_denoiser(self.denoiser, speed)
+        self.scoring = False  # the denoiser has been called: it is on the device, the text encoders are not
+        self.keep_text_encoders = False  # prompts came after scoring began: the encoders stay on the device
         self.resolution = int(self.settings.resolution or self.native_resolution())
         self.schedule = self.build_schedule()
         self.timestep_dtype = self.scheduler_timestep_dtype()
@@ -167,8 +173,47 @@ class PipelineBackend(DiffusionBackend):
         """Models with learned variance output [mean, variance] channels: score the mean only."""
         return output[:, :channels]
 
+    # ---------------------------------------------------------------- text encoders and memory
+    #: where text encoders go when scoring starts (CPU: they stay usable for a late prompt)
+    release_device: ClassVar[str] = "cpu"
+
+    def text_encoders(self) -> dict[str, torch.nn.Module]:
+        """The pipeline's text encoders by component name (`text_encoder`, `text_encoder_2`, ...)."""
+        return {name: module for name, module in self.pipe.components.items()
+                if name.startswith("text_encoder") and isinstance(module, torch.nn.Module)}
+
+    def encode_text(self, prompts: Sequence[str]) -> Encoded:
+        """Prompts -> conditioning rows on the CPU, with the text encoders on the device."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> Encoded:
+        """`encode_text`; a prompt that comes after scoring began (caption selection encodes per
+        batch) brings the text encoders back to the device, where they then stay."""
+        if self.scoring and not self.keep_text_encoders and self.text_encoders():
+            LOG.info("prompts encoded after scoring began: the text encoders return to %s and stay there", self.device)
+            for module in self.text_encoders().values():
+                module.to(self.device)
+            self.keep_text_encoders = True
+        return self.encode_text(prompts)
+
+    def start_scoring(self) -> None:
+        """Before the first denoiser call (every classification prompt is encoded by then): the text
+        encoders leave the device and the denoiser joins it, so the peak accelerator memory is the
+        denoiser, the VAE and the prompts' states, never the text encoders besides (FLUX.2 [dev]'s
+        is ~48 GB in bfloat16)."""
+        if not self.keep_text_encoders:
+            for module in self.text_encoders().values():
+                module.to(self.release_device)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self.denoiser.to(self.device)
+        self.scoring = True
+
     @torch.no_grad()
     def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        if not self.scoring:
+            self.start_scoring()
         timesteps = timesteps.to(self.device) if self.flow_matching else timesteps.to(self.device, self.timestep_dtype)
         output = run_denoiser(self.denoise, x_t.to(self.device, self.dtype), timesteps,
                               conditioning.to(self.device, self.dtype), self.speed)

@@ -26,7 +26,7 @@ class PixArtBackend(PipelineBackend):
         return {"clean_caption": cleans_captions(), "max_sequence_length": self.default_sequence_length}
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
         """As the pipeline encodes by default: captions cleaned (when bs4 and ftfy are installed),
         T5 padded to 120 (alpha) or 300 (Sigma) tokens with their mask."""
         states, mask, _, _ = self.pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False,

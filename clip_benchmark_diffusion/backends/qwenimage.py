@@ -53,7 +53,7 @@ class QwenImageBackend(PipelineBackend):
         return (z - mean) / std
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
         states, mask = self.pipe.encode_prompt(list(prompts), device=self.device,
                                                max_sequence_length=self.max_sequence_length)
         if mask is None:

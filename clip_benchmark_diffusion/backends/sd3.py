@@ -52,7 +52,7 @@ class StableDiffusion3Backend(PipelineBackend):
     max_sequence_length = 256
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
         states, _, pooled, _ = self.pipe.encode_prompt(list(prompts), None, None, device=self.device,
                                                        do_classifier_free_guidance=False,
                                                        max_sequence_length=self.max_sequence_length)

@@ -30,10 +30,12 @@ IGNORED = {"return_dict"}
 GUIDANCE = 2.5
 #: flow-matching families (the rest are DDPM)
 #: pixel size scored, where the family's native one is large
-RESOLUTION = {"qwenimage": 32}
-FLOW = {"sd3", "flux", "qwenimage"}
-#: families whose denoiser takes packed 2x2 latent tokens
-PACKED = {"flux", "qwenimage"}
+RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16}
+FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein"}
+#: families whose denoiser takes packed latent tokens
+PACKED = {"flux", "qwenimage", "flux2", "flux2-klein"}
+#: families whose pipeline takes `latents` unpacked (it packs them itself)
+PACKS_ITSELF = {"flux2", "flux2-klein"}
 #: families whose pipeline rescales the injected sample before the denoiser (Euler's x0 + s eps
 #: divided by sqrt(s^2 + 1)): in bfloat16 that round trip rounds x_t by up to one bfloat16 step
 ROUND_TRIP = {"sdxl"}
@@ -163,8 +165,12 @@ def run_pipeline(name: str, backend, pipe, prompt: str, x_t: torch.Tensor, t: in
     common = dict(num_inference_steps=1, output_type="latent")
     if name in FLOW:
         injected_flow(pipe.scheduler, sigma)
-        extra = {"sd3": {"guidance_scale": 1.0}, "flux": {"guidance_scale": GUIDANCE}}.get(name, {})
-        pipe(prompt, height=size, width=size, latents=x_t, **common, **extra)
+        extra = {"sd3": {"guidance_scale": 1.0}, "flux": {"guidance_scale": GUIDANCE},
+                 "flux2": {"guidance_scale": GUIDANCE}, "flux2-klein": {"guidance_scale": 1.0}}.get(name, {})
+        if name in PACKS_ITSELF:
+            x_t = pipe._unpack_latents_with_ids(x_t, pipe._prepare_latent_ids(x_t.new_empty(
+                1, 1, size // pipe.vae_scale_factor // 2, size // pipe.vae_scale_factor // 2)))
+        pipe(prompt=prompt, height=size, width=size, latents=x_t, **common, **extra)
     elif name == "sdxl":
         from diffusers import EulerDiscreteScheduler
 
@@ -196,6 +202,10 @@ def pipeline_x0(name: str, pipe, pixels: torch.Tensor) -> torch.Tensor:
     if name == "if":
         return pixels
     vae = pipe.vae
+    if name in ("flux2", "flux2-klein"):  # patchified 2x2, normalised with the VAE's batch-norm statistics
+        z = pipe._patchify_latents(vae.encode(pixels.to(vae.dtype)).latent_dist.mode().float())
+        mean, var = vae.bn.running_mean.view(1, -1, 1, 1).float(), vae.bn.running_var.view(1, -1, 1, 1).float()
+        return (z - mean) / torch.sqrt(var + vae.config.batch_norm_eps)
     if name == "qwenimage":  # a video VAE (one frame), normalised per channel
         z = vae.encode(pixels.to(vae.dtype)[:, :, None]).latent_dist.mean[:, :, 0].float()
         mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1)
@@ -219,6 +229,8 @@ def pipeline_noised(name: str, pipe, x0: torch.Tensor, noise: torch.Tensor, t: i
 
 def pipeline_output(name: str, pipe, output: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """The denoiser's output in the schedule's space (eps, or the flow velocity), as the pipeline reads it."""
+    if name in PACKS_ITSELF:
+        return pipe._unpack_latents_with_ids(output[:, :x0.shape[-1] * x0.shape[-2]], pipe._prepare_latent_ids(x0))
     if name in PACKED:
         size = x0.shape[-1] * pipe.vae_scale_factor
         unpacked = pipe._unpack_latents(output, size, size, pipe.vae_scale_factor)

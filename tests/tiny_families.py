@@ -220,5 +220,78 @@ def build_qwenimage(folder: str) -> str:
     return _save(pipeline, folder)
 
 
+#: a chat template of the Qwen kind (`{"role", "content"}` messages, content a string or a list of parts)
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+                 "{% else %}{% for part in m['content'] %}{{ part['text'] }}{% endfor %}{% endif %}<|im_end|>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def flux2_parts(text_width: int, bn_seed: int = 3):
+    """FLUX.2's transformer (16 = 4 latent channels x 2x2 patch), VAE with batch-norm statistics set, scheduler."""
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
+
+    transformer = Flux2Transformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                          attention_head_dim=16, num_attention_heads=2,
+                                          joint_attention_dim=3 * text_width, timestep_guidance_channels=256,
+                                          axes_dims_rope=[4, 4, 4, 4])
+    vae = AutoencoderKLFlux2(sample_size=32, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                             latent_channels=4, norm_num_groups=8, use_quant_conv=False, use_post_quant_conv=False)
+    generator = torch.Generator().manual_seed(bn_seed)
+    vae.bn.running_mean.copy_(torch.randn(vae.bn.running_mean.shape, generator=generator) * 0.1)
+    vae.bn.running_var.copy_(torch.rand(vae.bn.running_var.shape, generator=generator) + 0.5)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096,
+                                                time_shift_type="exponential")
+    return transformer, vae, scheduler
+
+
+def build_flux2_klein(folder: str) -> str:
+    from diffusers import Flux2KleinPipeline
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = qwen_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    width = 8
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(hidden_size=width, intermediate_size=8, num_hidden_layers=27,
+                                                num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+                                                vocab_size=len(tokenizer), max_position_embeddings=512,
+                                                eos_token_id=tokenizer.eos_token_id,
+                                                pad_token_id=tokenizer.pad_token_id)).eval()
+    transformer, vae, scheduler = flux2_parts(width)
+    pipeline = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                  transformer=transformer)
+    return _save(pipeline, folder)
+
+
+def build_flux2(folder: str) -> str:
+    from diffusers import Flux2Pipeline
+    from transformers import AddedToken, Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessor, \
+        PixtralProcessor
+
+    torch.manual_seed(0)
+    tokenizer = qwen_tokenizer()
+    tokenizer.add_tokens([AddedToken(t, special=True) for t in ("[IMG]", "[IMG_BREAK]", "[IMG_END]")])
+    processor = PixtralProcessor(image_processor=PixtralImageProcessor(), tokenizer=tokenizer, patch_size=6,
+                                 chat_template=CHAT_TEMPLATE)
+    width, vocab = 8, len(tokenizer)
+    config = Mistral3Config(
+        text_config={"model_type": "mistral", "vocab_size": vocab, "hidden_size": width, "intermediate_size": 8,
+                     "max_position_embeddings": 1024, "num_attention_heads": 2, "num_hidden_layers": 30,
+                     "num_key_value_heads": 1, "head_dim": 4, "rms_norm_eps": 1e-05, "rope_theta": 1000000000.0,
+                     "sliding_window": None, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"model_type": "pixtral", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 4,
+                       "intermediate_size": 16, "image_size": 30, "patch_size": 6, "num_channels": 3},
+        image_seq_length=4, vision_feature_layer=-1, image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"))
+    text_encoder = Mistral3ForConditionalGeneration(config).eval()
+    transformer, vae, scheduler = flux2_parts(width)
+    pipeline = Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=processor,
+                             transformer=transformer)
+    return _save(pipeline, folder)
+
+
 BUILDERS = {"sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux, "pixart": build_pixart, "dit": build_dit,
-            "if": build_if, "qwenimage": build_qwenimage}
+            "if": build_if, "qwenimage": build_qwenimage,
+            "flux2": build_flux2, "flux2-klein": build_flux2_klein}

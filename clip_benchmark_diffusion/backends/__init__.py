@@ -31,6 +31,8 @@ BACKENDS: dict[str, str] = {
     "IFImg2ImgPipeline": "deepfloyd_if:IFBackend",
     "QwenImagePipeline": "qwenimage:QwenImageBackend",
     "QwenImageImg2ImgPipeline": "qwenimage:QwenImageBackend",
+    "Flux2Pipeline": "flux2:Flux2Backend",
+    "Flux2KleinPipeline": "flux2:Flux2KleinBackend",
 }
 
 

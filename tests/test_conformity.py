@@ -30,8 +30,10 @@ IGNORED = {"return_dict"}
 GUIDANCE = 2.5
 #: flow-matching families (the rest are DDPM)
 #: pixel size scored, where the family's native one is large
-RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16}
-FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein"}
+RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16}
+FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image"}
+#: families whose denoiser takes a list of per-image samples (C, 1, H, W) and negates time and output
+LISTS = {"z-image"}
 #: families whose denoiser takes packed latent tokens
 PACKED = {"flux", "qwenimage", "flux2", "flux2-klein"}
 #: families whose pipeline takes `latents` unpacked (it packs them itself)
@@ -165,7 +167,7 @@ def run_pipeline(name: str, backend, pipe, prompt: str, x_t: torch.Tensor, t: in
     common = dict(num_inference_steps=1, output_type="latent")
     if name in FLOW:
         injected_flow(pipe.scheduler, sigma)
-        extra = {"sd3": {"guidance_scale": 1.0}, "flux": {"guidance_scale": GUIDANCE},
+        extra = {"sd3": {"guidance_scale": 1.0}, "flux": {"guidance_scale": GUIDANCE}, "z-image": {"guidance_scale": 0.0},
                  "flux2": {"guidance_scale": GUIDANCE}, "flux2-klein": {"guidance_scale": 1.0}}.get(name, {})
         if name in PACKS_ITSELF:
             x_t = pipe._unpack_latents_with_ids(x_t, pipe._prepare_latent_ids(x_t.new_empty(
@@ -229,6 +231,8 @@ def pipeline_noised(name: str, pipe, x0: torch.Tensor, noise: torch.Tensor, t: i
 
 def pipeline_output(name: str, pipe, output: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """The denoiser's output in the schedule's space (eps, or the flow velocity), as the pipeline reads it."""
+    if name in LISTS:
+        return -torch.stack([o.float() for o in output]).squeeze(2)
     if name in PACKS_ITSELF:
         return pipe._unpack_latents_with_ids(output[:, :x0.shape[-1] * x0.shape[-2]], pipe._prepare_latent_ids(x0))
     if name in PACKED:
@@ -262,7 +266,7 @@ def conformity(name: str, folder: str, dtype: torch.dtype, monkeypatch) -> None:
         for j in range(2):
             t = int(result.timesteps[j])
             sigma = float(scorer.schedule.sigmas(torch.tensor([t]))[0]) if flow else math.nan
-            x_t = ours[sample_name][j:j + 1]
+            x_t = ours[sample_name][j].squeeze(1)[None] if name in LISTS else ours[sample_name][j:j + 1]
             original = pipe.scheduler.set_timesteps
             with recording(denoiser, stop=True) as seen, pytest.raises(Stop):
                 run_pipeline(name, backend, pipe, prompt, x_t, t, sigma, size, monkeypatch)
@@ -288,3 +292,22 @@ def conformity(name: str, folder: str, dtype: torch.dtype, monkeypatch) -> None:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_the_plugin_calls_the_denoiser_as_the_pipeline_does(name, dtype, folders, monkeypatch):
     conformity(name, folders[name], dtype, monkeypatch)
+
+
+@pytest.mark.parametrize("name", ["qwenimage", "z-image"])
+def test_a_prompt_scores_the_same_beside_longer_prompts(name, folders):
+    """Families whose text states are as long as each prompt: rows are padded to the longest prompt
+    of all (and a pass cut to its longest); the mask keeps a row's output what it is alone."""
+    from clip_benchmark_diffusion.backends.base import Conditioning, split_rows
+
+    backend = load_backend(folders[name], dtype="float32", settings=ScorerSettings(resolution=RESOLUTION[name]))
+    size = backend.resolution
+    x0 = backend.encode_images(torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(2)) * 2 - 1)
+    sigma = torch.tensor([0.6], dtype=torch.float64)
+    short, long = backend.encode_prompts(["a cat."]), backend.encode_prompts(["a photo of many small dogs and birds."])
+    assert long.states.shape[1] > short.states.shape[1]
+    alone = backend.predict(x0, sigma, short)
+    beside = backend.predict(x0.repeat(2, 1, 1, 1), sigma.repeat(2),
+                             Conditioning.stack(split_rows(short) + split_rows(long)))
+    assert torch.allclose(alone[0], beside[0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(beside[0], beside[1], rtol=1e-3, atol=1e-3)

@@ -292,6 +292,30 @@ def build_flux2(folder: str) -> str:
     return _save(pipeline, folder)
 
 
+def build_z_image(folder: str) -> str:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(0)
+    tokenizer = qwen_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    text_encoder = Qwen3Model(Qwen3Config(hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                          num_key_value_heads=2, head_dim=8, vocab_size=len(tokenizer),
+                                          max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)).eval()
+    transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=1,
+                                           n_refiner_layers=1, n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True,
+                                           cap_feat_dim=16, rope_theta=256.0, t_scale=1000.0, axes_dims=[8, 4, 4],
+                                           axes_lens=[256, 32, 32])
+    with torch.no_grad():  # created with torch.empty: fixed so a padded token is never NaN
+        transformer.x_pad_token.copy_(torch.ones_like(transformer.x_pad_token))
+        transformer.cap_pad_token.copy_(torch.ones_like(transformer.cap_pad_token))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=False)
+    pipeline = ZImagePipeline(scheduler=scheduler, vae=vae(16, scaling_factor=0.3611, shift_factor=0.1159),
+                              text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer)
+    return _save(pipeline, folder)
+
+
 BUILDERS = {"sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux, "pixart": build_pixart, "dit": build_dit,
             "if": build_if, "qwenimage": build_qwenimage,
-            "flux2": build_flux2, "flux2-klein": build_flux2_klein}
+            "flux2": build_flux2, "flux2-klein": build_flux2_klein,
+            "z-image": build_z_image}

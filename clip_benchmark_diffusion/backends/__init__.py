@@ -33,6 +33,7 @@ BACKENDS: dict[str, str] = {
     "QwenImageImg2ImgPipeline": "qwenimage:QwenImageBackend",
     "Flux2Pipeline": "flux2:Flux2Backend",
     "Flux2KleinPipeline": "flux2:Flux2KleinBackend",
+    "ZImagePipeline": "z_image:ZImageBackend",
 }
 
 

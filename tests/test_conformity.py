@@ -30,8 +30,10 @@ IGNORED = {"return_dict"}
 GUIDANCE = 2.5
 #: flow-matching families (the rest are DDPM)
 #: pixel size scored, where the family's native one is large
-RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16}
-FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image"}
+RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16, "sana": 32}
+FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image", "sana"}
+#: flow families sampled with DPM-Solver in flow mode (int64 timesteps, `add_noise` instead of `scale_noise`)
+DPM_FLOW = {"sana"}
 #: families whose denoiser takes a list of per-image samples (C, 1, H, W) and negates time and output
 LISTS = {"z-image"}
 #: families whose denoiser takes packed latent tokens
@@ -103,6 +105,23 @@ def injected_flow(scheduler, sigma: float):
     return original
 
 
+def injected_dpm_flow(scheduler, sigma: float):
+    """DPM-Solver in flow mode: one step at the plugin's sigma, its timestep 1000 sigma truncated to
+    int64 (as `set_timesteps` stores it)."""
+    original = scheduler.set_timesteps
+
+    @functools.wraps(original)
+    def set_timesteps(*args, **kwargs):
+        original(*args, **kwargs)
+        scheduler.timesteps = (torch.tensor([sigma], dtype=torch.float64) * scheduler.config.num_train_timesteps).to(
+            torch.int64)
+        scheduler.sigmas = torch.tensor([sigma, 0.0])
+        scheduler.num_inference_steps = 1
+
+    scheduler.set_timesteps = set_timesteps
+    return original
+
+
 def injected_discrete(scheduler, t: int):
     """`set_timesteps`, then its timesteps replaced by the plugin's t (in the scheduler's own dtype)."""
     original = scheduler.set_timesteps
@@ -166,8 +185,9 @@ def run_pipeline(name: str, backend, pipe, prompt: str, x_t: torch.Tensor, t: in
     the guidance (no classifier-free batch)."""
     common = dict(num_inference_steps=1, output_type="latent")
     if name in FLOW:
-        injected_flow(pipe.scheduler, sigma)
+        (injected_dpm_flow if name in DPM_FLOW else injected_flow)(pipe.scheduler, sigma)
         extra = {"sd3": {"guidance_scale": 1.0}, "flux": {"guidance_scale": GUIDANCE}, "z-image": {"guidance_scale": 0.0},
+                 "sana": {"guidance_scale": 1.0, "use_resolution_binning": False},
                  "flux2": {"guidance_scale": GUIDANCE}, "flux2-klein": {"guidance_scale": 1.0}}.get(name, {})
         if name in PACKS_ITSELF:
             x_t = pipe._unpack_latents_with_ids(x_t, pipe._prepare_latent_ids(x_t.new_empty(
@@ -208,6 +228,8 @@ def pipeline_x0(name: str, pipe, pixels: torch.Tensor) -> torch.Tensor:
         z = pipe._patchify_latents(vae.encode(pixels.to(vae.dtype)).latent_dist.mode().float())
         mean, var = vae.bn.running_mean.view(1, -1, 1, 1).float(), vae.bn.running_var.view(1, -1, 1, 1).float()
         return (z - mean) / torch.sqrt(var + vae.config.batch_norm_eps)
+    if name == "sana":  # the deep-compression autoencoder: a deterministic latent
+        return vae.encode(pixels.to(vae.dtype)).latent.float() * vae.config.scaling_factor
     if name == "qwenimage":  # a video VAE (one frame), normalised per channel
         z = vae.encode(pixels.to(vae.dtype)[:, :, None]).latent_dist.mean[:, :, 0].float()
         mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1)
@@ -219,6 +241,8 @@ def pipeline_x0(name: str, pipe, pixels: torch.Tensor) -> torch.Tensor:
 def pipeline_noised(name: str, pipe, x0: torch.Tensor, noise: torch.Tensor, t: int, sigma: float) -> torch.Tensor:
     """x_t by the pipeline's scheduler (its state after the stopped call: one step at the plugin's level)."""
     scheduler = pipe.scheduler
+    if name in DPM_FLOW:
+        return scheduler.add_noise(x0, noise, scheduler.timesteps[:1])
     if name in FLOW:
         return scheduler.scale_noise(x0, scheduler.timesteps[:1], noise)
     if name == "sdxl":

@@ -315,7 +315,53 @@ def build_z_image(folder: str) -> str:
     return _save(pipeline, folder)
 
 
+def gemma_tokenizer(words=T5_WORDS, vocab_size: int = 300):
+    """A Gemma tokenizer (BPE on "▁"-joined words, byte fallback) trained here on a few words."""
+    from tokenizers import Tokenizer, models, trainers
+    from transformers import GemmaTokenizer
+
+    bpe = Tokenizer(models.BPE())
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=list("▁abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.,:'-()"))
+    bpe.train_from_iterator(["▁".join(words)] * 4 + ["▁" + w for w in words], trainer)
+    state = __import__("json").loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
+    return GemmaTokenizer(vocab=state["vocab"], merges=merges, model_max_length=1024)
+
+
+def gemma2_encoder(tokenizer, width: int = 8):
+    from transformers import Gemma2Config, Gemma2Model
+
+    return Gemma2Model(Gemma2Config(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=16,
+                                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+                                    max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+                                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
+
+
+def build_sana(folder: str) -> str:
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+
+    torch.manual_seed(0)
+    tokenizer = gemma_tokenizer()
+    transformer = SanaTransformer2DModel(patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2,
+                                         attention_head_dim=4, num_cross_attention_heads=2, cross_attention_head_dim=4,
+                                         cross_attention_dim=8, caption_channels=8, sample_size=16)
+    vae = AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2,
+                        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+                        decoder_block_types=("ResBlock", "EfficientViTBlock"), encoder_block_out_channels=(8, 8),
+                        decoder_block_out_channels=(8, 8), encoder_qkv_multiscales=((), (5,)),
+                        decoder_qkv_multiscales=((), (5,)), encoder_layers_per_block=(1, 1),
+                        decoder_layers_per_block=[1, 1], downsample_block_type="conv",
+                        upsample_block_type="interpolate", decoder_norm_types="rms_norm", decoder_act_fns="silu",
+                        scaling_factor=0.41407)
+    scheduler = DPMSolverMultistepScheduler(flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction")
+    pipeline = SanaPipeline(tokenizer=tokenizer, text_encoder=gemma2_encoder(tokenizer), vae=vae,
+                            transformer=transformer, scheduler=scheduler)
+    return _save(pipeline, folder)
+
+
 BUILDERS = {"sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux, "pixart": build_pixart, "dit": build_dit,
             "if": build_if, "qwenimage": build_qwenimage,
             "flux2": build_flux2, "flux2-klein": build_flux2_klein,
-            "z-image": build_z_image}
+            "z-image": build_z_image, "sana": build_sana}

@@ -34,6 +34,7 @@ BACKENDS: dict[str, str] = {
     "Flux2Pipeline": "flux2:Flux2Backend",
     "Flux2KleinPipeline": "flux2:Flux2KleinBackend",
     "ZImagePipeline": "z_image:ZImageBackend",
+    "SanaPipeline": "sana:SanaBackend",
 }
 
 

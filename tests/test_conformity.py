@@ -30,8 +30,10 @@ IGNORED = {"return_dict"}
 GUIDANCE = 2.5
 #: flow-matching families (the rest are DDPM)
 #: pixel size scored, where the family's native one is large
-RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16, "sana": 32}
-FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image", "sana"}
+RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16, "sana": 32, "lumina2": 32}
+FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image", "sana", "lumina2"}
+#: families whose denoiser predicts x0 - noise (the pipeline negates it)
+NEGATED = {"lumina2"}
 #: flow families sampled with DPM-Solver in flow mode (int64 timesteps, `add_noise` instead of `scale_noise`)
 DPM_FLOW = {"sana"}
 #: families whose denoiser takes a list of per-image samples (C, 1, H, W) and negates time and output
@@ -188,6 +190,7 @@ def run_pipeline(name: str, backend, pipe, prompt: str, x_t: torch.Tensor, t: in
         (injected_dpm_flow if name in DPM_FLOW else injected_flow)(pipe.scheduler, sigma)
         extra = {"sd3": {"guidance_scale": 1.0}, "flux": {"guidance_scale": GUIDANCE}, "z-image": {"guidance_scale": 0.0},
                  "sana": {"guidance_scale": 1.0, "use_resolution_binning": False},
+                 "lumina2": {"guidance_scale": 1.0},
                  "flux2": {"guidance_scale": GUIDANCE}, "flux2-klein": {"guidance_scale": 1.0}}.get(name, {})
         if name in PACKS_ITSELF:
             x_t = pipe._unpack_latents_with_ids(x_t, pipe._prepare_latent_ids(x_t.new_empty(
@@ -255,6 +258,8 @@ def pipeline_noised(name: str, pipe, x0: torch.Tensor, noise: torch.Tensor, t: i
 
 def pipeline_output(name: str, pipe, output: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """The denoiser's output in the schedule's space (eps, or the flow velocity), as the pipeline reads it."""
+    if name in NEGATED:
+        return -output
     if name in LISTS:
         return -torch.stack([o.float() for o in output]).squeeze(2)
     if name in PACKS_ITSELF:

@@ -361,7 +361,26 @@ def build_sana(folder: str) -> str:
     return _save(pipeline, folder)
 
 
+def build_lumina2(folder: str) -> str:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
+
+    torch.manual_seed(0)
+    tokenizer = gemma_tokenizer()
+    transformer = Lumina2Transformer2DModel(sample_size=4, patch_size=2, in_channels=4, hidden_size=8, num_layers=1,
+                                            num_refiner_layers=1, num_attention_heads=1, num_kv_heads=1,
+                                            multiple_of=16, norm_eps=1e-5, axes_dim_rope=(4, 2, 2),
+                                            axes_lens=(300, 32, 32), cap_feat_dim=8)
+    # the pipeline assumes 8 pixels per latent cell: four blocks
+    vae_8x = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * 4,
+                           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                           layers_per_block=1, norm_num_groups=8, sample_size=32, scaling_factor=0.3611,
+                           shift_factor=0.1159)
+    pipeline = Lumina2Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=6.0),
+                               vae=vae_8x, text_encoder=gemma2_encoder(tokenizer), tokenizer=tokenizer)
+    return _save(pipeline, folder)
+
+
 BUILDERS = {"sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux, "pixart": build_pixart, "dit": build_dit,
             "if": build_if, "qwenimage": build_qwenimage,
             "flux2": build_flux2, "flux2-klein": build_flux2_klein,
-            "z-image": build_z_image, "sana": build_sana}
+            "z-image": build_z_image, "sana": build_sana, "lumina2": build_lumina2}

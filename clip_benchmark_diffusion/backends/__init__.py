@@ -35,6 +35,8 @@ BACKENDS: dict[str, str] = {
     "Flux2KleinPipeline": "flux2:Flux2KleinBackend",
     "ZImagePipeline": "z_image:ZImageBackend",
     "SanaPipeline": "sana:SanaBackend",
+    "Lumina2Pipeline": "lumina2:Lumina2Backend",
+    "Lumina2Text2ImgPipeline": "lumina2:Lumina2Backend",
 }
 
 

@@ -380,7 +380,41 @@ def build_lumina2(folder: str) -> str:
     return _save(pipeline, folder)
 
 
+def build_hidream(folder: str) -> str:
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline, HiDreamImageTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = clip_tokenizer()
+    t5_tok = t5_tokenizer(length=128)
+    llama_tok = qwen_tokenizer()
+    transformer = HiDreamImageTransformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                                                 num_single_layers=1, attention_head_dim=8, num_attention_heads=4,
+                                                 caption_channels=[32, 16], text_emb_dim=32, num_routed_experts=4,
+                                                 num_activated_experts=2, axes_dims_rope=(4, 2, 2),
+                                                 max_resolution=(16, 16), llama_layers=(0, 1))
+
+    def long_clip():  # HiDream's CLIP encoders read 128 tokens (the pipeline pads them to 128)
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=tokenizer.vocab_size + len(tokenizer.get_added_vocab()), hidden_size=16, intermediate_size=32,
+            num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=128, projection_dim=16,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
+
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(llama_tok), hidden_size=16, intermediate_size=16,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                         max_position_embeddings=256, eos_token_id=llama_tok.eos_token_id,
+                                         pad_token_id=llama_tok.pad_token_id)).eval()
+    pipeline = HiDreamImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae(scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=long_clip(), tokenizer=tokenizer, text_encoder_2=long_clip(), tokenizer_2=tokenizer,
+        text_encoder_3=t5_encoder(t5_tok), tokenizer_3=t5_tok, text_encoder_4=llama, tokenizer_4=llama_tok,
+        transformer=transformer)
+    return _save(pipeline, folder)
+
+
 BUILDERS = {"sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux, "pixart": build_pixart, "dit": build_dit,
             "if": build_if, "qwenimage": build_qwenimage,
             "flux2": build_flux2, "flux2-klein": build_flux2_klein,
-            "z-image": build_z_image, "sana": build_sana, "lumina2": build_lumina2}
+            "z-image": build_z_image, "sana": build_sana, "lumina2": build_lumina2,
+            "hidream": build_hidream}

@@ -37,6 +37,7 @@ BACKENDS: dict[str, str] = {
     "SanaPipeline": "sana:SanaBackend",
     "Lumina2Pipeline": "lumina2:Lumina2Backend",
     "Lumina2Text2ImgPipeline": "lumina2:Lumina2Backend",
+    "HiDreamImagePipeline": "hidream:HiDreamBackend",
 }
 
 

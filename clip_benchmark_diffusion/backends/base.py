@@ -44,6 +44,8 @@ class Conditioning:
     text_ids: Optional[torch.Tensor] = None
     #: (B,) class labels of a class-conditional model (DiT)
     class_ids: Optional[torch.Tensor] = None
+    #: (B, K, L, D) states of K hidden layers of one text encoder (HiDream's Llama)
+    layers: Optional[torch.Tensor] = None
 
     def fields(self) -> dict[str, torch.Tensor]:
         """The present (non-None) fields by name."""

@@ -114,6 +114,11 @@ class PipelineBackend(DiffusionBackend):
         """DDPM from the scheduler config's betas (any DDPM-type scheduler class), or flow
         matching from `FlowMatchEulerDiscreteScheduler`'s shift."""
         settings = settings or self.settings
+        if self.flow_matching and self.dpm_flow:  # DPM-Solver / UniPC in flow mode: `flow_shift`, no dynamic shift
+            config = self.pipe.scheduler.config
+            return FlowSchedule(config.num_train_timesteps, shift=config.get("flow_shift", 1.0) or 1.0,
+                                distribution=settings.sigma_distribution, logit_mean=settings.logit_normal_mean,
+                                logit_std=settings.logit_normal_std)
         if self.flow_matching:
             return FlowSchedule.from_scheduler(self.pipe.scheduler, settings, mu=self.flow_mu())
         from diffusers import DDPMScheduler
@@ -149,10 +154,20 @@ class PipelineBackend(DiffusionBackend):
         schedule.check(settings)
         return schedule
 
+    @property
+    def dpm_flow(self) -> bool:
+        """The checkpoint samples with a multistep solver in flow mode (`use_flow_sigmas`: Sana's
+        DPM-Solver, HiDream-I1-Full's UniPC) rather than `FlowMatchEulerDiscreteScheduler`."""
+        return bool(self.pipe.scheduler.config.get("use_flow_sigmas", False))
+
     def flow_timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The scheduler's timestep of a flow sigma: 1000 sigma in float32, as
-        `FlowMatchEulerDiscreteScheduler.set_timesteps` makes it (each pipeline then casts or scales it)."""
-        return sigma.to(torch.float32) * float(self.pipe.scheduler.config.num_train_timesteps)
+        """The scheduler's timestep of a flow sigma, as its `set_timesteps` makes it (each pipeline
+        then casts or scales it): 1000 sigma in float32 (`FlowMatchEulerDiscreteScheduler`), or 1000
+        sigma computed in float64 and truncated to int64 (DPM-Solver / UniPC in flow mode)."""
+        steps = self.pipe.scheduler.config.num_train_timesteps
+        if self.dpm_flow:
+            return (sigma.to(torch.float64) * steps).to(torch.int64)
+        return sigma.to(torch.float32) * float(steps)
 
     # ---------------------------------------------------------------- images
     @torch.no_grad()

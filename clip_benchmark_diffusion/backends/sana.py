@@ -6,8 +6,6 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..schedules import FlowSchedule, NoiseSchedule
-from ..settings import ScorerSettings
 from .base import Conditioning
 from .pipeline_backend import PipelineBackend
 
@@ -33,14 +31,6 @@ class SanaBackend(PipelineBackend):
     def native_resolution(self) -> int:
         return int(self.denoiser.config.sample_size) * self.vae_scale_factor
 
-    def build_schedule(self, settings: Optional[ScorerSettings] = None) -> NoiseSchedule:
-        """Flow matching with DPM-Solver's `flow_shift` (the scheduler has no `shift`)."""
-        settings = settings or self.settings
-        config = self.pipe.scheduler.config
-        return FlowSchedule(config.num_train_timesteps, shift=config.get("flow_shift", 1.0) or 1.0,
-                            distribution=settings.sigma_distribution, logit_mean=settings.logit_normal_mean,
-                            logit_std=settings.logit_normal_std)
-
     @property
     def instruction(self) -> Optional[list]:
         """The pipeline's default `complex_human_instruction` (prepended to every prompt)."""
@@ -63,12 +53,8 @@ class SanaBackend(PipelineBackend):
                                                      complex_human_instruction=self.instruction)
         return Conditioning(states=states.cpu(), mask=mask.cpu())
 
-    def scheduler_timestep(self, sigma: torch.Tensor) -> torch.Tensor:
-        """DPM-Solver's flow timesteps: 1000 sigma (float64), truncated to int64."""
-        return (sigma.to(torch.float64) * self.pipe.scheduler.config.num_train_timesteps).to(torch.int64)
-
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, c: Conditioning) -> torch.Tensor:
-        timestep = self.scheduler_timestep(sigma) * self.denoiser.config.timestep_scale
+        timestep = self.flow_timestep(sigma) * self.denoiser.config.timestep_scale
         output = self._denoiser(x, encoder_hidden_states=c.states, encoder_attention_mask=c.mask, timestep=timestep,
                                 return_dict=False, attention_kwargs=None)[0]
         return output

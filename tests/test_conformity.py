@@ -30,8 +30,8 @@ IGNORED = {"return_dict"}
 GUIDANCE = 2.5
 #: flow-matching families (the rest are DDPM)
 #: pixel size scored, where the family's native one is large
-RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16, "sana": 32, "lumina2": 32, "hidream": 32}
-FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image", "sana", "lumina2", "hidream"}
+RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16, "sana": 32, "lumina2": 32, "hidream": 32, "chroma": 16}
+FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image", "sana", "lumina2", "hidream", "chroma"}
 #: families whose denoiser predicts x0 - noise (the pipeline negates it)
 NEGATED = {"lumina2", "hidream"}
 #: arguments whose batch is not their first dimension: -> that dimension
@@ -41,7 +41,7 @@ DPM_FLOW = {"sana"}
 #: families whose denoiser takes a list of per-image samples (C, 1, H, W) and negates time and output
 LISTS = {"z-image"}
 #: families whose denoiser takes packed latent tokens
-PACKED = {"flux", "qwenimage", "flux2", "flux2-klein"}
+PACKED = {"flux", "qwenimage", "flux2", "flux2-klein", "chroma"}
 #: families whose pipeline takes `latents` unpacked (it packs them itself)
 PACKS_ITSELF = {"flux2", "flux2-klein"}
 #: families whose pipeline rescales the injected sample before the denoiser (Euler's x0 + s eps
@@ -193,6 +193,7 @@ def run_pipeline(name: str, backend, pipe, prompt: str, x_t: torch.Tensor, t: in
         extra = {"sd3": {"guidance_scale": 1.0}, "flux": {"guidance_scale": GUIDANCE}, "z-image": {"guidance_scale": 0.0},
                  "sana": {"guidance_scale": 1.0, "use_resolution_binning": False},
                  "lumina2": {"guidance_scale": 1.0}, "hidream": {"guidance_scale": 1.0},
+                 "chroma": {"guidance_scale": 1.0},
                  "flux2": {"guidance_scale": GUIDANCE}, "flux2-klein": {"guidance_scale": 1.0}}.get(name, {})
         if name in PACKS_ITSELF:
             x_t = pipe._unpack_latents_with_ids(x_t, pipe._prepare_latent_ids(x_t.new_empty(

@@ -413,8 +413,25 @@ def build_hidream(folder: str) -> str:
     return _save(pipeline, folder)
 
 
+def build_chroma(folder: str) -> str:
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+
+    torch.manual_seed(0)
+    t5_tok = t5_tokenizer()
+    transformer = ChromaTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                           attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                           axes_dims_rope=(4, 6, 6), approximator_num_channels=8,
+                                           approximator_hidden_dim=32, approximator_layers=1)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipeline = ChromaPipeline(scheduler=scheduler, vae=vae(scaling_factor=0.3611, shift_factor=0.1159,
+                                                           use_quant_conv=False, use_post_quant_conv=False),
+                              text_encoder=t5_encoder(t5_tok), tokenizer=t5_tok, transformer=transformer)
+    return _save(pipeline, folder)
+
+
 BUILDERS = {"sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux, "pixart": build_pixart, "dit": build_dit,
             "if": build_if, "qwenimage": build_qwenimage,
             "flux2": build_flux2, "flux2-klein": build_flux2_klein,
             "z-image": build_z_image, "sana": build_sana, "lumina2": build_lumina2,
-            "hidream": build_hidream}
+            "hidream": build_hidream, "chroma": build_chroma}

@@ -38,6 +38,8 @@ BACKENDS: dict[str, str] = {
     "Lumina2Pipeline": "lumina2:Lumina2Backend",
     "Lumina2Text2ImgPipeline": "lumina2:Lumina2Backend",
     "HiDreamImagePipeline": "hidream:HiDreamBackend",
+    "ChromaPipeline": "chroma:ChromaBackend",
+    "ChromaImg2ImgPipeline": "chroma:ChromaBackend",
 }
 
 

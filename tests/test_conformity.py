@@ -30,8 +30,8 @@ IGNORED = {"return_dict"}
 GUIDANCE = 2.5
 #: flow-matching families (the rest are DDPM)
 #: pixel size scored, where the family's native one is large
-RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16, "sana": 32, "lumina2": 32, "hidream": 32, "chroma": 16}
-FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image", "sana", "lumina2", "hidream", "chroma"}
+RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16, "sana": 32, "lumina2": 32, "hidream": 32, "chroma": 16, "cogview4": 16}
+FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image", "sana", "lumina2", "hidream", "chroma", "cogview4"}
 #: families whose denoiser predicts x0 - noise (the pipeline negates it)
 NEGATED = {"lumina2", "hidream"}
 #: arguments whose batch is not their first dimension: -> that dimension
@@ -188,7 +188,9 @@ def run_pipeline(name: str, backend, pipe, prompt: str, x_t: torch.Tensor, t: in
     denoiser call (`Stop`). Defaults everywhere except what fixes the noise level, the sample and
     the guidance (no classifier-free batch)."""
     common = dict(num_inference_steps=1, output_type="latent")
-    if name in FLOW:
+    if name == "cogview4":  # integer timesteps; its own scheduler shifts sigma = t / 1000 (linear, by resolution)
+        pipe(prompt=prompt, height=size, width=size, latents=x_t, timesteps=[t + 1], guidance_scale=1.0, **common)
+    elif name in FLOW:
         (injected_dpm_flow if name in DPM_FLOW else injected_flow)(pipe.scheduler, sigma)
         extra = {"sd3": {"guidance_scale": 1.0}, "flux": {"guidance_scale": GUIDANCE}, "z-image": {"guidance_scale": 0.0},
                  "sana": {"guidance_scale": 1.0, "use_resolution_binning": False},
@@ -234,6 +236,8 @@ def pipeline_x0(name: str, pipe, pixels: torch.Tensor) -> torch.Tensor:
         z = pipe._patchify_latents(vae.encode(pixels.to(vae.dtype)).latent_dist.mode().float())
         mean, var = vae.bn.running_mean.view(1, -1, 1, 1).float(), vae.bn.running_var.view(1, -1, 1, 1).float()
         return (z - mean) / torch.sqrt(var + vae.config.batch_norm_eps)
+    if name == "cogview4":  # its decoding divides by the scaling factor only
+        return vae.encode(pixels.to(vae.dtype)).latent_dist.mean.float() * vae.config.scaling_factor
     if name == "sana":  # the deep-compression autoencoder: a deterministic latent
         return vae.encode(pixels.to(vae.dtype)).latent.float() * vae.config.scaling_factor
     if name == "qwenimage":  # a video VAE (one frame), normalised per channel
@@ -331,7 +335,7 @@ def test_the_plugin_calls_the_denoiser_as_the_pipeline_does(name, dtype, folders
     conformity(name, folders[name], dtype, monkeypatch)
 
 
-@pytest.mark.parametrize("name", ["qwenimage", "z-image"])
+@pytest.mark.parametrize("name", ["qwenimage", "z-image", "cogview4"])
 def test_a_prompt_scores_the_same_beside_longer_prompts(name, folders):
     """Families whose text states are as long as each prompt: rows are padded to the longest prompt
     of all (and a pass cut to its longest); the mask keeps a row's output what it is alone."""

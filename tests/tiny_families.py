@@ -430,8 +430,29 @@ def build_chroma(folder: str) -> str:
     return _save(pipeline, folder)
 
 
+def build_cogview4(folder: str) -> str:
+    from diffusers import CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import GlmConfig, GlmModel
+
+    torch.manual_seed(0)
+    tokenizer = qwen_tokenizer()
+    tokenizer.padding_side = "left"
+    text_encoder = GlmModel(GlmConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16,
+                                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                      max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id)).eval()
+    transformer = CogView4Transformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                                             attention_head_dim=4, num_attention_heads=4, text_embed_dim=16,
+                                             time_embed_dim=8, condition_dim=4, sample_size=8, rope_axes_dim=(4, 4))
+    scheduler = FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256,
+                                                use_dynamic_shifting=True, time_shift_type="linear")
+    pipeline = CogView4Pipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae(scaling_factor=0.8),
+                                transformer=transformer, scheduler=scheduler)
+    return _save(pipeline, folder)
+
+
 BUILDERS = {"sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux, "pixart": build_pixart, "dit": build_dit,
             "if": build_if, "qwenimage": build_qwenimage,
             "flux2": build_flux2, "flux2-klein": build_flux2_klein,
             "z-image": build_z_image, "sana": build_sana, "lumina2": build_lumina2,
-            "hidream": build_hidream, "chroma": build_chroma}
+            "hidream": build_hidream, "chroma": build_chroma,
+            "cogview4": build_cogview4}

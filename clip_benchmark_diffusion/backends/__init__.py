@@ -40,6 +40,7 @@ BACKENDS: dict[str, str] = {
     "HiDreamImagePipeline": "hidream:HiDreamBackend",
     "ChromaPipeline": "chroma:ChromaBackend",
     "ChromaImg2ImgPipeline": "chroma:ChromaBackend",
+    "CogView4Pipeline": "cogview4:CogView4Backend",
 }
 
 

@@ -30,6 +30,22 @@ def cleans_captions() -> bool:
     return bool(is_bs4_available() and is_ftfy_available())
 
 
+def text_rows(states: list[torch.Tensor]) -> Conditioning:
+    """Per-prompt states of different lengths as a batch: zero-padded, with the mask of real tokens."""
+    length = max(len(s) for s in states)
+    padded = torch.zeros((len(states), length, states[0].shape[-1]), dtype=states[0].dtype)
+    mask = torch.zeros((len(states), length), dtype=torch.int64)
+    for row, s in enumerate(states):
+        padded[row, :len(s)] = s.cpu()
+        mask[row, :len(s)] = 1
+    return Conditioning(states=padded, mask=mask)
+
+
+def text_list(c: Conditioning) -> list[torch.Tensor]:
+    """The per-prompt states a list-taking denoiser receives: each row cut to its own length."""
+    return [states[:length] for states, length in zip(c.states, c.mask.sum(dim=1).tolist())]
+
+
 class PipelineBackend(DiffusionBackend):
     """A family backed by one diffusers pipeline class (`diffusers_class`)."""
 

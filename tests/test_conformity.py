@@ -345,7 +345,7 @@ def test_a_prompt_scores_the_same_beside_longer_prompts(name, folders):
     size = backend.resolution
     x0 = backend.encode_images(torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(2)) * 2 - 1)
     sigma = torch.tensor([0.6], dtype=torch.float64)
-    short, long = backend.encode_prompts(["a cat."]), backend.encode_prompts(["a photo of many small dogs and birds."])
+    short, long = backend.encode_prompts(["a cat."]), backend.encode_prompts([" ".join(["a photo of many small dogs and birds."] * 3)])
     assert long.states.shape[1] > short.states.shape[1]
     alone = backend.predict(x0, sigma, short)
     beside = backend.predict(x0.repeat(2, 1, 1, 1), sigma.repeat(2),

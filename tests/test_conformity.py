@@ -30,8 +30,9 @@ IGNORED = {"return_dict"}
 GUIDANCE = 2.5
 #: flow-matching families (the rest are DDPM)
 #: pixel size scored, where the family's native one is large
-RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16, "sana": 32, "lumina2": 32, "hidream": 32, "chroma": 16, "cogview4": 16}
-FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image", "sana", "lumina2", "hidream", "chroma", "cogview4"}
+RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16, "sana": 32, "lumina2": 32, "hidream": 32, "chroma": 16, "cogview4": 16, "hunyuanimage": 16}
+FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image", "sana", "lumina2", "hidream", "chroma", "cogview4",
+        "hunyuanimage"}
 #: families whose denoiser predicts x0 - noise (the pipeline negates it)
 NEGATED = {"lumina2", "hidream"}
 #: arguments whose batch is not their first dimension: -> that dimension
@@ -325,7 +326,9 @@ def conformity(name: str, folder: str, dtype: torch.dtype, monkeypatch) -> None:
             output = pipeline_output(name, pipe, output[0] if isinstance(output, tuple) else output.sample, x0).float()
             target = noise - x0 if flow else noise
             expected = float((output - target).pow(2).mean())
-            tolerance = 1e-5 if dtype == torch.float32 else 1e-2 if name in ROUND_TRIP else 1e-3
+            # bfloat16: the arguments are equal bit for bit; the output of a batch of 2 and of 1 row can
+            # still differ in the last bits (up to 0.2% of the error seen here, HunyuanImage)
+            tolerance = 1e-5 if dtype == torch.float32 else 1e-2 if name in ROUND_TRIP else 5e-3
             assert float(result.per_draw[0, j]) == pytest.approx(expected, rel=tolerance), (name, j)
 
 

@@ -266,7 +266,8 @@ def test_settings_a_family_cannot_use_stop_before_any_compute(family_folders, ti
 #: the families added for issue 24, with the pixel size they are scored at here and their record's backend name
 NEW_FAMILIES = {"qwenimage": (32, "qwen-image"), "flux2": (16, "flux2"), "flux2-klein": (16, "flux2-klein"),
                 "z-image": (16, "z-image"), "sana": (32, "sana"), "lumina2": (32, "lumina2"),
-                "hidream": (32, "hidream"), "chroma": (16, "chroma"), "cogview4": (16, "cogview4")}
+                "hidream": (32, "hidream"), "chroma": (16, "chroma"), "cogview4": (16, "cogview4"),
+                "hunyuanimage": (16, "hunyuan-image")}
 
 
 def test_new_families_through_the_clip_benchmark_cli(family_folders, tiny_wds, tmp_path):

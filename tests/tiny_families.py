@@ -193,6 +193,7 @@ def qwen25_vl_encoder(tokenizer, width: int = 16):
         text_config={"hidden_size": width, "intermediate_size": width, "num_hidden_layers": 2, "num_attention_heads": 2,
                      "num_key_value_heads": 2, "rope_theta": 1000000.0, "vocab_size": vocab,
                      "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+                     "bos_token_id": tokenizer.eos_token_id,
                      "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}},
         vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": width},
         hidden_size=width, vocab_size=vocab, vision_start_token_id=vocab - 3, vision_end_token_id=vocab - 2,
@@ -450,9 +451,34 @@ def build_cogview4(folder: str) -> str:
     return _save(pipeline, folder)
 
 
+def build_hunyuanimage(folder: str) -> str:
+    from diffusers import AutoencoderKLHunyuanImage, FlowMatchEulerDiscreteScheduler, HunyuanImagePipeline, \
+        HunyuanImageTransformer2DModel
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    tokenizer = qwen_tokenizer()
+    transformer = HunyuanImageTransformer2DModel(in_channels=4, out_channels=4, num_attention_heads=2,
+                                                 attention_head_dim=8, num_layers=1, num_single_layers=1,
+                                                 num_refiner_layers=1, patch_size=(1, 1), text_embed_dim=16,
+                                                 text_embed_2_dim=16, rope_axes_dim=(4, 4))
+    vae_8x = AutoencoderKLHunyuanImage(in_channels=3, out_channels=3, latent_channels=4,
+                                       block_out_channels=(32, 32, 32, 32), layers_per_block=1, scaling_factor=0.476986,
+                                       spatial_compression_ratio=8, sample_size=32)
+    byt5 = T5EncoderModel(T5Config(d_model=16, d_kv=4, d_ff=16, num_layers=1, num_heads=2,
+                                   relative_attention_num_buckets=8, relative_attention_max_distance=32, vocab_size=384,
+                                   feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", is_encoder_decoder=False,
+                                   use_cache=False, tie_word_embeddings=False))
+    pipeline = HunyuanImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0), vae=vae_8x,
+                                    text_encoder=qwen25_vl_encoder(tokenizer), tokenizer=tokenizer,
+                                    text_encoder_2=byt5, tokenizer_2=ByT5Tokenizer(), transformer=transformer,
+                                    guider=None, ocr_guider=None)
+    return _save(pipeline, folder)
+
+
 BUILDERS = {"sdxl": build_sdxl, "sd3": build_sd3, "flux": build_flux, "pixart": build_pixart, "dit": build_dit,
             "if": build_if, "qwenimage": build_qwenimage,
             "flux2": build_flux2, "flux2-klein": build_flux2_klein,
             "z-image": build_z_image, "sana": build_sana, "lumina2": build_lumina2,
             "hidream": build_hidream, "chroma": build_chroma,
-            "cogview4": build_cogview4}
+            "cogview4": build_cogview4, "hunyuanimage": build_hunyuanimage}

@@ -41,6 +41,7 @@ BACKENDS: dict[str, str] = {
     "ChromaPipeline": "chroma:ChromaBackend",
     "ChromaImg2ImgPipeline": "chroma:ChromaBackend",
     "CogView4Pipeline": "cogview4:CogView4Backend",
+    "HunyuanImagePipeline": "hunyuanimage:HunyuanImageBackend",
 }
 
 

@@ -46,6 +46,9 @@ class Conditioning:
     class_ids: Optional[torch.Tensor] = None
     #: (B, K, L, D) states of K hidden layers of one text encoder (HiDream's Llama)
     layers: Optional[torch.Tensor] = None
+    #: (B, L2, D2) states of a second text encoder and (B, L2) their mask (HunyuanImage's ByT5 glyph text)
+    glyph_states: Optional[torch.Tensor] = None
+    glyph_mask: Optional[torch.Tensor] = None
 
     def fields(self) -> dict[str, torch.Tensor]:
         """The present (non-None) fields by name."""

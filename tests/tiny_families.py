@@ -11,7 +11,8 @@ import os
 import torch
 
 CLIP_LENGTH = 16
-T5_LENGTH = 16
+#: what the public T5 tokenizers declare (the pipelines pad to their own, shorter defaults)
+T5_LENGTH = 512
 T5_WORDS = ("a photo of the cat dog bird tench goldfish great white shark bad many small large and with in on "
             "picture rendering").split()
 

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import torch
 
 from .base import Conditioning
-from .pipeline_backend import PipelineBackend
+from .pipeline_backend import PipelineBackend, text_length
 
 
 class FluxBackend(PipelineBackend):
@@ -44,8 +44,10 @@ class FluxBackend(PipelineBackend):
     def describe_extra(self) -> dict:
         return {"guidance": self.settings.guidance if self.guided else None}
 
-    #: T5 tokens the pipeline pads to by default (its `max_sequence_length`)
-    max_sequence_length = 512
+    @property
+    def max_sequence_length(self) -> int:
+        """T5 tokens: the pipeline's default 512 (see `text_length`)."""
+        return text_length(512, self.pipe.tokenizer_2 if self.family == "flux" else self.pipe.tokenizer)
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> Conditioning:

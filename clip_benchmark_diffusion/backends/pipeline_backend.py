@@ -46,6 +46,14 @@ def text_list(c: Conditioning) -> list[torch.Tensor]:
     return [states[:length] for states, length in zip(c.states, c.mask.sum(dim=1).tolist())]
 
 
+def text_length(default: int, tokenizer: Any) -> int:
+    """Tokens to pad a prompt to: the pipeline's default `max_sequence_length`, unless the checkpoint's
+    tokenizer declares a shorter `model_max_length` (a model trained on shorter text, like this
+    package's reference flow model at 16 tokens; every public T5 tokenizer declares 512, so public
+    checkpoints get the pipeline's default)."""
+    return default if tokenizer is None else min(default, int(tokenizer.model_max_length))
+
+
 class PipelineBackend(DiffusionBackend):
     """A family backed by one diffusers pipeline class (`diffusers_class`)."""
 

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 
 from .base import Conditioning
-from .pipeline_backend import PipelineBackend, cleans_captions
+from .pipeline_backend import PipelineBackend, cleans_captions, text_length
 
 
 class PixArtBackend(PipelineBackend):
@@ -23,7 +23,12 @@ class PixArtBackend(PipelineBackend):
     micro_conditioned = False
 
     def describe_extra(self) -> dict:
-        return {"clean_caption": cleans_captions(), "max_sequence_length": self.default_sequence_length}
+        return {"clean_caption": cleans_captions(), "max_sequence_length": self.max_sequence_length}
+
+    @property
+    def max_sequence_length(self) -> int:
+        """T5 tokens: the pipeline's default (see `text_length`)."""
+        return text_length(self.default_sequence_length, self.pipe.tokenizer)
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> Conditioning:
@@ -31,7 +36,7 @@ class PixArtBackend(PipelineBackend):
         T5 padded to 120 (alpha) or 300 (Sigma) tokens with their mask."""
         states, mask, _, _ = self.pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False,
                                                      device=self.device, clean_caption=cleans_captions(),
-                                                     max_sequence_length=self.default_sequence_length)
+                                                     max_sequence_length=self.max_sequence_length)
         return Conditioning(states=states.cpu(), mask=mask.cpu())
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, c: Conditioning) -> torch.Tensor:

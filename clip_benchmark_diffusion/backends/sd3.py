@@ -7,7 +7,7 @@ import torch
 
 from ..settings import ScorerSettings
 from .base import Conditioning
-from .pipeline_backend import PipelineBackend
+from .pipeline_backend import PipelineBackend, text_length
 
 T5_PARTS = ("text_encoder_3", "tokenizer_3")
 
@@ -48,8 +48,10 @@ class StableDiffusion3Backend(PipelineBackend):
     def describe_extra(self) -> dict:
         return {"t5": self.pipe.text_encoder_3 is not None}
 
-    #: T5 tokens the pipeline pads to by default (its `max_sequence_length`)
-    max_sequence_length = 256
+    @property
+    def max_sequence_length(self) -> int:
+        """T5 tokens: the pipeline's default 256 (see `text_length`)."""
+        return text_length(256, self.pipe.tokenizer_3)
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> Conditioning:

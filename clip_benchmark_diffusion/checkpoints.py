@@ -57,7 +57,8 @@ ALIASES.update({
     "qwen-image": CheckpointAlias("Qwen/Qwen-Image", "Qwen-Image 20B, 1024 px, flow, Qwen2.5-VL-7B text"),
     "flux2-dev": CheckpointAlias("black-forest-labs/FLUX.2-dev", "FLUX.2 [dev] 32B, 1024 px, flow, guidance input, "
                                  "Mistral-Small-3.1-24B text"),
-    "flux2-klein-4b": CheckpointAlias("black-forest-labs/FLUX.2-klein-4B", "FLUX.2 [klein] 4B, 1024 px, flow, Qwen3 text"),
+    "flux2-klein-4b": CheckpointAlias("black-forest-labs/FLUX.2-klein-4B",
+                                      "FLUX.2 [klein] 4B, 1024 px, flow, Qwen3 text"),
     "flux2-klein-base-9b": CheckpointAlias("black-forest-labs/FLUX.2-klein-base-9B",
                                            "FLUX.2 [klein] base 9B, 1024 px, flow, Qwen3 text"),
     "z-image-turbo": CheckpointAlias("Tongyi-MAI/Z-Image-Turbo", "Z-Image-Turbo 6B, 1024 px, flow (reversed time), "

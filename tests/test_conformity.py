@@ -30,9 +30,10 @@ IGNORED = {"return_dict"}
 GUIDANCE = 2.5
 #: flow-matching families (the rest are DDPM)
 #: pixel size scored, where the family's native one is large
-RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16, "sana": 32, "lumina2": 32, "hidream": 32, "chroma": 16, "cogview4": 16, "hunyuanimage": 16}
-FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image", "sana", "lumina2", "hidream", "chroma", "cogview4",
-        "hunyuanimage"}
+RESOLUTION = {"qwenimage": 32, "flux2": 16, "flux2-klein": 16, "z-image": 16, "sana": 32, "lumina2": 32, "hidream": 32,
+              "chroma": 16, "cogview4": 16, "hunyuanimage": 16}
+FLOW = {"sd3", "flux", "qwenimage", "flux2", "flux2-klein", "z-image", "sana", "lumina2", "hidream", "chroma",
+        "cogview4", "hunyuanimage"}
 #: families whose denoiser predicts x0 - noise (the pipeline negates it)
 NEGATED = {"lumina2", "hidream"}
 #: arguments whose batch is not their first dimension: -> that dimension
@@ -193,7 +194,8 @@ def run_pipeline(name: str, backend, pipe, prompt: str, x_t: torch.Tensor, t: in
         pipe(prompt=prompt, height=size, width=size, latents=x_t, timesteps=[t + 1], guidance_scale=1.0, **common)
     elif name in FLOW:
         (injected_dpm_flow if name in DPM_FLOW else injected_flow)(pipe.scheduler, sigma)
-        extra = {"sd3": {"guidance_scale": 1.0}, "flux": {"guidance_scale": GUIDANCE}, "z-image": {"guidance_scale": 0.0},
+        extra = {"sd3": {"guidance_scale": 1.0}, "flux": {"guidance_scale": GUIDANCE},
+                 "z-image": {"guidance_scale": 0.0},
                  "sana": {"guidance_scale": 1.0, "use_resolution_binning": False},
                  "lumina2": {"guidance_scale": 1.0}, "hidream": {"guidance_scale": 1.0},
                  "chroma": {"guidance_scale": 1.0},
@@ -257,7 +259,8 @@ def pipeline_noised(name: str, pipe, x0: torch.Tensor, noise: torch.Tensor, t: i
     if name in FLOW:
         return scheduler.scale_noise(x0, scheduler.timesteps[:1], noise)
     if name == "sdxl":
-        return scheduler.scale_model_input(scheduler.add_noise(x0, noise, scheduler.timesteps[:1]), scheduler.timesteps[0])
+        noised = scheduler.add_noise(x0, noise, scheduler.timesteps[:1])
+        return scheduler.scale_model_input(noised, scheduler.timesteps[0])
     if name.startswith("pixart"):  # DPM-Solver's add_noise reads its sampling sigmas: the training table instead
         alpha_bar = scheduler.alphas_cumprod[t].float()
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
@@ -348,7 +351,8 @@ def test_a_prompt_scores_the_same_beside_longer_prompts(name, folders):
     size = backend.resolution
     x0 = backend.encode_images(torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(2)) * 2 - 1)
     sigma = torch.tensor([0.6], dtype=torch.float64)
-    short, long = backend.encode_prompts(["a cat."]), backend.encode_prompts([" ".join(["a photo of many small dogs and birds."] * 3)])
+    short = backend.encode_prompts(["a cat."])
+    long = backend.encode_prompts([" ".join(["a photo of many small dogs and birds."] * 3)])
     assert long.states.shape[1] > short.states.shape[1]
     alone = backend.predict(x0, sigma, short)
     beside = backend.predict(x0.repeat(2, 1, 1, 1), sigma.repeat(2),

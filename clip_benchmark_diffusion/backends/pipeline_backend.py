@@ -3,8 +3,12 @@
 Each family loads its own diffusers pipeline class (so prompts are encoded by the pipeline's own
 `encode_prompt`, latents packed by its own helpers) and keeps only what scoring needs: the
 denoiser, the encoders and the noise schedule. This base does the common parts: loading, moving to
-the device, VAE encoding with the checkpoint's scaling and shift, the description record, and the
-noise schedule (DDPM from the scheduler's betas, or flow matching with its shift).
+the device, VAE encoding with the checkpoint's scaling and shift, the description record, the noise
+schedule (DDPM from the scheduler's betas, or flow matching with its shift), the timestep the
+scheduler would hand the network, and memory: the text encoders leave the device when scoring
+starts and the denoiser joins it then, so the two never share it.
+Families are checked argument by argument against their own pipeline's `__call__` in
+`tests/test_conformity.py` (see docs/families.md).
 """
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ class Conditioning:
         for name, value in stacked.fields().items():
             if value.is_floating_point():
                 merged[name] = value.mean(dim=0)
-            elif name == "mask":
+            elif name.endswith("mask"):
                 merged[name] = value.amax(dim=0)
             else:
                 if not bool((value == value[:1]).all()):

@@ -291,7 +291,7 @@ def test_new_families_through_the_clip_benchmark_cli(family_folders, tiny_wds, t
             assert metrics["acc1"] == pytest.approx(correct / 6)
 
 
-@pytest.mark.parametrize("name", ["sd3", "qwenimage"])
+@pytest.mark.parametrize("name", ["sdxl", "sd3", "flux", "pixart", "if", *NEW_FAMILIES])
 def test_text_encoders_hold_no_accelerator_memory_while_the_denoiser_runs(name, family_folders, tiny_wds, tmp_path,
                                                                           monkeypatch):
     """Through the CLI (in this process): every prompt is encoded before the first denoiser call, and
@@ -324,3 +324,27 @@ def test_text_encoders_hold_no_accelerator_memory_while_the_denoiser_runs(name, 
     assert "predict" in kinds and "encode" not in kinds[kinds.index("predict"):]
     assert all(state == ({"meta"}, "cpu") for kind, state in events if kind == "predict")
     assert json.loads((tmp_path / "out.json").read_text())["metrics"]["acc1"] >= 0
+
+
+def test_a_prompt_after_scoring_began_brings_the_text_encoders_back_for_good(family_folders, monkeypatch):
+    """Caption selection encodes prompts per batch: the encoders return to the device once and stay
+    (no round trip per batch)."""
+    from clip_benchmark_diffusion.backends.pipeline_backend import PipelineBackend
+
+    backend = load_backend(family_folders["sd3"], settings=ScorerSettings(**FIXED))
+    moves = []
+    monkeypatch.setattr(PipelineBackend, "release_device", "cpu")
+    for module in backend.text_encoders().values():
+        original = module.to
+        monkeypatch.setattr(module, "to", lambda *a, _to=original, **k: moves.append(a[:1]) or _to(*a, **k))
+    first = backend.encode_prompts(["a cat."])
+    x0 = backend.encode_images(torch.zeros(1, 3, backend.resolution, backend.resolution))
+    sigma = torch.tensor([0.5], dtype=torch.float64)
+    backend.predict(x0, sigma, first)
+    assert backend.scoring and not backend.keep_text_encoders and moves == [("cpu",)] * 3  # released once
+    again = backend.encode_prompts(["a cat."])
+    assert backend.keep_text_encoders and moves[3:] == [(backend.device,)] * 3 and torch.equal(again.states,
+                                                                                               first.states)
+    backend.predict(x0, sigma, again)
+    backend.encode_prompts(["a dog."])
+    assert len(moves) == 6  # neither released nor moved again

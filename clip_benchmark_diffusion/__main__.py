@@ -3,6 +3,9 @@
     python -m clip_benchmark_diffusion eval ...   clip_benchmark's CLI, diffusion models registered
                                                   explicitly (no reliance on the start-up hook)
     python -m clip_benchmark_diffusion demo ...   the reference-world experiments (see `demo.py`)
+    python -m clip_benchmark_diffusion replay RECORD [--set name=value ...]
+                                                  re-decide a record under other strategy settings,
+                                                  without a model (see `replay.py`)
 """
 from __future__ import annotations
 
@@ -17,6 +20,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         demo(argv[1:])
         return 0
+    if argv[:1] == ["replay"]:
+        from .replay import main as replay
+
+        return replay(argv[1:])
     from .registration import register
 
     register()

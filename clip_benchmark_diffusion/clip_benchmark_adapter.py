@@ -254,7 +254,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
         settings = self.scorer.settings
         open_candidates = min(len(self.candidates), settings.prefilter_k or len(self.candidates))
         templates = max(len(prompts) for prompts in self.candidates)
-        rows = (1 if settings.templates == "average_embeddings" else templates) * \
+        rows = (templates if settings.templates == "average_errors" else 1) * \
             self.scorer.backend.calls_per_prediction
         bounds = call_bounds(settings, open_candidates, rows)
         expected = f"{bounds.expected:,}" if bounds.expected is not None else \
@@ -347,7 +347,8 @@ def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, 
                            settings=settings)
     scorer = DiffusionScorer(backend, settings)
     tokenizer = PromptTokenizer()
-    header = {"settings": settings.to_dict(), "model": backend.description, "run": run_info or {}}
+    header = {"settings": settings.to_dict(), "model": backend.description, "run": run_info or {},
+              "calls_per_prediction": backend.calls_per_prediction}
     model = DiffusionZeroShotModel(scorer, tokenizer, record_path=record_path, record_header=header,
                                    show_progress=show_progress and (shard is None or shard.rank == 0), task=task,
                                    shard=shard)

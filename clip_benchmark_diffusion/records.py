@@ -20,6 +20,7 @@ What is guaranteed (and tested):
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -27,11 +28,12 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional, Sequence
 
+import numpy as np
+import torch
+
 from .scorer import ImageScores
 from .settings import RECORD_IGNORED_SETTINGS
 
-#: above this many (candidate x draw) values per image, per-draw errors are left out
-PER_DRAW_LIMIT = 20000
 RECORD_SUFFIX = ".diffusion.jsonl"
 
 
@@ -64,9 +66,39 @@ def image_record(index: int, scores: ImageScores, candidate_names: Sequence[str]
     }
     if seconds is not None:
         record["seconds"] = round(seconds, 4)
-    if scores.per_draw.numel() <= PER_DRAW_LIMIT:
-        record["per_draw"] = [[_round(v) for v in row] for row in scores.per_draw.tolist()]
+    record["per_draw_f64"] = encode_per_draw(scores.per_draw, scores.draws)
     return record
+
+
+def encode_per_draw(per_draw: torch.Tensor, draws: torch.Tensor) -> str:
+    """Every evaluated per-draw error, exactly (float64), compactly: each candidate's evaluated
+    draws are a prefix of the image's draw sequence (every round extends all open candidates
+    alike), so only those prefixes are kept, candidate after candidate, little-endian, base64.
+    The per-candidate lengths are the line's `draws`."""
+    values = [per_draw[k, :n] for k, n in enumerate(draws.tolist()) if n]
+    flat = torch.cat(values) if values else torch.zeros(0, dtype=torch.float64)
+    return base64.b64encode(flat.to(torch.float64).numpy().astype("<f8").tobytes()).decode("ascii")
+
+
+def per_draw_errors(image: dict[str, Any]) -> torch.Tensor:
+    """(candidates, draws) float64 per-draw errors of an image line, NaN where not evaluated; from
+    the compact field, or the JSON lists of records written before it."""
+    if "per_draw_f64" in image:
+        draws = [int(n) for n in image["draws"]]
+        flat = torch.from_numpy(np.frombuffer(base64.b64decode(image["per_draw_f64"]), dtype="<f8").copy())
+        if flat.numel() != sum(draws):
+            raise ValueError(f"image {image.get('image_key')}: per-draw errors hold {flat.numel()} values, its draws "
+                             f"say {sum(draws)}")
+        table = torch.full((len(draws), max(draws, default=0)), float("nan"), dtype=torch.float64)
+        offset = 0
+        for k, n in enumerate(draws):
+            table[k, :n] = flat[offset:offset + n]
+            offset += n
+        return table
+    if "per_draw" in image:
+        return torch.tensor([[float("nan") if v is None else v for v in row] for row in image["per_draw"]],
+                            dtype=torch.float64)
+    raise ValueError(f"image {image.get('image_key')}: the record kept no per-draw errors")
 
 
 def _round(value: float) -> Optional[float]:

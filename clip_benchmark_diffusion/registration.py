@@ -29,6 +29,7 @@ import sys
 from typing import Any, Iterator, Optional
 
 from .checkpoints import CheckpointError
+from .prompts import canonical_templates
 from .records import RecordError, record_lock, warn
 from .sharding import rank_record_path
 from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, SIGMA_DISTRIBUTIONS, STRATEGIES, TEMPLATE_MODES,
@@ -52,9 +53,10 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("diffusion classifier (clip-benchmark-diffusion)")
     add = group.add_argument
     add("--diffusion_draws", type=int, default=defaults.draws,
-        help="(t, noise) draws per candidate (maximum with --diffusion_strategy ttest)")
+        help="(t, noise) draws per candidate: the full budget (the maximum of the adaptive strategies)")
     add("--diffusion_strategy", choices=STRATEGIES, default=None,
-        help=f"fixed budget, paired t-test elimination, or multi-stage schedule (default: {defaults.strategy}, "
+        help=f"guaranteed elimination (the full budget's answer with probability >= 1 - delta), fixed budget, "
+             f"t-test elimination, or multi-stage schedule (default: {defaults.strategy}, "
              "or schedule when --diffusion_schedule is given)")
     add("--diffusion_timesteps", choices=TIMESTEP_SAMPLERS, default=defaults.timesteps, help="timestep sampling")
     add("--diffusion_t_range", type=int, nargs=2, metavar=("T_MIN", "T_MAX"), default=None,
@@ -76,16 +78,24 @@ def diffusion_argument_parser() -> argparse.ArgumentParser:
         help="FLUX.1-dev guidance input (1.0 = plain conditional)")
     add("--diffusion_resolution", type=int, default=None, help="score at this pixel size (default: the model's)")
     add("--diffusion_templates", choices=TEMPLATE_MODES, default=defaults.templates,
-        help="average errors over templates (cost x templates) or condition on the mean text embedding")
+        help="single: one prompt per class, the dataset's canonical one (the papers' protocol); average_errors: "
+             "every template, errors averaged (cost x templates); average_embeddings: the mean text state of the "
+             "templates (untested on real models)")
     add("--diffusion_batch_size", type=int, default=defaults.batch_size, help="UNet rows per call")
     add("--diffusion_dtype", choices=DTYPES, default=defaults.dtype, help="auto: on CUDA float16 (UNet families) or bfloat16 (flow/T5 families); float32 on CPU")
     add("--diffusion_channels_last", action="store_true", help="channels_last memory format for the denoiser")
     add("--diffusion_compile", choices=COMPILE_MODES, default=defaults.compile,
         help="torch.compile the denoiser in this mode (reduce-overhead: CUDA graphs); passes are padded to the "
              "next power of two rows")
-    add("--diffusion_ttest_p", type=float, default=defaults.ttest_p)
-    add("--diffusion_min_draws", type=int, default=defaults.min_draws)
-    add("--diffusion_round_draws", type=int, default=defaults.round_draws)
+    add("--diffusion_delta", type=float, default=defaults.delta,
+        help="guaranteed: the answer equals the full budget's (--diffusion_draws for every candidate) with "
+             "probability >= 1 - DELTA")
+    add("--diffusion_look_growth", type=float, default=defaults.look_growth,
+        help="guaranteed: each test after the first at this many times the previous draw count")
+    add("--diffusion_ttest_p", type=float, default=defaults.ttest_p, help="ttest: drop at p below this")
+    add("--diffusion_min_draws", type=int, default=defaults.min_draws,
+        help="guaranteed, ttest: draws of every candidate before the first test")
+    add("--diffusion_round_draws", type=int, default=defaults.round_draws, help="ttest: draws added per round")
     add("--diffusion_ttest_variance", choices=TTEST_VARIANCES, default=defaults.ttest_variance,
         help="t-test variance: per candidate pair (paired) or pooled over the open candidates (pooled)")
     add("--diffusion_schedule", type=str, default=None, metavar="KEEP@DRAWS,...",
@@ -114,7 +124,8 @@ def settings_from_options(options: argparse.Namespace, seed: int) -> ScorerSetti
         objective=options.diffusion_objective, heuristic_rate=options.diffusion_heuristic_rate,
         loss=options.diffusion_loss, templates=options.diffusion_templates, batch_size=options.diffusion_batch_size,
         dtype=options.diffusion_dtype, channels_last=options.diffusion_channels_last,
-        compile=options.diffusion_compile, ttest_p=options.diffusion_ttest_p, min_draws=options.diffusion_min_draws,
+        compile=options.diffusion_compile, delta=options.diffusion_delta, look_growth=options.diffusion_look_growth,
+        ttest_p=options.diffusion_ttest_p, min_draws=options.diffusion_min_draws,
         round_draws=options.diffusion_round_draws, ttest_variance=options.diffusion_ttest_variance,
         max_candidates=options.diffusion_max_candidates, max_calls=options.diffusion_max_calls, seed=seed,
         sigma_distribution=options.diffusion_sigma_distribution, drop_t5=options.diffusion_no_t5,
@@ -286,6 +297,7 @@ def _patch_cli(cli_module) -> None:
     original_run = _expect(cli_module, "run")
     original_classification = _expect(zeroshot_classification, "run_classification")
     original_selection = _expect(image_caption_selection, "evaluate")
+    original_classification_evaluate = _expect(zeroshot_classification, "evaluate")
 
     def get_parser_args(*args, **kwargs):
         options, rest = diffusion_argument_parser().parse_known_args(sys.argv[1:])
@@ -359,6 +371,16 @@ def _patch_cli(cli_module) -> None:
             model.finish(labels=labels)
         return result
 
+    def classification_evaluate(model, *args, **kwargs):
+        """Diffusion runs with `templates="single"`: one canonical prompt per class (the papers' protocol)."""
+        run = _state.get("run") or {}
+        if not getattr(model, "is_diffusion_classifier", False) or run.get("settings") is None \
+                or run["settings"].templates != "single":
+            return original_classification_evaluate(model, *args, **kwargs)
+        bound = inspect.signature(original_classification_evaluate).bind(model, *args, **kwargs)
+        bound.arguments["templates"] = canonical_templates(run["info"].get("dataset", ""), bound.arguments["templates"])
+        return original_classification_evaluate(*bound.args, **bound.kwargs)
+
     def evaluate(model, *args, **kwargs):
         diffusion = getattr(model, "is_diffusion_classifier", False) and model.task == "image_caption_selection"
         if not diffusion and not _state.get("report_data"):
@@ -378,6 +400,7 @@ def _patch_cli(cli_module) -> None:
     _set_attribute(cli_module, "run", run)
     _set_attribute(zeroshot_classification, "run_classification", run_classification)
     _set_attribute(image_caption_selection, "evaluate", evaluate)
+    _set_attribute(zeroshot_classification, "evaluate", classification_evaluate)
 
 
 def _shard_for(args: argparse.Namespace, record_path: str):

@@ -22,7 +22,7 @@ from .devices import to_device
 from .objectives import draw_noise, draw_timesteps, estimate_of, mix_seed
 from .schedules import NoiseSchedule
 from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings, UnsupportedSettings
-from .strategies import ImageState, make_strategy
+from .strategies import ImageState, make_strategy, within_cap
 
 
 @dataclass
@@ -259,13 +259,18 @@ class DiffusionScorer:
         mean is kept, not its prompts' states: 1000 classes x 80 templates of SD 2 states would hold
         ~12 GB of host memory, their 1000 means ~160 MB."""
         if self.settings.templates != "average_embeddings":
-            self.encode_prompts([p for c in candidates for p in c])
+            self.encode_prompts([p for c in self._scored_prompts(candidates) for p in c])
             return
         for prompts in candidates:
             key = tuple(prompts)
             if key not in self._mean_cache:
                 encoded = self._encode_missing(prompts)
                 self._mean_cache[key] = mean_rows([self._prompt_cache.get(p, encoded.get(p)) for p in prompts])
+
+    def _scored_prompts(self, candidates: Sequence[Sequence[str]]) -> Sequence[Sequence[str]]:
+        """The prompts each candidate is scored on: only its first under `templates="single"` (the
+        integration puts the dataset's canonical prompt first), else all of them."""
+        return [list(c[:1]) for c in candidates] if self.settings.templates == "single" else candidates
 
     def _conditionings(self, candidates: Sequence[Sequence[str]]) -> tuple[list, list[list[int]]]:
         """The distinct conditionings needed (the cached rows themselves, not a stacked copy:
@@ -274,6 +279,7 @@ class DiffusionScorer:
         if any(len(c) == 0 for c in candidates):
             raise ValueError("every candidate needs at least one prompt")
         self.encode_candidates(candidates)
+        candidates = self._scored_prompts(candidates)
         if self.settings.templates == "average_embeddings":
             tensors = [self._mean_cache[tuple(prompts)] for prompts in candidates]
             self._conditioning_names = [("mean",) + tuple(prompts) for prompts in candidates]
@@ -363,17 +369,9 @@ class DiffusionScorer:
         return results
 
     def _within_cap(self, state: ImageState, groups: list, target: Optional[int], calls: int) -> Optional[int]:
-        """The strategy's next draw target, cut to what `max_calls` still pays for (None: decide now).
-        Marks the image as decided under the cap when the cap cut anything."""
-        cap = self.settings.max_calls
-        if target is None or not cap:
-            return target
-        rows = len(_open_conditionings(state, groups))
-        affordable = (cap - calls) // (rows * self.backend.calls_per_prediction)
-        if state.draws_done + affordable < target:
-            state.capped = True
-            target = state.draws_done + affordable
-        return target if target > state.draws_done else None
+        """The strategy's next draw target, cut to what `max_calls` still pays for (None: decide now)."""
+        per_draw = len(_open_conditionings(state, groups)) * self.backend.calls_per_prediction
+        return within_cap(state, target, per_draw, calls, self.settings.max_calls)
 
     def prepare(self, candidates: Sequence[Sequence[str]]) -> None:
         """Encode the candidates and put their conditionings on the device: what every image of a
@@ -509,15 +507,22 @@ class DiffusionScorer:
     @staticmethod
     def _result(key: int, state: ImageState, timesteps: torch.Tensor, calls: int,
                 bounds: tuple[int, int]) -> ImageScores:
-        n = state.draws_done
-        per_draw = state.per_draw[:, :n]
-        fewest, most = bounds
-        confidence = 1.0 if most <= fewest else min(max((most - calls) / (most - fewest), 0.0), 1.0)
-        return ImageScores(
-            image_key=int(key), errors=torch.nanmean(per_draw, dim=1), per_draw=per_draw,
-            timesteps=timesteps[:n], draws=(~torch.isnan(per_draw)).sum(dim=1), calls=calls,
-            dropped_round=list(state.dropped_round), survivors_per_round=list(state.survivors_per_round),
-            confidence=confidence, capped=state.capped)
+        return image_scores(key, state, timesteps, calls, bounds)
+
+
+def image_scores(key: int, state: ImageState, timesteps: torch.Tensor, calls: int,
+                 bounds: tuple[int, int]) -> ImageScores:
+    """An image's decided state as its scores; `bounds` (fewest, most) calls the strategy could have
+    spent give the calls-based confidence."""
+    n = state.draws_done
+    per_draw = state.per_draw[:, :n]
+    fewest, most = bounds
+    confidence = 1.0 if most <= fewest else min(max((most - calls) / (most - fewest), 0.0), 1.0)
+    return ImageScores(
+        image_key=int(key), errors=torch.nanmean(per_draw, dim=1), per_draw=per_draw,
+        timesteps=timesteps[:n], draws=(~torch.isnan(per_draw)).sum(dim=1), calls=calls,
+        dropped_round=list(state.dropped_round), survivors_per_round=list(state.survivors_per_round),
+        confidence=confidence, capped=state.capped)
 
 
 def _round_columns(blocks: dict[int, RoundRows]) -> torch.Tensor:

@@ -15,9 +15,9 @@ OBJECTIVES = ("epsilon", "x0_snr", "x0_heuristic", "x0_buckets", "velocity")
 SIGMA_DISTRIBUTIONS = ("model", "uniform", "logit_normal")
 LOSSES = ("l2", "l1", "huber")
 TIMESTEP_SAMPLERS = ("stratified", "uniform")
-TEMPLATE_MODES = ("average_errors", "average_embeddings")
+TEMPLATE_MODES = ("single", "average_errors", "average_embeddings")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-STRATEGIES = ("fixed", "ttest", "schedule")
+STRATEGIES = ("guaranteed", "fixed", "ttest", "schedule")
 TTEST_VARIANCES = ("paired", "pooled")
 #: "off", or a `torch.compile` mode; "reduce-overhead" also captures CUDA graphs
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
@@ -28,8 +28,8 @@ COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhea
 #: so nothing scored under another value of it is ever reused.
 SETTING_LAYERS: dict[str, tuple[str, ...]] = {
     # where UNet calls go (which candidates get how many draws), not what one draw's error is
-    "allocation": ("strategy", "draws", "ttest_p", "min_draws", "round_draws", "ttest_variance", "schedule_keep",
-                   "schedule_draws", "prefilter_model", "prefilter_pretrained", "prefilter_k", "max_calls"),
+    "allocation": ("strategy", "draws", "delta", "look_growth", "ttest_p", "min_draws", "round_draws",
+                   "ttest_variance", "schedule_keep", "schedule_draws", "prefilter_model", "prefilter_pretrained", "prefilter_k", "max_calls"),
     # how fast the denoiser runs; errors equal up to float rounding (see README, "Reproducibility")
     "speed": ("batch_size", "channels_last", "compile"),
     # how the adapter hands rankings to clip_benchmark; no error or ranking depends on it
@@ -62,7 +62,8 @@ class UnsupportedSettings(ValueError):
 class ScorerSettings:
     """How candidate prompts are scored.
 
-    draws: (t, noise) draws per candidate with the fixed strategy; the maximum with "ttest".
+    draws: (t, noise) draws per candidate with the fixed strategy; the full budget (maximum) of
+        the adaptive ones ("guaranteed", "ttest").
     timesteps: "stratified" (a low-discrepancy sequence: any power-of-two prefix is evenly
         spaced, as in Li et al.) or "uniform" (i.i.d., as in Clark & Jaini).
     t_min/t_max: restrict timesteps to [t_min, t_max] (t_max None = last training step).
@@ -73,10 +74,18 @@ class ScorerSettings:
         eps - x0, the flow-matching target: Self-Bench's score). On flow-matching models the
         weights are the same functions of the SNR; "t/T" is sigma there.
     loss: per-element loss averaged over the latent: "l2", "l1" or "huber".
-    templates: "average_errors" scores each template of a class and averages the errors
-        (cost x templates); "average_embeddings" conditions once on the mean text embedding.
-    strategy: "fixed" (every candidate gets `draws` draws), "ttest" (paired t-test
-        successive elimination) or "schedule" (fixed multi-stage keep-lists).
+    templates: "single" scores each candidate's first prompt only (the papers' protocol: the
+        integration puts the dataset's canonical prompt first); "average_errors" scores each
+        template of a class and averages the errors (cost x templates); "average_embeddings"
+        conditions once on the position-wise mean of the templates' text states (untested on real
+        models: templates' tokens do not line up, so no model was trained on such a mean).
+    strategy: "guaranteed" (successive elimination whose answer equals the full budget's with
+        probability >= 1 - `delta`; see `strategies.GuaranteedElimination`), "fixed" (every
+        candidate gets `draws` draws), "ttest" (t-test successive elimination, no guarantee) or
+        "schedule" (fixed multi-stage keep-lists).
+    delta: "guaranteed": the probability allowed for the answer to differ from the full budget's.
+    min_draws: draws before the first test ("guaranteed", "ttest").
+    look_growth: "guaranteed": each look tests at `look_growth` times the previous draw count.
     ttest_variance: "paired" (each candidate's differences to the best give their own
         variance, n-1 degrees of freedom: Clark & Jaini) or "pooled" (the residual variance of
         the candidates x draws block design, (k-1)(n-1) degrees of freedom: much stronger
@@ -94,7 +103,7 @@ class ScorerSettings:
         default until a GPU benchmark shows they help.
     """
 
-    draws: int = 64
+    draws: int = 1024
     timesteps: str = "stratified"
     t_min: int = 0
     t_max: Optional[int] = None
@@ -102,7 +111,7 @@ class ScorerSettings:
     bucket_weights: tuple = ()
     heuristic_rate: float = 7.0
     loss: str = "l2"
-    templates: str = "average_embeddings"
+    templates: str = "single"
     batch_size: int = 64
     dtype: str = "auto"
     channels_last: bool = False
@@ -114,10 +123,12 @@ class ScorerSettings:
     drop_t5: bool = False
     guidance: float = 1.0
     resolution: Optional[int] = None
-    strategy: str = "ttest"
+    strategy: str = "guaranteed"
+    delta: float = 0.01
+    look_growth: float = 1.25
     # t-test elimination (Clark & Jaini, Algorithm 1)
     ttest_p: float = 0.02
-    min_draws: int = 2
+    min_draws: int = 8
     round_draws: int = 1
     ttest_variance: str = "pooled"
     # multi-stage schedule (Li et al.): keep the best keep[i] after cumulative stage_draws[i]
@@ -156,6 +167,8 @@ class ScorerSettings:
         check(self.compile in COMPILE_MODES, f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         check(self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         check(0 < self.ttest_p < 1, f"ttest_p must be in (0, 1), got {self.ttest_p}")
+        check(0 < self.delta < 1, f"delta must be in (0, 1), got {self.delta}")
+        check(1 < self.look_growth <= 64, f"look_growth must be in (1, 64], got {self.look_growth}")
         check(self.min_draws >= 2, f"min_draws must be >= 2 (a t-test needs two draws), got {self.min_draws}")
         check(self.ttest_variance in TTEST_VARIANCES,
               f"ttest_variance must be one of {TTEST_VARIANCES}, got {self.ttest_variance!r}")

@@ -7,6 +7,7 @@ share the same draw indices, so every comparison between survivors is paired.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import math
 from typing import Optional
 
 import torch
@@ -30,6 +31,10 @@ class ImageState:
     round: int = 0
     #: the decision was made under `max_calls`: the strategy wanted more draws than the cap allowed
     capped: bool = False
+    #: candidates open at the guaranteed rule's first look (its multiplicity correction)
+    tested_candidates: Optional[int] = None
+    #: the guaranteed rule showed the full budget cannot be clear: the leader is a tied answer
+    tied: bool = False
 
     def __post_init__(self) -> None:
         self.per_draw = torch.full((self.num_candidates, self.max_draws), float("nan"), dtype=torch.float64)
@@ -117,6 +122,77 @@ class TTestElimination(Strategy):
         state.drop(drop)
 
 
+def look_schedule(first: int, growth: float, most: int) -> list[int]:
+    """Draw counts at which `GuaranteedElimination` tests: `first`, then x`growth` each look
+    (at least one draw more), ending at `most`. Few looks (geometric) keep the multiplicity
+    correction over looks small."""
+    looks, n = [], max(min(first, most), 1)
+    while n < most:
+        looks.append(n)
+        n = max(n + 1, math.ceil(n * growth))
+    return looks + [most]
+
+
+class GuaranteedElimination(Strategy):
+    """Successive elimination whose answer equals the full budget's with probability >= 1 - delta.
+
+    The full budget is every candidate given all `draws` shared draws; its answer w is the lowest
+    mean over those draws. At each look (draw counts from `look_schedule`), every open candidate k
+    is compared with the current leader b on their paired differences d = e_k - e_b and dropped
+    when the lower confidence bound of the *full-budget* mean difference is above 0:
+
+        mean(d) - q * sd(d) / sqrt(n) * sqrt((N - n) / (N - 1)) > 0,
+
+    with q the Student-t quantile at level delta / ((K - 1) * L) (K candidates open at the first
+    look, L looks) and n - 1 degrees of freedom. Why it holds: w is dropped only if a bound on a
+    pair (w, b) misses, and w's full-budget difference to every b is <= 0; a union bound over the
+    K - 1 possible leaders (the leader is the luckiest candidate, a data-dependent choice, so every
+    pair is covered) and the L looks gives probability <= delta. The first n of the N draws are a
+    sample of them without replacement (draws are exchangeable; the stratified sampler's prefixes
+    are more even than random ones), hence the finite-population factor, which makes the last look
+    (n = N) exact. Each pair uses its own variance (no pooling across candidates), so heavy tails
+    and timestep-dependent variance only enter through the t statistic's normal approximation.
+
+    A second stop: when every open pair's full-budget difference is bounded (same confidence)
+    within 3 full-budget standard errors, the full budget cannot be clear, and the leader is
+    returned as one of its statistically tied answers.
+    """
+
+    def max_draws(self) -> int:
+        return self.settings.draws
+
+    def _looks(self) -> list[int]:
+        return look_schedule(self.settings.min_draws, self.settings.look_growth, self.settings.draws)
+
+    def next_round(self, state: ImageState) -> Optional[int]:
+        if int(state.active.sum()) <= 1 or state.draws_done >= self.settings.draws or state.tied:
+            return None
+        later = [n for n in self._looks() if n > state.draws_done]
+        return later[0] if later else None
+
+    def after_round(self, state: ImageState) -> None:
+        n, total = state.draws_done, self.settings.draws
+        if state.tested_candidates is None:  # the multiplicity is fixed at the first look
+            state.tested_candidates = int(state.active.sum())
+        best, active = _best_active(state)
+        others = active[active != best]
+        if len(others) == 0 or n < 2:
+            return
+        differences = state.per_draw[others, :n] - state.per_draw[best, :n]
+        mean = differences.mean(dim=1)
+        spread = differences.std(dim=1, unbiased=True)
+        level = self.settings.delta / (max(state.tested_candidates - 1, 1) * len(self._looks()))
+        q = float(stats.t.isf(level, df=n - 1))
+        finite_population = math.sqrt((total - n) / (total - 1)) if total > 1 else 0.0
+        margin = q * spread / math.sqrt(n) * finite_population
+        drop = mean - margin > 0
+        state.drop(others[drop])
+        kept = ~drop
+        if n < total and bool(kept.any()):
+            clear_gap = 3.0 * spread[kept] / math.sqrt(total)  # a full-budget "clear" margin, estimated
+            state.tied = bool(((mean[kept].abs() + margin[kept]) <= clear_gap).all())
+
+
 def _pooled_standard_error(errors: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Standard error of a difference of two candidates' means, and its degrees of freedom,
     from the residual variance of the two-way (candidate x draw) layout: a draw's (t, noise)
@@ -151,7 +227,8 @@ class MultiStageSchedule(Strategy):
         state.drop(active[order[keep:]])
 
 
-STRATEGIES = {"fixed": FixedBudget, "ttest": TTestElimination, "schedule": MultiStageSchedule}
+STRATEGIES = {"fixed": FixedBudget, "ttest": TTestElimination, "schedule": MultiStageSchedule,
+              "guaranteed": GuaranteedElimination}
 
 
 @dataclass(frozen=True)
@@ -170,7 +247,7 @@ def call_bounds(settings: ScorerSettings, candidates: int, rows_per_candidate: i
     per_draw = candidates * rows_per_candidate
     if settings.strategy == "fixed":
         fewest = most = expected = per_draw * settings.draws
-    elif settings.strategy == "ttest":
+    elif settings.strategy in ("ttest", "guaranteed"):
         most = per_draw * settings.draws
         fewest = 0 if candidates <= 1 else per_draw * min(settings.min_draws, settings.draws)
         expected = None
@@ -184,6 +261,20 @@ def call_bounds(settings: ScorerSettings, candidates: int, rows_per_candidate: i
         fewest, most = min(fewest, settings.max_calls), min(most, settings.max_calls)
         expected = None if expected is None else min(expected, settings.max_calls)
     return CallBounds(fewest, most, expected)
+
+
+def within_cap(state: ImageState, target: Optional[int], calls_per_draw: int, calls: int,
+               max_calls: int) -> Optional[int]:
+    """The strategy's next draw target cut to what `max_calls` still pays for (None: decide now),
+    `calls_per_draw` being what one more draw of the open candidates costs. Marks the image as
+    decided under the cap when the cap cut anything. Shared by the scorer and `replay`."""
+    if target is None or not max_calls:
+        return target
+    affordable = (max_calls - calls) // calls_per_draw
+    if state.draws_done + affordable < target:
+        state.capped = True
+        target = state.draws_done + affordable
+    return target if target > state.draws_done else None
 
 
 def make_strategy(settings: ScorerSettings) -> Strategy:

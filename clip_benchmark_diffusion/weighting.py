@@ -142,12 +142,16 @@ def load_draw_errors(path: str, alphas_cumprod: Optional[np.ndarray] = None) -> 
     labels = (summary or {}).get("labels")
     if not labels or len(labels) != len(images):
         raise ValueError(f"{path}: no true labels in the summary (was the run finished?)")
-    if any("per_draw" not in image for image in images):
-        raise ValueError(f"{path}: per-draw errors were left out (too many candidates x draws per image)")
+    from .records import per_draw_errors
+
+    try:
+        tables = [per_draw_errors(image).numpy() for image in images]
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     if alphas_cumprod is None:
         alphas_cumprod = schedule_of((header.get("run") or {}).get("pretrained") or header["model"]["source"])
     timesteps = np.array([image["timesteps"] for image in images], dtype=np.int64)
-    weighted = np.array([image["per_draw"] for image in images], dtype=np.float64)
+    weighted = np.array(tables, dtype=np.float64)
     errors = weighted / record_weights(settings, timesteps, alphas_cumprod)[:, None, :]
     return DrawErrors(errors, timesteps, np.array(labels, dtype=np.int64), alphas_cumprod)
 

@@ -85,11 +85,13 @@ def test_records_are_written_per_image_and_reused_after_a_crash(tmp_path):
     model, _ = run(images)
     assert backend.predict_rows - rows_before == 2 * 3 * 3  # only the two new images were scored
     model.finish(labels=[0] * 5)
+    from clip_benchmark_diffusion.records import per_draw_errors
+
     record = read_records(path)
     assert len(record["images"]) == 5 and record["summary"]["labels"] == [0] * 5
     first = record["images"][0]
     assert first["prediction"] == first["ranking"][0] and len(first["errors"]) == 3
-    assert first["calls"] == 9 and first["draws"] == [3, 3, 3] and len(first["per_draw"][0]) == 3
+    assert first["calls"] == 9 and first["draws"] == [3, 3, 3] and per_draw_errors(first).shape == (3, 3)
     assert record["header"]["candidates"] == [["a"], ["b"], ["c"]]
 
 

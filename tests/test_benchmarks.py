@@ -31,7 +31,7 @@ def test_calls_vs_accuracy_runs_on_a_tiny_pipeline(tiny_epsilon_pipeline, tmp_pa
     rows = json.loads((out / "rows.json").read_text())
     names = [row["name"] for row in rows]
     assert names[:6] == ["CLIP pre-filter model alone (top-1)", "fixed 8", "fixed 4",
-                         "defaults: t-test pooled p=0.02 min=2 round=1 max=64", "t-test paired p=0.1 min=4",
+                         "defaults: guaranteed delta=0.01 min=8 growth=1.25 max=8", "t-test paired p=0.1 min=4",
                          "t-test pooled p=0.1 min=4"]
     assert names[6].startswith("Li schedule") and names[-1].startswith("CLIP top-3 + Li schedule")
     by_name = {row["name"]: row for row in rows}
@@ -49,10 +49,11 @@ def test_defaults_row_allocates_as_a_run_without_flags():
     base = ScorerSettings(strategy="fixed", templates="average_errors", draws=256)
     configs = list(calls_vs_accuracy.configurations(36, [16, 256], [0.1], [4], ["paired"], base))
     default = next(c for c in configs if c.name.startswith("defaults"))
-    assert default.settings == base.replace(strategy="ttest", draws=ScorerSettings().draws,
-                                            ttest_p=ScorerSettings().ttest_p, min_draws=ScorerSettings().min_draws,
-                                            round_draws=ScorerSettings().round_draws,
-                                            ttest_variance=ScorerSettings().ttest_variance)
+    defaults = ScorerSettings()  # the default rule, its full budget the largest compared
+    assert default.settings == base.replace(strategy=defaults.strategy, draws=256, delta=defaults.delta,
+                                            look_growth=defaults.look_growth, ttest_p=defaults.ttest_p,
+                                            min_draws=defaults.min_draws, round_draws=defaults.round_draws,
+                                            ttest_variance=defaults.ttest_variance)
     assert [c.name for c in configs][:2] == ["fixed 256", "fixed 16"]  # the largest budget still fills the cache first
     published = list(calls_vs_accuracy.configurations(6, [16], [0.1], [4], ["paired"], base, ("5@25,1@250",)))
     assert [c.name for c in published if c.family == "Li"] == ["Li schedule 5@2,1@16", "Li schedule 5@25,1@250"]
@@ -119,12 +120,15 @@ def test_gpu_throughput_toy_run_reports_its_figures(tmp_path):
 
 def test_headline_costs_count_what_the_issue_measured_by_hand():
     from clip_benchmark_diffusion.benchmarks import headline_costs
+    from clip_benchmark_diffusion.settings import ScorerSettings
 
     rows = {row["dataset"]: row for row in headline_costs.rows()}
     # CIFAR-10: 10 classes x 18 templates x 64 draws before; Li et al.'s 5@50,1@500 is 10 x 50 + 5 x 450
     assert rows["cifar10"]["old_defaults"] == 11520 and rows["cifar10"]["li_schedule"] == 2750
     assert rows["imagenet1k"]["old_defaults"] == 5_120_000 and rows["imagenet1k"]["li_schedule"] == 100_000
-    assert rows["imagenet1k"]["defaults_most"] == 64_000  # templates no longer multiply the cost
+    # one prompt per class, every candidate given the whole default budget at most
+    assert rows["imagenet1k"]["defaults_most"] == 1000 * ScorerSettings().draws
+    assert rows["imagenet1k"]["defaults_fewest"] == 1000 * ScorerSettings().min_draws
 
 
 def test_host_overhead_toy_run_prints_its_table(capsys):

@@ -40,7 +40,7 @@ from .calibration import expected_calibration_error, fit_binning
 class Row:
     task: str
     name: str
-    family: str  # "fixed", "t-test", "Li", or "CLIP" (the pre-filter model alone)
+    family: str  # "fixed", "guaranteed", "t-test", "Li", or "CLIP" (the pre-filter model alone)
     shortlist: int  # CLIP pre-filter top-k (0: none)
     accuracy: float
     calls_per_image: float
@@ -52,7 +52,7 @@ class Row:
 
 
 #: the allocation settings of the package defaults, copied into the benchmark's "defaults" row
-DEFAULT_ALLOCATION = ("strategy", "draws", "ttest_p", "min_draws", "round_draws", "ttest_variance")
+DEFAULT_ALLOCATION = ("strategy", "delta", "look_growth", "ttest_p", "min_draws", "round_draws", "ttest_variance")
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,11 @@ def configurations(num_classes: int, budgets: list[int], p_values: list[float], 
     ordered = sorted(set(budgets), reverse=True)
     for budget in ordered:
         yield Configuration(f"fixed {budget}", "fixed", base.replace(draws=budget))
-    default = ScorerSettings()  # what a run with no --diffusion_* flag allocates
+    default = ScorerSettings()  # the rule a run with no --diffusion_* flag uses, its full budget the largest here
     yield Configuration(
-        f"defaults: t-test {default.ttest_variance} p={default.ttest_p:g} min={default.min_draws} "
-        f"round={default.round_draws} max={default.draws}", "t-test",
-        base.replace(**{name: getattr(default, name) for name in DEFAULT_ALLOCATION}))
+        f"defaults: {default.strategy} delta={default.delta:g} min={default.min_draws} "
+        f"growth={default.look_growth:g} max={ordered[0]}", "guaranteed",
+        base.replace(**{name: getattr(default, name) for name in DEFAULT_ALLOCATION}, draws=ordered[0]))
     for variance in variances:
         for first in min_draws:
             for p in p_values:
@@ -271,7 +271,7 @@ def targets(rows: list[Row], tolerance: float = 0.01) -> str:
         reference = _largest_fixed(rows, task)
         for shortlist in sorted({r.shortlist for r in rows if r.task == task and r.family != "CLIP"}):
             same = [r for r in rows if r.task == task and r.shortlist == shortlist]
-            good = [r for r in same if r.family == "t-test" and r.accuracy >= reference.accuracy - tolerance - 1e-9]
+            good = [r for r in same if r.family in ("t-test", "guaranteed") and r.accuracy >= reference.accuracy - tolerance - 1e-9]
             line = f"| {task} | {f'CLIP top-{shortlist}' if shortlist else 'none'} | {describe(reference)} |"
             if not good:
                 lines.append(line + " none | - | - | - | - | - |")
@@ -297,7 +297,7 @@ def plot(rows: list[Row], path: str) -> None:
 
     tasks = list(dict.fromkeys(r.task for r in rows))
     figure, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.8), squeeze=False)
-    colours = {"fixed": "tab:blue", "t-test": "tab:orange", "Li": "tab:green"}  # colour: strategy
+    colours = {"fixed": "tab:blue", "t-test": "tab:orange", "guaranteed": "tab:red", "Li": "tab:green"}
     markers = "osD^v"  # marker: pre-filter setting (filled: none)
     for axis, task in zip(axes[0], tasks):
         shortlists = sorted({r.shortlist for r in rows if r.task == task and r.family != "CLIP"})

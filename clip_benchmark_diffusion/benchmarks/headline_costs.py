@@ -41,7 +41,7 @@ def rows() -> list[dict]:
     table = []
     for dataset, classes in CLASS_COUNTS.items():
         count = len(templates.get(dataset, templates["imagenet1k"]))
-        rows_per_class = 1 if defaults.templates == "average_embeddings" else count
+        rows_per_class = count if defaults.templates == "average_errors" else 1
         now = call_bounds(defaults, classes, rows_per_class)
         before = call_bounds(OLD_DEFAULTS, classes, count)
         keep, draws = LI_SCHEDULES[dataset]
@@ -54,8 +54,8 @@ def rows() -> list[dict]:
 
 def main() -> None:
     defaults = ScorerSettings()
-    print(f"defaults: strategy {defaults.strategy} ({defaults.ttest_variance} variance, p < {defaults.ttest_p}, first "
-          f"test after {defaults.min_draws} draws, at most {defaults.draws}), templates {defaults.templates}\n")
+    print(f"defaults: strategy {defaults.strategy} (delta {defaults.delta}, first test after {defaults.min_draws} "
+          f"draws, at most {defaults.draws}), templates {defaults.templates}\n")
     print("| dataset | classes | templates | defaults: fewest - most calls | earlier defaults (fixed 64, every "
           "template) | Li et al.'s schedule | its calls |\n|---|---|---|---|---|---|---|")
     for row in rows():

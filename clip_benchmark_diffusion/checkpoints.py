@@ -53,6 +53,28 @@ ALIASES.update({
     "if-i-l": CheckpointAlias("DeepFloyd/IF-I-L-v1.0", "DeepFloyd IF stage I L, 64 px pixels, T5"),
     "if-i-m": CheckpointAlias("DeepFloyd/IF-I-M-v1.0", "DeepFloyd IF stage I M, 64 px pixels, T5"),
 })
+#: the newest open families (hub ids as the installed diffusers' pipeline docs and tests name them)
+ALIASES.update({
+    "qwen-image": CheckpointAlias("Qwen/Qwen-Image", "Qwen-Image 20B, 1024 px, flow, Qwen2.5-VL-7B text"),
+    "flux2-dev": CheckpointAlias("black-forest-labs/FLUX.2-dev", "FLUX.2 [dev] 32B, 1024 px, flow, guidance input, "
+                                 "Mistral-Small-3.1-24B text"),
+    "flux2-klein-4b": CheckpointAlias("black-forest-labs/FLUX.2-klein-4B",
+                                      "FLUX.2 [klein] 4B, 1024 px, flow, Qwen3 text"),
+    "flux2-klein-base-9b": CheckpointAlias("black-forest-labs/FLUX.2-klein-base-9B",
+                                           "FLUX.2 [klein] base 9B, 1024 px, flow, Qwen3 text"),
+    "z-image-turbo": CheckpointAlias("Tongyi-MAI/Z-Image-Turbo", "Z-Image-Turbo 6B, 1024 px, flow (reversed time), "
+                                     "Qwen3-4B text"),
+    "sana-1600m": CheckpointAlias("Efficient-Large-Model/Sana_1600M_1024px_BF16_diffusers",
+                                  "Sana 1.6B, 1024 px, flow, Gemma2-2B text"),
+    "lumina2": CheckpointAlias("Alpha-VLLM/Lumina-Image-2.0", "Lumina-Image 2.0, 1024 px, flow (reversed time), "
+                               "Gemma2-2B text"),
+    "hidream-i1-full": CheckpointAlias("HiDream-ai/HiDream-I1-Full", "HiDream-I1-Full 17B, 1024 px, flow, CLIP-L/G + "
+                                       "T5 + Llama-3.1-8B text (Llama saved into the folder: see docs/families.md)"),
+    "chroma1-hd": CheckpointAlias("lodestones/Chroma1-HD", "Chroma1-HD 8.9B, 1024 px, flow, T5 text"),
+    "cogview4": CheckpointAlias("THUDM/CogView4-6B", "CogView4 6B, 1024 px, flow, GLM-4-9B text"),
+    "hunyuanimage-2.1": CheckpointAlias("hunyuanvideo-community/HunyuanImage-2.1-Diffusers",
+                                        "HunyuanImage 2.1 17B, 2048 px, flow, Qwen2.5-VL-7B + ByT5 text"),
+})
 ALIASES["sd2.0-base"] = ALIASES["sd2-base"]
 ALIASES["sd2.0"] = ALIASES["sd2"]
 ALIASES["sdxl-base"] = ALIASES["sdxl"]

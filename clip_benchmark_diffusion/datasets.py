@@ -63,7 +63,7 @@ def _images_in(folder: str) -> list[str]:
     return found
 
 
-def _image_bytes(path: str) -> tuple[str, bytes]:
+def image_bytes(path: str) -> tuple[str, bytes]:
     """(wds extension, bytes): the file's own bytes when clip_benchmark decodes its format, else png."""
     extension = os.path.splitext(path)[1].lower().lstrip(".")
     if extension in WDS_IMAGE_EXTENSIONS:
@@ -77,7 +77,8 @@ def _image_bytes(path: str) -> tuple[str, bytes]:
     return "png", buffer.getvalue()
 
 
-def _tar_add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+def tar_add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    """One member; fixed timestamps make identical input give identical tar files."""
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), 0, 0o644
     archive.addfile(info, io.BytesIO(data))
@@ -121,10 +122,10 @@ def folder_to_wds(source: str, destination: str, split: str = "test", templates:
         with tarfile.open(os.path.join(split_folder, f"{shard}.tar"), "w") as archive:
             for index in range(shard * shard_size, min(len(samples), (shard + 1) * shard_size)):
                 path, label = samples[index]
-                extension, data = _image_bytes(path)
+                extension, data = image_bytes(path)
                 key = f"s{index:07d}"
-                _tar_add(archive, f"{key}.{extension}", data)
-                _tar_add(archive, f"{key}.cls", str(label).encode())
+                tar_add(archive, f"{key}.{extension}", data)
+                tar_add(archive, f"{key}.cls", str(label).encode())
     _write_lines(os.path.join(split_folder, "nshards.txt"), [str(shards)])
     _write_lines(os.path.join(destination, "classnames.txt"), names)
     _write_lines(os.path.join(destination, "zeroshot_classification_templates.txt"), templates)

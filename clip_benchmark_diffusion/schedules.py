@@ -174,7 +174,8 @@ class FlowSchedule(NoiseSchedule):
     kind = "flow"
 
     def __init__(self, num_train_timesteps: int = 1000, shift: float = 1.0, mu: Optional[float] = None,
-                 distribution: str = "model", logit_mean: float = 0.0, logit_std: float = 1.0) -> None:
+                 distribution: str = "model", logit_mean: float = 0.0, logit_std: float = 1.0,
+                 time_shift: str = "exponential") -> None:
         if distribution not in SIGMA_DISTRIBUTIONS:
             raise ValueError(f"sigma distribution must be one of {SIGMA_DISTRIBUTIONS}, got {distribution!r}")
         self.num_train_timesteps = int(num_train_timesteps)
@@ -183,6 +184,8 @@ class FlowSchedule(NoiseSchedule):
         self.distribution = distribution
         self.logit_mean = logit_mean
         self.logit_std = logit_std
+        #: how `mu` shifts sigma: "exponential" (FLUX, Qwen-Image) or "linear" (CogView4)
+        self.time_shift = time_shift
 
     @classmethod
     def from_scheduler(cls, scheduler: Any, settings: ScorerSettings, mu: Optional[float] = None) -> "FlowSchedule":
@@ -193,7 +196,7 @@ class FlowSchedule(NoiseSchedule):
         return cls(config.num_train_timesteps, shift=config.get("shift", 1.0),
                    mu=mu if config.get("use_dynamic_shifting", False) else None,
                    distribution=settings.sigma_distribution, logit_mean=settings.logit_normal_mean,
-                   logit_std=settings.logit_normal_std)
+                   logit_std=settings.logit_normal_std, time_shift=config.get("time_shift_type", "exponential"))
 
     def sigmas(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Noise level of each timestep index, float64 on CPU."""
@@ -206,6 +209,8 @@ class FlowSchedule(NoiseSchedule):
         u = (t + 1) / self.num_train_timesteps
         if self.distribution == "uniform":
             return u
+        if self.mu is not None and self.time_shift == "linear":  # CogView4 (diffusers' `_time_shift_linear`)
+            return self.mu / (self.mu + (1 / u - 1))
         if self.mu is not None:  # FLUX: exponential time shift (diffusers' `time_shift`, sigma=1)
             return math.exp(self.mu) / (math.exp(self.mu) + (1 / u - 1))
         return self.shift * u / (1 + (self.shift - 1) * u)
@@ -236,8 +241,18 @@ class FlowSchedule(NoiseSchedule):
         return self.sigmas(timesteps)
 
     def describe(self) -> dict[str, Any]:
+        linear = {"time_shift": "linear"} if self.time_shift == "linear" else {}
         return {**super().describe(), "prediction_type": "flow_velocity", "sigma_distribution": self.distribution,
-                "shift": self.shift, "mu": self.mu}
+                "shift": self.shift, "mu": self.mu, **linear}
+
+    def unshifted(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The grid position u in (0, 1] a sigma of the model's own shift comes from (the inverse of
+        `sigmas` for the "model" distribution): what CogView4 passes its network instead of sigma."""
+        sigma = sigma.to(torch.float64)
+        if self.mu is not None:
+            scale = self.mu if self.time_shift == "linear" else math.exp(self.mu)
+            return 1 / (1 + scale * (1 / sigma - 1))
+        return sigma / (self.shift - (self.shift - 1) * sigma)
 
 
 __all__ = ["NoiseSchedule", "DiscreteSchedule", "FlowSchedule", "PREDICTION_TYPES", "SIGMA_DISTRIBUTIONS",

@@ -71,8 +71,7 @@ def hand_output(name, pipe, pixels, prompt, t, noise, guidance):
         return x0, x_t, None, out
     if name == "sd3":
         sigma = flow_sigma_from_table(pipe, t)
-        states, _, pooled, _ = pipe.encode_prompt([prompt], None, None, do_classifier_free_guidance=False,
-                                                  max_sequence_length=tiny_families.T5_LENGTH)
+        states, _, pooled, _ = pipe.encode_prompt([prompt], None, None, do_classifier_free_guidance=False)
         x_t = (1 - sigma) * x0 + sigma * noise
         timestep = pipe.scheduler.timesteps[pipe.scheduler.config.num_train_timesteps - 1 - t].reshape(1)
         out = pipe.transformer(hidden_states=x_t, timestep=timestep, encoder_hidden_states=states,
@@ -84,7 +83,7 @@ def hand_output(name, pipe, pixels, prompt, t, noise, guidance):
         b, c, h, w = x0.shape
         mu = calculate_shift(h * w // 4)  # the pipeline's defaults = this scheduler's config
         sigma = float(pipe.scheduler.time_shift(mu, 1.0, torch.tensor((t + 1) / 1000, dtype=torch.float64)))
-        states, pooled, text_ids = pipe.encode_prompt([prompt], None, max_sequence_length=tiny_families.T5_LENGTH)
+        states, pooled, text_ids = pipe.encode_prompt([prompt], None)
         x_t = (1 - sigma) * x0 + sigma * noise
         out = pipe.transformer(hidden_states=pipe._pack_latents(x_t, b, c, h, w), timestep=torch.tensor([sigma]),
                                guidance=torch.tensor([guidance]), pooled_projections=pooled,
@@ -93,8 +92,7 @@ def hand_output(name, pipe, pixels, prompt, t, noise, guidance):
         return x0, x_t, sigma, pipe._unpack_latents(out, h * pipe.vae_scale_factor, w * pipe.vae_scale_factor,
                                                     pipe.vae_scale_factor)
     if name == "pixart":
-        states, mask, _, _ = pipe.encode_prompt([prompt], do_classifier_free_guidance=False,
-                                                max_sequence_length=tiny_families.T5_LENGTH)
+        states, mask, _, _ = pipe.encode_prompt([prompt], do_classifier_free_guidance=False)
         x_t = ddpm_noising(pipe, x0, noise, t)
         size = float(pixels.shape[-1])
         added = {"resolution": torch.tensor([[size, size]]), "aspect_ratio": torch.tensor([[1.0]])}
@@ -263,3 +261,90 @@ def test_settings_a_family_cannot_use_stop_before_any_compute(family_folders, ti
                                 "wds/animals", "--dataset_root", tiny_wds, "--diffusion_no_progress", *flags],
                                tmp_path, capsys, monkeypatch)
     assert expected in message and not list(tmp_path.glob("*.json*"))
+
+
+#: the families added for issue 24, with the pixel size they are scored at here and their record's backend name
+NEW_FAMILIES = {"qwenimage": (32, "qwen-image"), "flux2": (16, "flux2"), "flux2-klein": (16, "flux2-klein"),
+                "z-image": (16, "z-image"), "sana": (32, "sana"), "lumina2": (32, "lumina2"),
+                "hidream": (32, "hidream"), "chroma": (16, "chroma"), "cogview4": (16, "cogview4"),
+                "hunyuanimage": (16, "hunyuan-image")}
+
+
+def test_new_families_through_the_clip_benchmark_cli(family_folders, tiny_wds, tmp_path):
+    """One `clip_benchmark eval` process per pixel size, every new family's tiny checkpoint in it."""
+    for size in sorted({size for size, _ in NEW_FAMILIES.values()}):
+        names = [name for name, (s, _) in NEW_FAMILIES.items() if s == size]
+        result = run_cli(["eval", "--model", "sd-diffusion", "--pretrained", *[family_folders[n] for n in names],
+                          "--dataset", "wds/animals", "--dataset_root", tiny_wds, "--num_workers", "0",
+                          "--batch_size", "6", "--diffusion_draws", "2", "--diffusion_strategy", "fixed",
+                          "--diffusion_templates", "average_errors", "--diffusion_no_progress",
+                          "--diffusion_resolution", str(size), "--output", "{pretrained}.json"], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        for name in names:
+            slug = family_folders[name].strip("/").replace("/", "_")
+            metrics = json.loads((tmp_path / f"{slug}.json").read_text())["metrics"]
+            lines = [json.loads(line) for line in (tmp_path / f"{slug}.diffusion.jsonl").open()]
+            header, images = lines[0], lines[1:-1]
+            assert header["model"]["backend"] == NEW_FAMILIES[name][1] and header["model"]["resolution"] == size
+            assert len(images) == 6 and all(len(image["errors"]) == 3 and image["calls"] == 12 for image in images)
+            correct = sum(image["prediction"] == label for image, label in zip(images, lines[-1]["labels"]))
+            assert metrics["acc1"] == pytest.approx(correct / 6)
+
+
+@pytest.mark.parametrize("name", ["sdxl", "sd3", "flux", "pixart", "if", *NEW_FAMILIES])
+def test_text_encoders_hold_no_accelerator_memory_while_the_denoiser_runs(name, family_folders, tiny_wds, tmp_path,
+                                                                          monkeypatch):
+    """Through the CLI (in this process): every prompt is encoded before the first denoiser call, and
+    from then on the text encoders are off the device. Released to the meta device here, so the
+    check holds on a CPU-only machine: a released encoder then holds no memory at all, and the run
+    still completes."""
+    from clip_benchmark_diffusion.__main__ import main
+    from clip_benchmark_diffusion.backends.pipeline_backend import PipelineBackend
+
+    events = []
+    encode_prompts, predict = PipelineBackend.encode_prompts, PipelineBackend.predict
+    monkeypatch.setattr(PipelineBackend, "release_device", "meta")
+    monkeypatch.setattr(PipelineBackend, "encode_prompts",
+                        lambda self, prompts: events.append(("encode", None)) or encode_prompts(self, prompts))
+
+    def recorded_predict(self, *args):
+        output = predict(self, *args)  # the first call releases the encoders before the denoiser runs
+        devices = {p.device.type for module in self.text_encoders().values() for p in module.parameters()}
+        events.append(("predict", (devices, next(self.denoiser.parameters()).device.type)))
+        return output
+
+    monkeypatch.setattr(PipelineBackend, "predict", recorded_predict)
+    monkeypatch.chdir(tmp_path)
+    size = NEW_FAMILIES.get(name, (16,))[0]
+    main(["eval", "--model", "sd-diffusion", "--pretrained", family_folders[name], "--dataset", "wds/animals",
+          "--dataset_root", tiny_wds, "--num_workers", "0", "--batch_size", "6", "--diffusion_draws", "2",
+          "--diffusion_strategy", "fixed", "--diffusion_no_progress", "--diffusion_resolution", str(size),
+          "--output", "out.json"])
+    kinds = [kind for kind, _ in events]
+    assert "predict" in kinds and "encode" not in kinds[kinds.index("predict"):]
+    assert all(state == ({"meta"}, "cpu") for kind, state in events if kind == "predict")
+    assert json.loads((tmp_path / "out.json").read_text())["metrics"]["acc1"] >= 0
+
+
+def test_a_prompt_after_scoring_began_brings_the_text_encoders_back_for_good(family_folders, monkeypatch):
+    """Caption selection encodes prompts per batch: the encoders return to the device once and stay
+    (no round trip per batch)."""
+    from clip_benchmark_diffusion.backends.pipeline_backend import PipelineBackend
+
+    backend = load_backend(family_folders["sd3"], settings=ScorerSettings(**FIXED))
+    moves = []
+    monkeypatch.setattr(PipelineBackend, "release_device", "cpu")
+    for module in backend.text_encoders().values():
+        original = module.to
+        monkeypatch.setattr(module, "to", lambda *a, _to=original, **k: moves.append(a[:1]) or _to(*a, **k))
+    first = backend.encode_prompts(["a cat."])
+    x0 = backend.encode_images(torch.zeros(1, 3, backend.resolution, backend.resolution))
+    sigma = torch.tensor([0.5], dtype=torch.float64)
+    backend.predict(x0, sigma, first)
+    assert backend.scoring and not backend.keep_text_encoders and moves == [("cpu",)] * 3  # released once
+    again = backend.encode_prompts(["a cat."])
+    assert backend.keep_text_encoders and moves[3:] == [(backend.device,)] * 3 and torch.equal(again.states,
+                                                                                               first.states)
+    backend.predict(x0, sigma, again)
+    backend.encode_prompts(["a dog."])
+    assert len(moves) == 6  # neither released nor moved again

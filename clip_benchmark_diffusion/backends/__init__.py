@@ -29,6 +29,19 @@ BACKENDS: dict[str, str] = {
     "DiTPipeline": "dit:DiTBackend",
     "IFPipeline": "deepfloyd_if:IFBackend",
     "IFImg2ImgPipeline": "deepfloyd_if:IFBackend",
+    "QwenImagePipeline": "qwenimage:QwenImageBackend",
+    "QwenImageImg2ImgPipeline": "qwenimage:QwenImageBackend",
+    "Flux2Pipeline": "flux2:Flux2Backend",
+    "Flux2KleinPipeline": "flux2:Flux2KleinBackend",
+    "ZImagePipeline": "z_image:ZImageBackend",
+    "SanaPipeline": "sana:SanaBackend",
+    "Lumina2Pipeline": "lumina2:Lumina2Backend",
+    "Lumina2Text2ImgPipeline": "lumina2:Lumina2Backend",
+    "HiDreamImagePipeline": "hidream:HiDreamBackend",
+    "ChromaPipeline": "chroma:ChromaBackend",
+    "ChromaImg2ImgPipeline": "chroma:ChromaBackend",
+    "CogView4Pipeline": "cogview4:CogView4Backend",
+    "HunyuanImagePipeline": "hunyuanimage:HunyuanImageBackend",
 }
 
 

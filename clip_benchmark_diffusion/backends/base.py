@@ -38,12 +38,18 @@ class Conditioning:
     pooled: Optional[torch.Tensor] = None
     #: (B, 6) SDXL micro-conditioning (original size, crop, target size)
     time_ids: Optional[torch.Tensor] = None
-    #: (B, L) attention mask of `states` (PixArt, IF)
+    #: (B, L) attention mask of `states` (PixArt, IF; Qwen-Image and others whose states are as
+    #: long as each prompt: rows of different lengths are zero-padded when stacked)
     mask: Optional[torch.Tensor] = None
     #: (B, L, 3) FLUX text position ids
     text_ids: Optional[torch.Tensor] = None
     #: (B,) class labels of a class-conditional model (DiT)
     class_ids: Optional[torch.Tensor] = None
+    #: (B, K, L, D) states of K hidden layers of one text encoder (HiDream's Llama)
+    layers: Optional[torch.Tensor] = None
+    #: (B, L2, D2) states of a second text encoder and (B, L2) their mask (HunyuanImage's ByT5 glyph text)
+    glyph_states: Optional[torch.Tensor] = None
+    glyph_mask: Optional[torch.Tensor] = None
 
     def fields(self) -> dict[str, torch.Tensor]:
         """The present (non-None) fields by name."""
@@ -86,7 +92,7 @@ class Conditioning:
         for name, value in stacked.fields().items():
             if value.is_floating_point():
                 merged[name] = value.mean(dim=0)
-            elif name == "mask":
+            elif name.endswith("mask"):
                 merged[name] = value.amax(dim=0)
             else:
                 if not bool((value == value[:1]).all()):
@@ -110,6 +116,15 @@ def stack_rows(rows: Sequence, pin_memory: bool = False) -> Encoded:
 
 
 def _stack(values: list, pin_memory: bool) -> torch.Tensor:
+    """Rows stacked; rows of different lengths (families whose text states are as long as each
+    prompt, with a mask) are zero-padded at the end to the longest, which their masks exclude."""
+    shape = values[0].shape
+    if any(value.shape != shape for value in values):
+        shape = tuple(max(sizes) for sizes in zip(*(value.shape for value in values)))
+        out = torch.zeros((len(values), *shape), dtype=values[0].dtype, pin_memory=pin_memory)
+        for row, value in zip(out, values):
+            row[tuple(slice(0, size) for size in value.shape)] = value
+        return out
     if not pin_memory:
         return torch.stack(values)
     out = torch.empty((len(values), *values[0].shape), dtype=values[0].dtype, pin_memory=True)

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 
 from .base import Conditioning
-from .pipeline_backend import PipelineBackend
+from .pipeline_backend import PipelineBackend, cleans_captions
 
 
 class IFBackend(PipelineBackend):
@@ -31,10 +31,14 @@ class IFBackend(PipelineBackend):
         """Stage I models pixels directly: x0 is the image in [-1, 1]."""
         return pixels.to(self.device, torch.float32)
 
+    def describe_extra(self) -> dict:
+        return {"clean_caption": cleans_captions()}
+
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
+        """Captions cleaned as the pipeline's default does (when bs4 and ftfy are installed)."""
         states, _ = self.pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False, device=self.device,
-                                            clean_caption=False)
+                                            clean_caption=cleans_captions())
         return Conditioning(states=states.cpu())
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, c: Conditioning) -> torch.Tensor:

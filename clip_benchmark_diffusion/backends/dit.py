@@ -71,7 +71,7 @@ class DiTBackend(PipelineBackend):
         return label
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
         return Conditioning(class_ids=torch.tensor([self.label(p) for p in prompts], dtype=torch.int64))
 
     def denoise(self, x: torch.Tensor, t: torch.Tensor, c: Conditioning) -> torch.Tensor:

@@ -6,12 +6,13 @@ from typing import Optional, Sequence
 import torch
 
 from .base import Conditioning
-from .pipeline_backend import PipelineBackend
+from .pipeline_backend import PipelineBackend, text_length
 
 
 class FluxBackend(PipelineBackend):
     """velocity on latents (z - shift) * scale, packed to tokens with image ids; text = T5 states
-    with text ids, pooled = CLIP-L; network timestep = sigma; sigma shifted by resolution (mu from
+    with text ids, pooled = CLIP-L; network timestep = sigma, rounded as the pipeline does
+    (1000 sigma in float32, cast to the model's dtype, then / 1000); sigma shifted by resolution (mu from
     the image-token count, as the pipeline does). FLUX.1-dev takes a guidance value
     (`--diffusion_guidance`, default 1.0 = plain conditional); T5 cannot be dropped."""
 
@@ -45,10 +46,11 @@ class FluxBackend(PipelineBackend):
 
     @property
     def max_sequence_length(self) -> int:
-        return min(512, int(self.pipe.tokenizer_2.model_max_length))
+        """T5 tokens: the pipeline's default 512 (see `text_length`)."""
+        return text_length(512, self.pipe.tokenizer_2 if self.family == "flux" else self.pipe.tokenizer)
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
         states, pooled, text_ids = self.pipe.encode_prompt(list(prompts), None, device=self.device,
                                                            max_sequence_length=self.max_sequence_length)
         return Conditioning(states=states.cpu(), pooled=pooled.cpu(),
@@ -60,7 +62,8 @@ class FluxBackend(PipelineBackend):
         image_ids = self.pipe._prepare_latent_image_ids(batch, height // 2, width // 2, x.device, x.dtype)
         guidance = torch.full((batch,), self.settings.guidance, device=x.device, dtype=torch.float32) \
             if self.guided else None
-        output = self._denoiser(hidden_states=packed, timestep=sigma.to(x.dtype), guidance=guidance,
+        timestep = self.flow_timestep(sigma).to(x.dtype) / 1000
+        output = self._denoiser(hidden_states=packed, timestep=timestep, guidance=guidance,
                                 pooled_projections=c.pooled, encoder_hidden_states=c.states,
                                 txt_ids=c.text_ids[0], img_ids=image_ids).sample
         return self.pipe._unpack_latents(output, height * self.vae_scale_factor, width * self.vae_scale_factor,

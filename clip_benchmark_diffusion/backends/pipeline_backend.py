@@ -3,19 +3,59 @@
 Each family loads its own diffusers pipeline class (so prompts are encoded by the pipeline's own
 `encode_prompt`, latents packed by its own helpers) and keeps only what scoring needs: the
 denoiser, the encoders and the noise schedule. This base does the common parts: loading, moving to
-the device, VAE encoding with the checkpoint's scaling and shift, the description record, and the
-noise schedule (DDPM from the scheduler's betas, or flow matching with its shift).
+the device, VAE encoding with the checkpoint's scaling and shift, the description record, the noise
+schedule (DDPM from the scheduler's betas, or flow matching with its shift), the timestep the
+scheduler would hand the network, and memory: the text encoders leave the device when scoring
+starts and the denoiser joins it then, so the two never share it.
+Families are checked argument by argument against their own pipeline's `__call__` in
+`tests/test_conformity.py` (see docs/families.md).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+import logging
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 
 from ..schedules import DiscreteSchedule, FlowSchedule, NoiseSchedule
 from ..settings import ScorerSettings
-from .base import Conditioning, DiffusionBackend
+from .base import Conditioning, DiffusionBackend, Encoded
 from .speed import SpeedOptions, prepare_denoiser, run_denoiser
+
+LOG = logging.getLogger(__name__)
+
+
+def cleans_captions() -> bool:
+    """What `clean_caption=True` (the PixArt and IF pipelines' default) does here: it cleans only
+    when bs4 and ftfy are installed, and otherwise falls back to lower-casing (with a warning per
+    call). Passing this value does the same without the warnings."""
+    from diffusers.utils import is_bs4_available, is_ftfy_available
+
+    return bool(is_bs4_available() and is_ftfy_available())
+
+
+def text_rows(states: list[torch.Tensor]) -> Conditioning:
+    """Per-prompt states of different lengths as a batch: zero-padded, with the mask of real tokens."""
+    length = max(len(s) for s in states)
+    padded = torch.zeros((len(states), length, states[0].shape[-1]), dtype=states[0].dtype)
+    mask = torch.zeros((len(states), length), dtype=torch.int64)
+    for row, s in enumerate(states):
+        padded[row, :len(s)] = s.cpu()
+        mask[row, :len(s)] = 1
+    return Conditioning(states=padded, mask=mask)
+
+
+def text_list(c: Conditioning) -> list[torch.Tensor]:
+    """The per-prompt states a list-taking denoiser receives: each row cut to its own length."""
+    return [states[:length] for states, length in zip(c.states, c.mask.sum(dim=1).tolist())]
+
+
+def text_length(default: int, tokenizer: Any) -> int:
+    """Tokens to pad a prompt to: the pipeline's default `max_sequence_length`, unless the checkpoint's
+    tokenizer declares a shorter `model_max_length` (a model trained on shorter text, like this
+    package's reference flow model at 16 tokens; every public T5 tokenizer declares 512, so public
+    checkpoints get the pipeline's default)."""
+    return default if tokenizer is None else min(default, int(tokenizer.model_max_length))
 
 
 class PipelineBackend(DiffusionBackend):
@@ -43,9 +83,10 @@ class PipelineBackend(DiffusionBackend):
         pipeline_class = getattr(diffusers, self.diffusers_class)
         self.pipe = pipeline_class.from_pretrained(source, torch_dtype=dtype, local_files_only=local_files_only,
                                                    cache_dir=cache_dir, **self.load_overrides())
-        for module in self.pipe.components.values():
+        for name, module in self.pipe.components.items():
             if isinstance(module, torch.nn.Module):
-                module.to(self.device).eval().requires_grad_(False)
+                # the denoiser joins the accelerator when scoring starts, after the text encoders left it
+                module.to("cpu" if name == self.denoiser_name else self.device).eval().requires_grad_(False)
                 if dtype == torch.float16 and type(module).__name__.startswith("T5"):
                     module.to(torch.bfloat16)  # T5 overflows in float16; its states are cast back per pass
         vae = getattr(self.pipe, "vae", None)
@@ -53,8 +94,11 @@ class PipelineBackend(DiffusionBackend):
             vae.to(torch.float32)  # the fp16 VAE of SDXL overflows: encode in float32
         self.denoiser = getattr(self.pipe, self.denoiser_name)
         self._denoiser = prepare_denoiser(self.denoiser, speed)
+        self.scoring = False  # the denoiser has been called: it is on the device, the text encoders are not
+        self.keep_text_encoders = False  # prompts came after scoring began: the encoders stay on the device
         self.resolution = int(self.settings.resolution or self.native_resolution())
         self.schedule = self.build_schedule()
+        self.timestep_dtype = self.scheduler_timestep_dtype()
         self.description = {
             "backend": self.family,
             "source": self.source,
@@ -98,21 +142,60 @@ class PipelineBackend(DiffusionBackend):
         """DDPM from the scheduler config's betas (any DDPM-type scheduler class), or flow
         matching from `FlowMatchEulerDiscreteScheduler`'s shift."""
         settings = settings or self.settings
+        if self.flow_matching and self.dpm_flow:  # DPM-Solver / UniPC in flow mode: `flow_shift`, no dynamic shift
+            config = self.pipe.scheduler.config
+            return FlowSchedule(config.num_train_timesteps, shift=config.get("flow_shift", 1.0) or 1.0,
+                                distribution=settings.sigma_distribution, logit_mean=settings.logit_normal_mean,
+                                logit_std=settings.logit_normal_std)
         if self.flow_matching:
             return FlowSchedule.from_scheduler(self.pipe.scheduler, settings, mu=self.flow_mu())
         from diffusers import DDPMScheduler
 
         return DiscreteSchedule.from_scheduler(DDPMScheduler.from_config(self.pipe.scheduler.config))
 
+    def scheduler_timestep_dtype(self) -> torch.dtype:
+        """The dtype of the checkpoint's sampling scheduler's timesteps (int64 for DDPM/DDIM/DPM-Solver,
+        float32 for Euler): a DDPM family passes its integer t to the denoiser in that dtype, as the
+        pipeline does (same values; a float32 t would otherwise differ from the pipeline's int64 one)."""
+        if self.flow_matching:
+            return torch.float64
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        scheduler.set_timesteps(2)
+        return scheduler.timesteps.dtype
+
     def flow_mu(self) -> Optional[float]:
         """The resolution-dependent shift of models with `use_dynamic_shifting` (FLUX)."""
         return None
+
+    def token_mu(self, image_tokens: int) -> float:
+        """mu of the pipelines' `calculate_shift`: linear in the image-token count between the
+        scheduler config's (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift)."""
+        config = self.pipe.scheduler.config
+        base_tokens, max_tokens = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+        base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+        slope = (max_shift - base_shift) / (max_tokens - base_tokens)
+        return float(image_tokens * slope + base_shift - slope * base_tokens)
 
     def noise_schedule(self, settings: ScorerSettings) -> NoiseSchedule:
         """A schedule for the scorer's own settings (its sigma distribution), not the load-time ones."""
         schedule = self.build_schedule(settings)
         schedule.check(settings)
         return schedule
+
+    @property
+    def dpm_flow(self) -> bool:
+        """The checkpoint samples with a multistep solver in flow mode (`use_flow_sigmas`: Sana's
+        DPM-Solver, HiDream-I1-Full's UniPC) rather than `FlowMatchEulerDiscreteScheduler`."""
+        return bool(self.pipe.scheduler.config.get("use_flow_sigmas", False))
+
+    def flow_timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The scheduler's timestep of a flow sigma, as its `set_timesteps` makes it (each pipeline
+        then casts or scales it): 1000 sigma in float32 (`FlowMatchEulerDiscreteScheduler`), or 1000
+        sigma computed in float64 and truncated to int64 (DPM-Solver / UniPC in flow mode)."""
+        steps = self.pipe.scheduler.config.num_train_timesteps
+        if self.dpm_flow:
+            return (sigma.to(torch.float64) * steps).to(torch.int64)
+        return sigma.to(torch.float32) * float(steps)
 
     # ---------------------------------------------------------------- images
     @torch.no_grad()
@@ -133,8 +216,48 @@ class PipelineBackend(DiffusionBackend):
         """Models with learned variance output [mean, variance] channels: score the mean only."""
         return output[:, :channels]
 
+    # ---------------------------------------------------------------- text encoders and memory
+    #: where text encoders go when scoring starts (CPU: they stay usable for a late prompt)
+    release_device: ClassVar[str] = "cpu"
+
+    def text_encoders(self) -> dict[str, torch.nn.Module]:
+        """The pipeline's text encoders by component name (`text_encoder`, `text_encoder_2`, ...)."""
+        return {name: module for name, module in self.pipe.components.items()
+                if name.startswith("text_encoder") and isinstance(module, torch.nn.Module)}
+
+    def encode_text(self, prompts: Sequence[str]) -> Encoded:
+        """Prompts -> conditioning rows on the CPU, with the text encoders on the device."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> Encoded:
+        """`encode_text`; a prompt that comes after scoring began (caption selection encodes per
+        batch) brings the text encoders back to the device, where they then stay."""
+        if self.scoring and not self.keep_text_encoders and self.text_encoders():
+            LOG.info("prompts encoded after scoring began: the text encoders return to %s and stay there", self.device)
+            for module in self.text_encoders().values():
+                module.to(self.device)
+            self.keep_text_encoders = True
+        return self.encode_text(prompts)
+
+    def start_scoring(self) -> None:
+        """Before the first denoiser call (every classification prompt is encoded by then): the text
+        encoders leave the device and the denoiser joins it, so the peak accelerator memory is the
+        denoiser, the VAE and the prompts' states, never the text encoders besides (FLUX.2 [dev]'s
+        is ~48 GB in bfloat16)."""
+        if not self.keep_text_encoders:
+            for module in self.text_encoders().values():
+                module.to(self.release_device)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self.denoiser.to(self.device)
+        self.scoring = True
+
     @torch.no_grad()
     def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
-        output = run_denoiser(self.denoise, x_t.to(self.device, self.dtype), timesteps.to(self.device),
+        if not self.scoring:
+            self.start_scoring()
+        timesteps = timesteps.to(self.device) if self.flow_matching else timesteps.to(self.device, self.timestep_dtype)
+        output = run_denoiser(self.denoise, x_t.to(self.device, self.dtype), timesteps,
                               conditioning.to(self.device, self.dtype), self.speed)
         return self.mean_channels(output, x_t.shape[1])

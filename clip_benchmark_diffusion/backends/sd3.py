@@ -7,7 +7,7 @@ import torch
 
 from ..settings import ScorerSettings
 from .base import Conditioning
-from .pipeline_backend import PipelineBackend
+from .pipeline_backend import PipelineBackend, text_length
 
 T5_PARTS = ("text_encoder_3", "tokenizer_3")
 
@@ -19,7 +19,8 @@ def _t5_absent(index: dict) -> bool:
 
 class StableDiffusion3Backend(PipelineBackend):
     """velocity (eps - x0) on latents (z - shift) * scale; network timestep = 1000 sigma; sigma
-    shifted by the scheduler's `shift` (3.0). `drop_t5` (or a folder saved without T5) leaves T5
+    shifted by the scheduler's `shift` (3.0), passed in float32 like the pipeline (not the
+    model's dtype: bfloat16 would round 1000 sigma by up to 2). `drop_t5` (or a folder saved without T5) leaves T5
     out: the pipeline then puts zeros in its place, which SD3 was trained to tolerate."""
 
     diffusers_class = "StableDiffusion3Pipeline"
@@ -49,18 +50,17 @@ class StableDiffusion3Backend(PipelineBackend):
 
     @property
     def max_sequence_length(self) -> int:
-        """The pipeline's default T5 length (256), or the tokenizer's own if shorter."""
-        tokenizer = self.pipe.tokenizer_3
-        return 256 if tokenizer is None else min(256, int(tokenizer.model_max_length))
+        """T5 tokens: the pipeline's default 256 (see `text_length`)."""
+        return text_length(256, self.pipe.tokenizer_3)
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
         states, _, pooled, _ = self.pipe.encode_prompt(list(prompts), None, None, device=self.device,
                                                        do_classifier_free_guidance=False,
                                                        max_sequence_length=self.max_sequence_length)
         return Conditioning(states=states.cpu(), pooled=pooled.cpu())
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, c: Conditioning) -> torch.Tensor:
-        timestep = (sigma * self.pipe.scheduler.config.num_train_timesteps).to(x.dtype)
+        timestep = self.flow_timestep(sigma)  # float32, as the pipeline passes it in any dtype
         return self._denoiser(hidden_states=x, timestep=timestep, encoder_hidden_states=c.states,
                               pooled_projections=c.pooled).sample

@@ -23,7 +23,7 @@ class StableDiffusionXLBackend(PipelineBackend):
         return {"add_watermarker": False}
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
         states, _, pooled, _ = self.pipe.encode_prompt(list(prompts), device=self.device,
                                                        do_classifier_free_guidance=False)
         size = (self.resolution, self.resolution)

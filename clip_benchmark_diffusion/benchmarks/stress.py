@@ -158,14 +158,36 @@ def run_regime(regime: Regime, images: int, draws: int = 1024, seed: int = 0,
     return {name: tally.row() for name, tally in tallies.items()}
 
 
+def record_bytes(regime: Regime, images: int, settings: ScorerSettings, draws: int = 1024, seed: int = 0) -> list[int]:
+    """Bytes of each image's record line (every evaluated per-draw error kept) under `settings`."""
+    import json
+
+    from ..records import image_record
+
+    names = [f"class {k}" for k in range(regime.candidates)]
+    return [len(json.dumps(image_record(image, replay(settings, torch.from_numpy(error_table(regime, image, draws,
+                                                                                            seed))), names)))
+            for image in range(images)]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--draws", type=int, default=1024, help="the full budget")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record_bytes", action="store_true",
+                        help="instead: bytes per image of a record line, under the default and the full budget")
     options = parser.parse_args(argv)
     started = time.perf_counter()
+    if options.record_bytes:
+        print("| regime | strategy | record bytes per image: median | max |\n|---|---|---|---|")
+        for name in options.regimes:
+            for label, settings in (("default", ScorerSettings(draws=options.draws)),
+                                    ("fixed", ScorerSettings(strategy="fixed", draws=options.draws))):
+                sizes = sorted(record_bytes(REGIMES[name], options.images, settings, options.draws, options.seed))
+                print(f"| {name} | {label} | {sizes[len(sizes) // 2]:,} | {sizes[-1]:,} |", flush=True)
+        return
     print("| regime | strategy | agree (all) | agree (clear, n) | accuracy / full budget | calls | share of C&J |")
     print("|---|---|---|---|---|---|---|")
     for name in options.regimes:

@@ -8,7 +8,6 @@ next to its recognition controls.
 """
 from __future__ import annotations
 
-import io
 import math
 import os
 import tarfile
@@ -18,13 +17,13 @@ from typing import Callable, Optional, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
-_COPIED_EXTENSIONS = ("png", "jpg", "jpeg", "webp")  # what clip_benchmark's wds reader decodes
+from ..datasets import image_bytes, tar_add
+
 #: `clip_benchmark eval` reads wds folders with 4 DataLoader workers by default and webdataset
 #: fails on a worker without a shard: write at least 4 shards (when there are 4 samples), and
 #: more for larger sets so that more workers can be used (at most `nshards.txt` workers)
 MIN_SHARDS = 4
 SHARD_SIZE = 1000
-_TAR_MTIME = 0  # fixed member timestamps -> identical tar files for identical input
 
 
 @dataclass(frozen=True)
@@ -53,24 +52,6 @@ class CaptionSelectionDataset(Dataset):
         return (self.transform(image) if self.transform else image), list(sample.captions)
 
 
-def _image_entry(path: str) -> tuple[str, bytes]:
-    """(extension, bytes): files clip_benchmark can decode are copied, anything else becomes PNG."""
-    extension = os.path.splitext(path)[1].lstrip(".").lower()
-    if extension in _COPIED_EXTENSIONS:
-        with open(path, "rb") as handle:
-            return extension.replace("jpeg", "jpg"), handle.read()
-    buffer = io.BytesIO()
-    with Image.open(path) as opened:
-        opened.convert("RGB").save(buffer, format="PNG")
-    return "png", buffer.getvalue()
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime = len(data), _TAR_MTIME
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_caption_selection_wds(samples: Sequence[CaptionSample], out_dir: str, split: str = "test") -> str:
     """Write `samples` as a clip_benchmark `wds/` retrieval folder; returns `out_dir`.
 
@@ -89,9 +70,9 @@ def write_caption_selection_wds(samples: Sequence[CaptionSample], out_dir: str, 
         start, stop = shard * len(samples) // shards, (shard + 1) * len(samples) // shards
         with tarfile.open(os.path.join(split_dir, f"{shard}.tar"), "w", format=tarfile.USTAR_FORMAT) as tar:
             for index in range(start, stop):
-                extension, data = _image_entry(samples[index].image)
-                _add_member(tar, f"{index:08d}.{extension}", data)
-                _add_member(tar, f"{index:08d}.txt", "\n".join(samples[index].captions).encode("utf-8"))
+                extension, data = image_bytes(samples[index].image)
+                tar_add(tar, f"{index:08d}.{extension}", data)
+                tar_add(tar, f"{index:08d}.txt", "\n".join(samples[index].captions).encode("utf-8"))
     with open(os.path.join(split_dir, "nshards.txt"), "w", encoding="utf-8") as handle:
         handle.write(f"{shards}\n")
     with open(os.path.join(out_dir, "dataset_type.txt"), "w", encoding="utf-8") as handle:

@@ -242,7 +242,8 @@ def test_an_unknown_dataset_is_one_line(tiny_epsilon_pipeline, tmp_path, capsys,
     args = eval_args(tiny_epsilon_pipeline, str(tmp_path))
     args[args.index("wds/animals")] = "no_such_dataset"
     code, err = run_in_process(args, tmp_path, capsys, monkeypatch)
-    assert "Unsupported dataset: no_such_dataset" in one_error_line(code, err)
+    # caught before the model loads (the late check after clip_benchmark's own error stays as a fallback)
+    assert "--dataset no_such_dataset: clip_benchmark has no such dataset" in one_error_line(code, err)
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_images_written(tiny_epsilon_pipeline, tiny_wds, tmp_path, capsys,

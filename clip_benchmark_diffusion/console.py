@@ -167,13 +167,10 @@ def group_help(parser: argparse.ArgumentParser) -> str:
     return formatter.format_help()
 
 
-def flags_table(parser: Optional[argparse.ArgumentParser] = None) -> str:
+def flags_table(parser: argparse.ArgumentParser) -> str:
     """The `--diffusion_*` flags as a markdown table (flag, default, what it does), from the parser's
-    own declarations: the README's flags table is this text, and a test keeps the two equal."""
-    if parser is None:
-        from .registration import diffusion_argument_parser
-
-        parser = diffusion_argument_parser()
+    own declarations (`registration.diffusion_argument_parser()`): the README's flags table is this text,
+    and a test keeps the two equal."""
     rows = ["| flag | default | what it does |", "|---|---|---|"]
     for action in parser._actions:
         if not action.option_strings or action.help == argparse.SUPPRESS:

@@ -34,11 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 #: arrows that break the rules today, each with why it is still there; any other fails the test
-KNOWN_ARROWS: dict[tuple[str, str], str] = {
-    ("console", "registration"):
-        "console.flags_table() defaults to the CLI's parser, which registration builds (it imports console): "
-        "goes when the flags move out of registration (issue 22 item 1, integration/flags.py)",
-}
+KNOWN_ARROWS: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:

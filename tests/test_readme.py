@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from clip_benchmark_diffusion.console import flags_table
+from clip_benchmark_diffusion.registration import diffusion_argument_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +18,8 @@ def readme() -> str:
 def test_the_flags_table_is_generated_from_the_flags_declarations():
     section = re.search(r"<!-- flags:start -->\n(.*?)\n<!-- flags:end -->", readme(), re.S)
     assert section, "README.md has no flags section"
-    assert section.group(1) == flags_table(), "README flags table is stale: regenerate it with console.flags_table()"
+    assert section.group(1) == flags_table(diffusion_argument_parser()), \
+        "README flags table is stale: regenerate it with console.flags_table(diffusion_argument_parser())"
     assert "`--diffusion_delta DELTA` | `0.01`" in section.group(1)  # a row as a reader sees it
 
 

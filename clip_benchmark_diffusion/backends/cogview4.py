@@ -21,6 +21,7 @@ class CogView4Backend(PipelineBackend):
 
     diffusers_class = "CogView4Pipeline"
     family = "cogview4"
+    uses_vae_shift = False  # the pipeline only scales its latents
     flow_matching = True
     parts = ("vae", "text_encoder", "tokenizer", "transformer", "scheduler")
     #: text tokens the pipeline keeps at most (its `max_sequence_length`)
@@ -37,12 +38,6 @@ class CogView4Backend(PipelineBackend):
         tokens = (self.resolution // self.vae_scale_factor) ** 2 // self.denoiser.config.patch_size ** 2
         return float(calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("base_shift", 0.25),
                                      config.get("max_shift", 0.75)))
-
-    @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        z = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mean.to(torch.float32)
-        return z * float(vae.config.scaling_factor)
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> Conditioning:

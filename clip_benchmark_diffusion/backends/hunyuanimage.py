@@ -20,6 +20,7 @@ class HunyuanImageBackend(PipelineBackend):
 
     diffusers_class = "HunyuanImagePipeline"
     family = "hunyuan-image"
+    uses_vae_shift = False  # the pipeline only scales its latents
     flow_matching = True
     parts = ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer", "scheduler")
 
@@ -37,12 +38,6 @@ class HunyuanImageBackend(PipelineBackend):
         config = self.denoiser.config
         return {"guidance": self.settings.guidance if config.guidance_embeds else None,
                 "meanflow": bool(config.use_meanflow)}
-
-    @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        z = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mean.to(torch.float32)
-        return z * float(vae.config.scaling_factor)
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str]) -> Conditioning:

@@ -198,13 +198,16 @@ class PipelineBackend(DiffusionBackend):
         return sigma.to(torch.float32) * float(steps)
 
     # ---------------------------------------------------------------- images
+    #: whether the pipeline subtracts the VAE's `shift_factor` (CogView4 and HunyuanImage only scale)
+    uses_vae_shift: ClassVar[bool] = True
+
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """VAE posterior mean (not a sample), shifted and scaled as the pipeline's decoder expects."""
         vae = self.pipe.vae
         posterior = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist
         latents = posterior.mean.to(torch.float32)
-        shift = vae.config.get("shift_factor", None) or 0.0
+        shift = (vae.config.get("shift_factor", None) or 0.0) if self.uses_vae_shift else 0.0
         return (latents - shift) * float(vae.config.scaling_factor)
 
     # ---------------------------------------------------------------- the denoiser

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import torch
 
 from .errors import MissingErrors  # noqa: F401 (re-exported: its old home)
+from .safety import table_draws
 from .scorer import ImageScores, image_scores
 from .settings import ScorerSettings
 from .strategies import ImageState, make_strategy, within_cap
@@ -30,7 +31,8 @@ def replay(settings: ScorerSettings, per_draw: torch.Tensor, *, timesteps: Optio
     candidates (the others are never scored)."""
     strategy = make_strategy(settings)
     candidates = per_draw.shape[0]
-    state = ImageState(candidates, strategy.max_draws())
+    max_draws = table_draws(strategy.max_draws(), settings.max_calls, calls_per_prediction)  # as the scorer sizes it
+    state = ImageState(candidates, max_draws)
     if shortlist is not None:
         state.restrict(list(shortlist))
     rows = torch.ones(candidates, dtype=torch.int64) if rows_per_candidate is None else \
@@ -51,14 +53,12 @@ def replay(settings: ScorerSettings, per_draw: torch.Tensor, *, timesteps: Optio
             raise MissingErrors(f"the strategy needs draws {start}..{target - 1} of {len(active)} candidates; the "
                                 f"table has {table.shape[1]} draws and not all of those")
         state.per_draw[active, start:target] = block
-        state.draws_done, state.round = target, state.round + 1
+        state.advance(target)
         calls += per_draw_calls * (target - start)
-        strategy.after_round(state)
-        state.survivors_per_round.append(int(state.active.sum()))
+        strategy.finish_round(state)
     if timesteps is None:
-        timesteps = torch.zeros(strategy.max_draws(), dtype=torch.int64)
-    return image_scores(image_key, state, timesteps, calls,
-                        (start_calls * first_target, start_calls * strategy.max_draws()))
+        timesteps = torch.zeros(max_draws, dtype=torch.int64)
+    return image_scores(image_key, state, timesteps, calls, (start_calls * first_target, start_calls * max_draws))
 
 
 def replay_record(path: str, changes: Optional[dict] = None) -> dict:

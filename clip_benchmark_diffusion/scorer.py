@@ -361,8 +361,7 @@ class DiffusionScorer:
                     self._check_finite(image_errors, i, image_keys[i], blocks[i], groups, candidates)
                     self._record_round(states[i], groups, blocks[i], image_errors)
                     calls[i] += blocks[i].size * self.backend.calls_per_prediction
-                    strategy.after_round(states[i])
-                    states[i].survivors_per_round.append(int(states[i].active.sum()))
+                    strategy.finish_round(states[i])
                     plan(i)
         return results
 
@@ -504,7 +503,7 @@ class DiffusionScorer:
         members = [[position[g] for g in groups[c]] for c in active.tolist()]
         width = max((len(m) for m in members), default=0)
         zero = len(block.conditionings)  # a column of zeros pads candidates with fewer templates
-        state.draws_done, state.round = block.target, state.round + 1
+        state.advance(block.target)
         if not members:
             return
         index = torch.tensor([m + [zero] * (width - len(m)) for m in members], dtype=torch.int64)

@@ -6,8 +6,8 @@ share the same draw indices, so every comparison between survivors is paired.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import math
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -41,6 +41,10 @@ class ImageState:
         self.active = torch.ones(self.num_candidates, dtype=torch.bool)
         self.dropped_round = [None] * self.num_candidates
         self.dropped_estimate = [None] * self.num_candidates
+
+    def advance(self, target: int) -> None:
+        """A round brought the open candidates to `target` draws (their errors are in `per_draw`)."""
+        self.draws_done, self.round = target, self.round + 1
 
     def means(self) -> torch.Tensor:
         """Mean error of each candidate over the draws it received."""
@@ -82,6 +86,12 @@ class Strategy:
 
     def after_round(self, state: ImageState) -> None:
         pass
+
+    def finish_round(self, state: ImageState) -> None:
+        """After a round's errors are in: drop by the strategy's rule and note the survivors (the
+        scorer and `replay` close rounds alike)."""
+        self.after_round(state)
+        state.survivors_per_round.append(int(state.active.sum()))
 
 
 class FixedBudget(Strategy):
@@ -158,17 +168,17 @@ class GuaranteedElimination(Strategy):
     returned as one of its statistically tied answers.
     """
 
+    def __init__(self, settings: ScorerSettings) -> None:
+        super().__init__(settings)
+        self.looks = look_schedule(settings.min_draws, settings.look_growth, settings.draws)
+
     def max_draws(self) -> int:
         return self.settings.draws
-
-    def _looks(self) -> list[int]:
-        return look_schedule(self.settings.min_draws, self.settings.look_growth, self.settings.draws)
 
     def next_round(self, state: ImageState) -> Optional[int]:
         if int(state.active.sum()) <= 1 or state.draws_done >= self.settings.draws or state.tied:
             return None
-        later = [n for n in self._looks() if n > state.draws_done]
-        return later[0] if later else None
+        return next((n for n in self.looks if n > state.draws_done), None)
 
     def after_round(self, state: ImageState) -> None:
         n, total = state.draws_done, self.settings.draws
@@ -181,7 +191,7 @@ class GuaranteedElimination(Strategy):
         differences = state.per_draw[others, :n] - state.per_draw[best, :n]
         mean = differences.mean(dim=1)
         spread = differences.std(dim=1, unbiased=True)
-        level = self.settings.delta / (max(state.tested_candidates - 1, 1) * len(self._looks()))
+        level = self.settings.delta / (max(state.tested_candidates - 1, 1) * len(self.looks))
         q = float(stats.t.isf(level, df=n - 1))
         finite_population = math.sqrt((total - n) / (total - 1)) if total > 1 else 0.0
         margin = q * spread / math.sqrt(n) * finite_population

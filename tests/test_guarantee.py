@@ -74,6 +74,7 @@ def test_replaying_the_scores_reproduces_predictions_and_calls_exactly(settings)
         again = replay(settings, scores.per_draw, rows_per_candidate=rows)
         assert (again.prediction, again.calls, again.ranking) == (scores.prediction, scores.calls, scores.ranking)
         assert again.draws.tolist() == scores.draws.tolist() and again.capped == scores.capped
+        assert again.confidence == scores.confidence and again.survivors_per_round == scores.survivors_per_round
         # the record's compact encoding keeps every evaluated error exactly
         line = {"draws": scores.draws.tolist(), "per_draw_f64": encode_per_draw(scores.per_draw, scores.draws)}
         decoded = per_draw_errors(line)

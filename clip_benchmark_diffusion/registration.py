@@ -304,6 +304,15 @@ def _dataset_name(args: argparse.Namespace) -> str:
     return args.dataset.replace("wds/", "", 1) if args.dataset.startswith("wds/") else args.dataset
 
 
+def _wds_root(args: argparse.Namespace) -> Optional[str]:
+    """A local `wds/` dataset's folder, `--dataset_root` filled in as clip_benchmark fills it; None
+    for other datasets."""
+    if not str(getattr(args, "dataset", "")).startswith("wds/"):
+        return None
+    name = _dataset_name(args)
+    return args.dataset_root.format(dataset=name, dataset_cleaned=name.replace("/", "-"))
+
+
 def _output_path(args: argparse.Namespace, task: str) -> str:
     """clip_benchmark's own output name, with a file-safe `{pretrained}`."""
     dataset_name = _dataset_name(args)
@@ -341,18 +350,18 @@ def _check_diffusion_run(args: argparse.Namespace) -> str:
     if classes:  # the per-draw tables of one clip_benchmark batch, before the model loads
         from .safety import check_table_memory, table_draws
 
-        check_table_memory(args.batch_size, classes, table_draws(settings.draws if settings.strategy != "schedule"
-                                                                 else settings.schedule_draws[-1], settings.max_calls))
+        from .strategies import make_strategy
+
+        check_table_memory(args.batch_size, classes, table_draws(make_strategy(settings).max_draws(),
+                                                                 settings.max_calls))
     return task
 
 
 def _class_count(args: argparse.Namespace) -> Optional[int]:
     """The number of classes, when it can be read without building the dataset (a custom classname
     file, or a local wds/ dataset's classnames.txt); None otherwise."""
-    path = getattr(args, "custom_classname_file", None)
-    if not path and args.dataset.startswith("wds/"):
-        name = _dataset_name(args)
-        root = args.dataset_root.format(dataset=name, dataset_cleaned=name.replace("/", "-"))
+    path, root = getattr(args, "custom_classname_file", None), _wds_root(args)
+    if not path and root:
         path = os.path.join(root, "classnames.txt")
     try:
         with open(path, encoding="utf-8") as handle:
@@ -631,10 +640,9 @@ def _fit_workers_to_shards(args: argparse.Namespace) -> None:
     shard instead (the results are the same)."""
     from .datasets import wds_shard_count
 
-    if not str(getattr(args, "dataset", "")).startswith("wds/") or getattr(args, "num_workers", 0) <= 1:
+    root = _wds_root(args)
+    if root is None or getattr(args, "num_workers", 0) <= 1:
         return
-    name = args.dataset.replace("wds/", "", 1)
-    root = args.dataset_root.format(dataset=name, dataset_cleaned=name.replace("/", "-"))
     shards = wds_shard_count(root, args.split)
     if shards and shards < args.num_workers:
         args.num_workers = shards
@@ -645,11 +653,8 @@ def _expected_images(args: argparse.Namespace, limit: int) -> Optional[int]:
     progress bar's total and time left; None if unknown."""
     from .datasets import wds_sample_count
 
-    count = None
-    if args.dataset.startswith("wds/"):
-        name = args.dataset.replace("wds/", "", 1)
-        count = wds_sample_count(args.dataset_root.format(dataset=name, dataset_cleaned=name.replace("/", "-")),
-                                 args.split)
+    root = _wds_root(args)
+    count = wds_sample_count(root, args.split) if root is not None else None
     if limit:
         count = min(count, limit) if count is not None else limit
     return count

@@ -30,10 +30,6 @@ class Flux2Backend(PipelineBackend):
         return int(self.pipe.default_sample_size) * self.vae_scale_factor
 
     @property
-    def vae_scale_factor(self) -> int:
-        return int(self.pipe.vae_scale_factor)
-
-    @property
     def default_steps(self) -> int:
         """The pipeline's default step count: its empirical mu depends on it."""
         return int(inspect.signature(self.pipe.__call__).parameters["num_inference_steps"].default)

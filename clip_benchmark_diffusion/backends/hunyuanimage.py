@@ -27,10 +27,6 @@ class HunyuanImageBackend(PipelineBackend):
     def load_overrides(self) -> dict:
         return {"guider": None, "ocr_guider": None}  # guidance schedules of sampling, not used to score
 
-    @property
-    def vae_scale_factor(self) -> int:
-        return int(self.pipe.vae_scale_factor)
-
     def native_resolution(self) -> int:
         return int(self.pipe.default_sample_size) * self.vae_scale_factor
 

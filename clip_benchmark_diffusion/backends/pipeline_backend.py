@@ -127,8 +127,10 @@ class PipelineBackend(DiffusionBackend):
 
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent cell."""
-        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+        """Pixels per latent cell: the pipeline's own figure when it has one (newer VAEs describe their
+        downsampling differently), else the classic VAE's 2^(blocks - 1)."""
+        factor = getattr(self.pipe, "vae_scale_factor", None)
+        return int(factor) if factor else 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
 
     @classmethod
     def auto_dtype(cls, device: torch.device) -> torch.dtype:

@@ -35,10 +35,6 @@ class QwenImageBackend(PipelineBackend):
     def native_resolution(self) -> int:
         return int(self.pipe.default_sample_size) * self.vae_scale_factor
 
-    @property
-    def vae_scale_factor(self) -> int:
-        return int(self.pipe.vae_scale_factor)
-
     def flow_mu(self) -> Optional[float]:
         return self.token_mu((self.resolution // self.vae_scale_factor // 2) ** 2)
 

@@ -24,10 +24,6 @@ class SanaBackend(PipelineBackend):
     #: text tokens the pipeline keeps (its `max_sequence_length`)
     max_sequence_length = 300
 
-    @property
-    def vae_scale_factor(self) -> int:
-        return int(self.pipe.vae_scale_factor)
-
     def native_resolution(self) -> int:
         return int(self.denoiser.config.sample_size) * self.vae_scale_factor
 

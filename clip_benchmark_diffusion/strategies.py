@@ -33,7 +33,7 @@ class ImageState:
     capped: bool = False
     #: candidates open at the guaranteed rule's first look (its multiplicity correction)
     tested_candidates: Optional[int] = None
-    #: the guaranteed rule showed the full budget cannot be clear: the leader is a tied answer
+    #: the guaranteed rule showed no open candidate can beat the leader clearly: the leader is the answer
     tied: bool = False
 
     def __post_init__(self) -> None:
@@ -163,9 +163,13 @@ class GuaranteedElimination(Strategy):
     (n = N) exact. Each pair uses its own variance (no pooling across candidates), so heavy tails
     and timestep-dependent variance only enter through the t statistic's normal approximation.
 
-    A second stop: when every open pair's full-budget difference is bounded (same confidence)
-    within 3 full-budget standard errors, the full budget cannot be clear, and the leader is
-    returned as one of its statistically tied answers.
+    A second stop, from the same bounds: the image is decided for the leader b when no open k can
+    be a *clear* full-budget winner over it, i.e. when every k's bound says it is not ahead of b by
+    3 full-budget standard errors: `mean - q * sd / sqrt(n) * fpc > -3 * sd_k / sqrt(N)`. sd_k is
+    the smallest paired spread of k with any other candidate (the runner-up is one of them), taken
+    at its lower confidence bound, so the margin stays below k's real clear gap. If the image is
+    clear, its winner w is open and cannot pass this test against another leader; so the stop
+    returns w, or on an unclear image a candidate within 3 standard errors of w.
     """
 
     def __init__(self, settings: ScorerSettings) -> None:
@@ -195,12 +199,46 @@ class GuaranteedElimination(Strategy):
         q = float(stats.t.isf(level, df=n - 1))
         finite_population = math.sqrt((total - n) / (total - 1)) if total > 1 else 0.0
         margin = q * spread / math.sqrt(n) * finite_population
-        drop = mean - margin > 0
+        lower = mean - margin  # bound on each full-budget difference to the leader
+        drop = lower > 0
         state.drop(others[drop])
         kept = ~drop
         if n < total and bool(kept.any()):
-            clear_gap = 3.0 * spread[kept] / math.sqrt(total)  # a full-budget "clear" margin, estimated
-            state.tied = bool(((mean[kept].abs() + margin[kept]) <= clear_gap).all())
+            state.tied = self._no_clear_winner_over_leader(state, others[kept], lower[kept], spread[kept])
+
+    def _no_clear_winner_over_leader(self, state: ImageState, candidates: torch.Tensor, lower: torch.Tensor,
+                                     spread_to_leader: torch.Tensor) -> bool:
+        """True when no open candidate's bound leaves room for it to beat the leader clearly (by
+        3 full-budget standard errors of its pair with the runner-up, whoever that is)."""
+        root_total = math.sqrt(self.settings.draws)
+        if not bool((lower > -3.0 * spread_to_leader / root_total).all()):  # cheap necessary check
+            return False
+        n = state.draws_done
+        smallest = smallest_paired_spread(state.per_draw, candidates, n)
+        shrink = math.sqrt((n - 1) / float(stats.chi2.isf(self.settings.delta, n - 1)))
+        return bool((lower > -3.0 * smallest * shrink / root_total).all())
+
+
+def smallest_paired_spread(per_draw: torch.Tensor, candidates: torch.Tensor, most: int) -> torch.Tensor:
+    """For each of `candidates`: the smallest standard deviation of its paired differences with
+    any other candidate, over their common evaluated draws (at most `most`). A dropped candidate
+    counts with the draws it got; one with fewer than two draws does not count."""
+    evaluated = torch.clamp((~torch.isnan(per_draw)).sum(dim=1), max=most)
+    smallest = torch.full((len(candidates),), float("inf"), dtype=per_draw.dtype)
+    for length in sorted(set(evaluated.tolist())):
+        if length < 2:
+            continue
+        others = torch.nonzero(evaluated == length).flatten()
+        chunk = max(1, _PAIRS_PER_CHUNK // (len(others) * length))  # bounded memory with thousands of classes
+        for start in range(0, len(candidates), chunk):
+            rows = candidates[start:start + chunk]
+            spread = (per_draw[rows, None, :length] - per_draw[None, others, :length]).std(dim=2, unbiased=True)
+            spread[rows[:, None] == others[None, :]] = float("inf")
+            smallest[start:start + chunk] = torch.minimum(smallest[start:start + chunk], spread.min(dim=1).values)
+    return smallest
+
+
+_PAIRS_PER_CHUNK = 1 << 22  # paired differences held at once by `smallest_paired_spread` (32 MB)
 
 
 def _pooled_standard_error(errors: torch.Tensor) -> tuple[torch.Tensor, int]:

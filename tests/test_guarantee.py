@@ -10,7 +10,7 @@ from clip_benchmark_diffusion.records import encode_per_draw, per_draw_errors
 from clip_benchmark_diffusion.replay import MissingErrors, replay, replay_record
 from clip_benchmark_diffusion.scorer import DiffusionScorer
 from clip_benchmark_diffusion.settings import ScorerSettings
-from clip_benchmark_diffusion.strategies import look_schedule
+from clip_benchmark_diffusion.strategies import GuaranteedElimination, look_schedule, smallest_paired_spread
 from fake_backend import FakeBackend
 from presets import paper_ttest
 
@@ -52,6 +52,59 @@ def test_the_last_look_is_exact():
     assert scores.prediction == winner and scores.calls == 10 * 64
 
 
+def two_finalists(gap_in_standard_errors: float, draws: int = 1024, seed: int = 0) -> torch.Tensor:
+    """Errors of two candidates (plus a far-off third) whose full-budget gap is exactly the given
+    number of standard errors of their paired difference; candidate 0 leads."""
+    generator = torch.Generator().manual_seed(seed)
+    shared = 10 * torch.randn(draws, generator=generator, dtype=torch.float64)
+    residual = torch.randn(3, draws, generator=generator, dtype=torch.float64)
+    residual -= residual.mean(dim=1, keepdim=True)
+    difference = residual[1] - residual[0]
+    gap = gap_in_standard_errors * float(difference.std()) / draws ** 0.5
+    return shared + residual + torch.tensor([0.0, gap, 50.0], dtype=torch.float64)[:, None]
+
+
+@pytest.mark.parametrize("gap", [1.0, 2.0, 5.0])
+def test_the_leader_is_returned_once_nobody_can_beat_it_clearly(gap, monkeypatch):
+    """The second stop: decided before the full budget when no open rival can be a clear winner
+    over the leader, whether the finalists are tied (1, 2 SE) or the leader is clearly ahead (5 SE)."""
+    table = two_finalists(gap)
+    assert full_budget(table.numpy())[0] == 0
+    scores = replay(ScorerSettings(draws=1024), table)
+    assert scores.prediction == 0
+    assert int(scores.draws[0]) < 1024  # it stopped early
+    # without the stop, strict elimination spends at least half as much again
+    monkeypatch.setattr(GuaranteedElimination, "_no_clear_winner_over_leader", lambda *args: False)
+    strict_only = replay(ScorerSettings(draws=1024), table)
+    assert strict_only.prediction == 0 and strict_only.calls > 1.5 * scores.calls
+
+
+def test_a_clear_rival_keeps_the_image_open():
+    """Leader 0 by the first draws, but candidate 1 wins the full budget clearly: the rule does not
+    stop on the leader; it returns the full budget's winner."""
+    table = two_finalists(-6.0, seed=3)  # negative gap: candidate 1 is the winner
+    assert full_budget(table.numpy()) == (1, True)
+    scores = replay(ScorerSettings(draws=1024), table)
+    assert scores.prediction == 1
+
+
+def test_smallest_paired_spread_is_the_minimum_over_every_other_candidate():
+    generator = torch.Generator().manual_seed(1)
+    table = torch.randn(5, 40, generator=generator, dtype=torch.float64) * torch.arange(1, 6)[:, None]
+    table[3, 20:] = float("nan")  # dropped after 20 draws
+    table[4, 1:] = float("nan")  # one draw: no spread, ignored
+    candidates = torch.tensor([0, 2])
+    expected = []
+    for c in candidates.tolist():
+        spreads = []
+        for j in range(5):
+            length = min(int((~torch.isnan(table[j])).sum()), 30)
+            if j != c and length >= 2:
+                spreads.append(float((table[c, :length] - table[j, :length]).std()))
+        expected.append(min(spreads))
+    assert torch.allclose(smallest_paired_spread(table, candidates, 30), torch.tensor(expected, dtype=torch.float64))
+
+
 def pixels(n, seed=0, size=8):
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -83,8 +136,9 @@ def test_replaying_the_scores_reproduces_predictions_and_calls_exactly(settings)
 
 
 def test_replay_refuses_to_invent_errors_the_run_never_evaluated():
-    backend = FakeBackend(spread=0.05)
+    backend = FakeBackend(spread=0.5)
     scores = DiffusionScorer(backend, ScorerSettings(draws=32)).score(pixels(1), CANDIDATES)[0]
+    assert bool(torch.isnan(scores.per_draw).any())  # the run left some errors unevaluated
     with pytest.raises(MissingErrors):
         replay(ScorerSettings(strategy="fixed", draws=32), scores.per_draw)
 

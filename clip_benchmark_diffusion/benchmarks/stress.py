@@ -63,10 +63,15 @@ REGIMES = {r.name: r for r in [
 
 def error_table(regime: Regime, image: int, draws: int, seed: int = 0) -> np.ndarray:
     """(candidates, draws) per-draw errors of one synthetic image; class 0 is the true class."""
+    return synthetic_image(regime, image, draws, seed)[0]
+
+
+def synthetic_image(regime: Regime, image: int, draws: int, seed: int = 0) -> tuple[np.ndarray, bool]:
+    """`error_table`'s table, and whether the image is a hard one."""
     rng = np.random.default_rng([seed, image, regime.candidates, int(regime.hard_share * 100)])
     k = regime.candidates
     u = np.remainder(van_der_corput(torch.arange(draws)).numpy() + rng.random(), 1.0)
-    hard = rng.random() < regime.hard_share
+    hard = bool(rng.random() < regime.hard_share)
     mu = 0.3 * (2.0 + rng.standard_normal(k)) if hard else 3.0 + rng.exponential(6.0, k)
     mu[0] = 0.0
     if regime.synonyms:
@@ -78,7 +83,7 @@ def error_table(regime: Regime, image: int, draws: int, seed: int = 0) -> np.nda
         residual = rng.standard_normal((k, draws))
     sigma = (0.2 + 1.6 * u ** 2) / math.sqrt(0.765) if regime.timestep_variance else np.ones(draws)
     shared = regime.shared_scale * (0.5 + u) * rng.standard_normal(draws)
-    return shared[None, :] + mu[:, None] + sigma[None, :] * scale * residual
+    return shared[None, :] + mu[:, None] + sigma[None, :] * scale * residual, hard
 
 
 def full_budget(table: np.ndarray) -> tuple[int, bool]:
@@ -124,12 +129,16 @@ class Tally:
     correct: int = 0
     correct_full: int = 0
     calls: float = 0.0
+    hard: int = 0
+    calls_hard: float = 0.0
 
     def row(self) -> dict:
         n = max(self.images, 1)
         return {"images": self.images, "agreement": self.agree / n, "clear": self.clear,
                 "agreement_clear": self.agree_clear / max(self.clear, 1), "disagree_clear": self.clear - self.agree_clear,
-                "accuracy": self.correct / n, "accuracy_full": self.correct_full / n, "calls": self.calls / n}
+                "accuracy": self.correct / n, "accuracy_full": self.correct_full / n, "calls": self.calls / n,
+                "calls_easy": (self.calls - self.calls_hard) / max(self.images - self.hard, 1),
+                "calls_hard": self.calls_hard / max(self.hard, 1)}
 
 
 def run_regime(regime: Regime, images: int, draws: int = 1024, seed: int = 0,
@@ -140,7 +149,7 @@ def run_regime(regime: Regime, images: int, draws: int = 1024, seed: int = 0,
     configurations = configurations or strategies(regime.candidates, draws)
     tallies = {name: Tally() for name in configurations}
     for image in range(images):
-        table = error_table(regime, image, draws, seed)
+        table, hard = synthetic_image(regime, image, draws, seed)
         winner, clear = full_budget(table)
         errors = torch.from_numpy(table)
         for name, settings in configurations.items():
@@ -153,6 +162,8 @@ def run_regime(regime: Regime, images: int, draws: int = 1024, seed: int = 0,
             tally.correct += scores.prediction == 0
             tally.correct_full += winner == 0
             tally.calls += scores.calls
+            tally.hard += hard
+            tally.calls_hard += scores.calls if hard else 0
         if progress:
             progress(image)
     return {name: tally.row() for name, tally in tallies.items()}
@@ -188,15 +199,16 @@ def main(argv: Optional[list[str]] = None) -> None:
                 sizes = sorted(record_bytes(REGIMES[name], options.images, settings, options.draws, options.seed))
                 print(f"| {name} | {label} | {sizes[len(sizes) // 2]:,} | {sizes[-1]:,} |", flush=True)
         return
-    print("| regime | strategy | agree (all) | agree (clear, n) | accuracy / full budget | calls | share of C&J |")
-    print("|---|---|---|---|---|---|---|")
+    print("| regime | strategy | agree (all) | agree (clear, n) | accuracy / full budget | calls | share of C&J | "
+          "calls: easy / hard images |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in options.regimes:
         rows = run_regime(REGIMES[name], options.images, options.draws, options.seed)
         reference = rows["Clark & Jaini t-test"]["calls"]
         for strategy, row in rows.items():
             print(f"| {name} | {strategy} | {row['agreement']:.0%} | {row['agreement_clear']:.1%} ({row['clear']}) | "
                   f"{row['accuracy']:.0%} / {row['accuracy_full']:.0%} | {row['calls']:,.0f} | "
-                  f"{row['calls'] / reference:.2f} |", flush=True)
+                  f"{row['calls'] / reference:.2f} | {row['calls_easy']:,.0f} / {row['calls_hard']:,.0f} |", flush=True)
     print(f"\n{options.images} images per regime, full budget {options.draws} draws; "
           f"{time.perf_counter() - started:.0f} s")
 

@@ -15,8 +15,7 @@ from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 
-from .backends.base import (Conditioning, DiffusionBackend, Encoded, mean_rows, row_bytes, rows_to_device, split_rows,
-                            stack_rows, take_rows)
+from .backends.base import Conditioning, DiffusionBackend
 from .devices import to_device
 from .draws import draw_noise, draw_timesteps, image_key_from_pixels, mix_seed, timestep_range_problem
 from .errors import NonFiniteError, UnsupportedSettings
@@ -93,7 +92,8 @@ class DeviceTable:
 
     def __init__(self, keys: torch.Tensor, rows: list, device: torch.device) -> None:
         self.keys, self.device = keys, device
-        self.table = rows_to_device(stack_rows(rows, pin_memory=device.type == "cuda"), device)
+        self.table = Conditioning.stack(rows, pin_memory=device.type == "cuda").map(
+            lambda values: rows_to_device(values, device))
 
     def positions(self, keys: torch.Tensor) -> torch.Tensor:
         """Where the rows of `keys` are in the table."""
@@ -110,16 +110,23 @@ class RowGather:
         self.capacity = capacity
         self.buffers: dict[str, tuple[tuple, torch.Tensor]] = {}  # name -> (row shape, dtype, device), buffer
 
-    def __call__(self, name: str, table: Encoded, index: torch.Tensor) -> Encoded:
+    def __call__(self, name: str, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Rows `index` (CPU) of `table`: the table itself when `index` is 0, 1, ..., len - 1."""
+        return self.fields(name, {"": table}, index)[""]
+
+    def conditioning(self, name: str, table: Conditioning, index: torch.Tensor) -> Conditioning:
+        """Rows `index` (CPU) of every field of a conditioning table."""
+        return Conditioning(**self.fields(name, table.fields(), index))
+
+    def fields(self, name: str, fields: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows `index` of tables with as many rows each, into this name's buffers."""
         rows = index.shape[0]
-        fields = table.fields() if isinstance(table, Conditioning) else {"": table}
         first = next(iter(fields.values()))
         if rows == first.shape[0] and bool((index == torch.arange(rows)).all()):
-            return table
-        out = {field: self.buffer(f"{name}.{field}", value, rows) for field, value in fields.items()}
+            return fields
         index = to_device(index, first.device)
-        return take_rows(table, index, Conditioning(**out) if isinstance(table, Conditioning) else out[""])
+        return {field: take_rows(value, index, self.buffer(f"{name}.{field}", value, rows))
+                for field, value in fields.items()}
 
     def buffer(self, name: str, like: torch.Tensor, rows: int) -> torch.Tensor:
         """`rows` rows shaped, typed and placed like `like`'s, reused by the next call of that name."""
@@ -129,6 +136,19 @@ class RowGather:
             # sized by the rows passes really have (a batch_size far above them allocates nothing more)
             found = self.buffers[name] = (kind, like.new_empty((rows, *kind[0])))
         return found[1][:rows]
+
+
+def take_rows(values: torch.Tensor, index: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Rows `index` of `values` (`index_select`: on CPU several times faster than `values[index]`),
+    written into `out` (`len(index)` rows) when given, e.g. a buffer reused from pass to pass."""
+    return values.index_select(0, index) if out is None else torch.index_select(values, 0, index, out=out)
+
+
+def rows_to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A pass's rows (its noises, or a field of its conditionings) on `device`. To CUDA they go from
+    pinned memory without waiting, so the host prepares the next pass while this copy and the
+    previous pass run."""
+    return to_device(rows, device)
 
 
 def as_network_input(x_t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -228,10 +248,10 @@ class DiffusionScorer:
                                  f"that do not change an error: {sorted(ERROR_CACHE_IGNORED_SETTINGS)}")
         self._conditioning_names: list = []
         #: (the conditionings' names, their device table) of the last candidates, reused while they repeat
-        self._table: tuple[list, Optional[Encoded]] = ([], None)
+        self._table: tuple[list, Optional[Conditioning]] = ([], None)
         self._gather = RowGather(self.settings.batch_size)  # a pass's row buffers, reused by the next
-        self._prompt_cache: dict[str, object] = {}  # prompt -> its conditioning row (CPU)
-        self._mean_cache: dict[tuple, object] = {}
+        self._prompt_cache: dict[str, Conditioning] = {}  # prompt -> its conditioning row (CPU)
+        self._mean_cache: dict[tuple, Conditioning] = {}
 
     # ---------------------------------------------------------------- conditionings
     def encode_prompts(self, prompts: Sequence[str]) -> None:
@@ -245,7 +265,7 @@ class DiffusionScorer:
         encoded = {}
         for start in range(0, len(missing), step):
             chunk = missing[start:start + step]
-            encoded.update(zip(chunk, split_rows(self.backend.encode_prompts(chunk))))
+            encoded.update(zip(chunk, self.backend.encode_prompts(chunk).rows()))
         return encoded
 
     def encode_candidates(self, candidates: Sequence[Sequence[str]]) -> None:
@@ -259,7 +279,7 @@ class DiffusionScorer:
             key = tuple(prompts)
             if key not in self._mean_cache:
                 encoded = self._encode_missing(prompts)
-                self._mean_cache[key] = mean_rows([self._prompt_cache.get(p, encoded.get(p)) for p in prompts])
+                self._mean_cache[key] = Conditioning.mean([self._prompt_cache.get(p, encoded.get(p)) for p in prompts])
 
     def _scored_prompts(self, candidates: Sequence[Sequence[str]]) -> Sequence[Sequence[str]]:
         """The prompts each candidate is scored on: only its first under `templates="single"` (the
@@ -389,16 +409,16 @@ class DiffusionScorer:
         run shares, done once before the first (`score` does it when it was not done)."""
         self._candidate_table(self._conditionings(candidates)[0], self.backend.device)
 
-    def _candidate_table(self, conditionings: list, device: torch.device) -> Optional[Encoded]:
+    def _candidate_table(self, conditionings: list, device: torch.device) -> Optional[Conditioning]:
         """Every candidate's conditioning on the device, in `_conditionings` order, kept while the
         candidates repeat (clip_benchmark scores every batch against the same classes); None when
         they would take more than `CONDITIONING_TABLE_BYTES`."""
         key = [device] + self._conditioning_names
         if self._table[0] != key:
-            fits = len(conditionings) * row_bytes(conditionings[0]) <= CONDITIONING_TABLE_BYTES
+            fits = len(conditionings) * conditionings[0].nbytes <= CONDITIONING_TABLE_BYTES
             self._table = (key, None)  # the previous table is freed before a new one is built
             # once per run, a plain copy: a pinned staging copy of up to 2 GiB would stay in CUDA's host cache
-            self._table = (key, stack_rows(conditionings).to(device) if fits else None)
+            self._table = (key, Conditioning.stack(conditionings).to(device) if fits else None)
         return self._table[1]
 
     def _evaluate(self, blocks: dict[int, RoundRows], x0: torch.Tensor, conditionings: list, seeds: list,
@@ -464,10 +484,10 @@ class DiffusionScorer:
             network_input = gather("x_t", as_network_input(x_t, network_dtype), rows)
             timesteps = draw_timesteps_[rows]
             if table is not None:
-                conditioning = gather("conditioning", table, groups)
+                conditioning = gather.conditioning("conditioning", table, groups)
             else:
                 pass_table = self._conditioning_table(conditionings, groups, device)
-                conditioning = gather("conditioning", pass_table.table, pass_table.positions(groups))
+                conditioning = gather.conditioning("conditioning", pass_table.table, pass_table.positions(groups))
             output = backend.predict(network_input, to_device(self.schedule.network_time(timesteps), device),
                                      conditioning)
             chunk_errors = schedule_errors(self.schedule, self.settings, output, clean if clean_needed else None,

@@ -345,7 +345,7 @@ def test_the_plugin_calls_the_denoiser_as_the_pipeline_does(name, dtype, folders
 def test_a_prompt_scores_the_same_beside_longer_prompts(name, folders):
     """Families whose text states are as long as each prompt: rows are padded to the longest prompt
     of all (and a pass cut to its longest); the mask keeps a row's output what it is alone."""
-    from clip_benchmark_diffusion.backends.base import Conditioning, split_rows
+    from clip_benchmark_diffusion.backends.base import Conditioning
 
     backend = load_backend(folders[name], dtype="float32", settings=ScorerSettings(resolution=RESOLUTION[name]))
     size = backend.resolution
@@ -356,6 +356,6 @@ def test_a_prompt_scores_the_same_beside_longer_prompts(name, folders):
     assert long.states.shape[1] > short.states.shape[1]
     alone = backend.predict(x0, sigma, short)
     beside = backend.predict(x0.repeat(2, 1, 1, 1), sigma.repeat(2),
-                             Conditioning.stack(split_rows(short) + split_rows(long)))
+                             Conditioning.stack(short.rows() + long.rows()))
     assert torch.allclose(alone[0], beside[0], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(beside[0], beside[1], rtol=1e-3, atol=1e-3)

@@ -19,7 +19,7 @@ import torch
 
 from ..schedules import DiscreteSchedule, FlowSchedule, NoiseSchedule
 from ..settings import ScorerSettings
-from .base import Conditioning, DiffusionBackend, Encoded
+from .base import Conditioning, DiffusionBackend
 from .speed import SpeedOptions, prepare_denoiser, run_denoiser
 
 LOG = logging.getLogger(__name__)
@@ -230,12 +230,12 @@ class PipelineBackend(DiffusionBackend):
         return {name: module for name, module in self.pipe.components.items()
                 if name.startswith("text_encoder") and isinstance(module, torch.nn.Module)}
 
-    def encode_text(self, prompts: Sequence[str]) -> Encoded:
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
         """Prompts -> conditioning rows on the CPU, with the text encoders on the device."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Encoded:
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         """`encode_text`; a prompt that comes after scoring began (caption selection encodes per
         batch) brings the text encoders back to the device, where they then stay."""
         if self.scoring and not self.keep_text_encoders and self.text_encoders():

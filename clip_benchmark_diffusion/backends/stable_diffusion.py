@@ -26,7 +26,6 @@ REQUIRED_PARTS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
 class StableDiffusionBackend(DiffusionBackend):
     """VAE latents, CLIP-text cross-attention, epsilon- or v-prediction UNet."""
 
-    pipeline_classes = PIPELINE_CLASSES
     parts = REQUIRED_PARTS
 
     def __init__(self, source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,

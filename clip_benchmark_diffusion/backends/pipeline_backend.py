@@ -1,4 +1,4 @@
-"""What the families after Stable Diffusion share: a diffusers pipeline object as the source of truth.
+"""What every family shares: a diffusers pipeline object as the source of truth.
 
 Each family loads its own diffusers pipeline class (so prompts are encoded by the pipeline's own
 `encode_prompt`, latents packed by its own helpers) and keeps only what scoring needs: the
@@ -69,6 +69,8 @@ class PipelineBackend(DiffusionBackend):
     family: ClassVar[str]
     #: families whose text encoder is T5 (overflows in float16)
     uses_t5: ClassVar[bool] = False
+    #: whether a float16 VAE whose config asks for it (`force_upcast`, SDXL's) encodes in float32
+    upcasts_vae: ClassVar[bool] = True
 
     def __init__(self, source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  local_files_only: bool = False, cache_dir: Optional[str] = None,
@@ -90,7 +92,7 @@ class PipelineBackend(DiffusionBackend):
                 if dtype == torch.float16 and type(module).__name__.startswith("T5"):
                     module.to(torch.bfloat16)  # T5 overflows in float16; its states are cast back per pass
         vae = getattr(self.pipe, "vae", None)
-        if vae is not None and dtype == torch.float16 and vae.config.get("force_upcast", False):
+        if vae is not None and dtype == torch.float16 and self.upcasts_vae and vae.config.get("force_upcast", False):
             vae.to(torch.float32)  # the fp16 VAE of SDXL overflows: encode in float32
         self.denoiser = getattr(self.pipe, self.denoiser_name)
         self._denoiser = prepare_denoiser(self.denoiser, speed)

@@ -237,8 +237,8 @@ class DiffusionScorer:
         strategies on identical draws without recomputing them."""
         self.backend = backend
         self.settings = settings or ScorerSettings()
-        #: the family's noise process for these settings: noising and errors go through it
-        self.schedule = backend.noise_schedule(self.settings)
+        #: the model's noise process as these settings draw on it: noising and errors go through it
+        self.schedule = backend.noise_process.for_settings(self.settings)
         check_compatible(self.settings, self.schedule)
         self.error_cache = error_cache
         if error_cache is not None:

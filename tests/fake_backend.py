@@ -27,7 +27,7 @@ class FakeBackend(DiffusionBackend):
         self.resolution = resolution
         betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
         #: Stable Diffusion's DDPM process, epsilon-predicting
-        self.schedule = DiscreteSchedule(torch.cumprod(1 - betas, dim=0), "epsilon")
+        self.noise_process = DiscreteSchedule(torch.cumprod(1 - betas, dim=0), "epsilon")
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self.spread = spread

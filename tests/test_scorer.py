@@ -66,7 +66,7 @@ def test_batched_scorer_equals_plain_loop(epsilon_backend, objective):
 
 
 def test_v_prediction_checkpoint_is_scored_in_epsilon_space(v_backend):
-    assert v_backend.schedule.prediction_type == "v_prediction"
+    assert v_backend.noise_process.prediction_type == "v_prediction"
     settings = ScorerSettings(**FIXED, draws=4, batch_size=7)
     result = DiffusionScorer(v_backend, settings).score(pixels(1), CANDIDATES[:2], image_keys=[3])[0]
     expected = plain_loop_errors(v_backend, settings, pixels(1)[0], 3, CANDIDATES[:2], result.timesteps)

@@ -11,7 +11,7 @@ switches work the same for every family.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
@@ -121,6 +121,24 @@ def _stack(values: list, pin_memory: bool) -> torch.Tensor:
     return torch.stack(values, out=out)
 
 
+@dataclass(frozen=True)
+class LoadSettings:
+    """The settings a backend is built with (the load layer); every other setting is the scorer's.
+    The dtype is resolved by `checkpoints` and passed beside these."""
+
+    #: pixel size images are scored at (None = the model's own)
+    resolution: Optional[int] = None
+    #: leave the T5 encoder out (SD3/SD3.5)
+    drop_t5: bool = False
+    #: the guidance-embedding input of guidance-distilled models (FLUX.1-dev, FLUX.2, ...)
+    guidance: float = 1.0
+
+    @classmethod
+    def of(cls, settings: ScorerSettings) -> "LoadSettings":
+        """The load layer of a run's settings."""
+        return cls(**{field.name: getattr(settings, field.name) for field in fields(cls)})
+
+
 class DiffusionBackend(ABC):
     """A conditional denoiser, seen as a likelihood proxy for prompts."""
 
@@ -139,8 +157,8 @@ class DiffusionBackend(ABC):
 
     # ---------------------------------------------------------------- checkpoint
     @classmethod
-    def required_parts(cls, index: dict, settings: Optional[ScorerSettings] = None) -> tuple[str, ...]:
-        """Subfolders to fetch and check for this checkpoint (its `model_index.json`) and settings."""
+    def required_parts(cls, index: dict, load: Optional[LoadSettings] = None) -> tuple[str, ...]:
+        """Subfolders to fetch and check for this checkpoint (its `model_index.json`) and load settings."""
         return cls.parts
 
     @classmethod
@@ -162,22 +180,16 @@ class DiffusionBackend(ABC):
     @classmethod
     def from_pretrained(cls, source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                         local_files_only: bool = False, cache_dir: Optional[str] = None, speed: Any = None,
-                        settings: Optional[ScorerSettings] = None) -> "DiffusionBackend":
+                        load: Optional[LoadSettings] = None) -> "DiffusionBackend":
         """Load the family's parts from a diffusers folder or hub id."""
         from .speed import SpeedOptions
 
         return cls(source, device=device, dtype=dtype, local_files_only=local_files_only, cache_dir=cache_dir,
-                   speed=speed or SpeedOptions(), settings=settings or ScorerSettings())
+                   speed=speed or SpeedOptions(), load=load or LoadSettings())
 
-    # ---------------------------------------------------------------- noise process
-    #: the family's noise process (a `schedules.NoiseSchedule`), set when the backend is built
-    schedule: NoiseSchedule
-
-    def noise_schedule(self, settings: ScorerSettings) -> NoiseSchedule:
-        """The schedule a scorer with these settings uses (flow families choose sigma's
-        distribution from them); rejects settings that do not apply."""
-        self.schedule.check(settings)
-        return self.schedule
+    #: the model's own noise process, set when the backend is built; a scorer derives the schedule
+    #: it draws on from it and its own settings (`NoiseSchedule.for_settings`)
+    noise_process: NoiseSchedule
 
     # ---------------------------------------------------------------- the model
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:

@@ -57,7 +57,7 @@ class ZeroCostBackend(DiffusionBackend):
     def __init__(self) -> None:
         self.resolution, self.device, self.dtype = 512, torch.device("cpu"), torch.float16
         betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        self.schedule = DiscreteSchedule(torch.cumprod(1 - betas, dim=0), "epsilon")
+        self.noise_process = DiscreteSchedule(torch.cumprod(1 - betas, dim=0), "epsilon")
         self.description = {"backend": "zero-cost"}
         self._states = torch.randn(TEXT, generator=torch.Generator().manual_seed(0)).to(torch.float16)
 

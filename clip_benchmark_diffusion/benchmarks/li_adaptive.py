@@ -111,9 +111,9 @@ def run(module: types.ModuleType, backend, pixels: torch.Tensor, labels: torch.T
         candidates: Sequence[Sequence[str]], args: argparse.Namespace, seed: int = 0
         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-image correctness, UNet calls and seconds of their function on our images."""
-    if backend.schedule.num_train_timesteps != 1000:
+    if backend.noise_process.num_train_timesteps != 1000:
         raise SystemExit(f"their eval_prob_adaptive assumes 1000 training timesteps; this model has "
-                         f"{backend.schedule.num_train_timesteps}")
+                         f"{backend.noise_process.num_train_timesteps}")
     module.device = str(backend.device)  # their module picks cuda/cpu at import; use the backend's device
     latents, text_embeds, scheduler = li_inputs(backend, pixels, [prompts[0] for prompts in candidates])
     backend.start_scoring()  # the UNet joins the device

@@ -104,7 +104,7 @@ def test_prompts_are_encoded_once_and_template_modes_cost_what_they_say():
     cheap = cheap_scorer.score(pixels(2, size=8), CANDIDATES)
     assert cheap[0].calls == 3 * 4
     # only the 3 means are held, not the 6 prompts' states (1000 x 80 SD 2 states would be ~12 GB)
-    assert len(cheap_scorer._mean_cache) == 3 and not cheap_scorer._prompt_cache
+    assert len(cheap_scorer.conditionings.means) == 3 and not cheap_scorer.conditionings.prompts
     # the cheap mode really conditions on the mean embedding
     mean_cond = (encode(["a photo of a cat."]).states + encode(["a cat."]).states) / 2
     single = FakeBackend(spread=0.5)
@@ -160,16 +160,17 @@ def test_shared_noise_and_conditioning_rows_give_bit_identical_errors_to_a_per_r
                                                                                        table_bytes):
     """Noises generated once per (image, draw) and conditionings copied once per run or per
     pass, then indexed, give exactly the errors of computing every row on its own."""
-    import clip_benchmark_diffusion.scorer as scorer_module
+    import clip_benchmark_diffusion.conditionings as conditionings_module
+    import clip_benchmark_diffusion.passes as passes_module
 
-    monkeypatch.setattr(scorer_module, "CONDITIONING_TABLE_BYTES", table_bytes)
+    monkeypatch.setattr(conditionings_module, "CONDITIONING_TABLE_BYTES", table_bytes)
     backend = ConditioningBackend()
     settings = ScorerSettings(**FIXED, draws=5, batch_size=16, objective="x0_heuristic")  # passes straddle draws
     generated, moved, threads = [], [], set()
-    monkeypatch.setattr(scorer_module, "draw_noise", lambda *a: generated.append(a[:2]) or
+    monkeypatch.setattr(passes_module, "draw_noise", lambda *a: generated.append(a[:2]) or
                         threads.add(threading.current_thread().name) or draw_noise(*a))
-    to_device = scorer_module.rows_to_device
-    monkeypatch.setattr(scorer_module, "rows_to_device", lambda rows, device: moved.append(len(rows)) or
+    to_device = passes_module.rows_to_device
+    monkeypatch.setattr(passes_module, "rows_to_device", lambda rows, device: moved.append(len(rows)) or
                         to_device(rows, device))
     scorer = DiffusionScorer(backend, settings)
     images, keys = pixels(2, size=4), [5, 6]

@@ -154,6 +154,9 @@ class DiffusionBackend(ABC):
     dtype: torch.dtype
     #: a short description recorded with every run
     description: dict
+    #: the model's own noise process; a scorer derives the schedule it draws on from it and its own
+    #: settings (`NoiseSchedule.for_settings`)
+    noise_process: NoiseSchedule
 
     # ---------------------------------------------------------------- checkpoint
     @classmethod
@@ -186,10 +189,6 @@ class DiffusionBackend(ABC):
 
         return cls(source, device=device, dtype=dtype, local_files_only=local_files_only, cache_dir=cache_dir,
                    speed=speed or SpeedOptions(), load=load or LoadSettings())
-
-    #: the model's own noise process, set when the backend is built; a scorer derives the schedule
-    #: it draws on from it and its own settings (`NoiseSchedule.for_settings`)
-    noise_process: NoiseSchedule
 
     # ---------------------------------------------------------------- the model
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from .backends import BACKENDS, DiffusionBackend, backend_for_pipeline
+from .backends.base import LoadSettings
 from .backends.speed import SpeedOptions
 from .errors import CheckpointError, UnsupportedPromptError  # noqa: F401 (re-exported: its old home)
 from .settings import ScorerSettings
@@ -121,7 +122,9 @@ def _describe(pretrained: str, source: str) -> str:
 def locate(pretrained: str, cache_dir: Optional[str] = None, settings: Optional[ScorerSettings] = None
            ) -> tuple[str, dict]:
     """Find the checkpoint folder and read its `model_index.json`, or raise CheckpointError.
-    Only the parts the family (with these settings) needs are fetched and checked."""
+    `settings` are checked against the family (`settings_problem`), and only the parts it needs
+    with their load layer are fetched and checked."""
+    load = LoadSettings.of(settings) if settings is not None else None
     source = resolve(pretrained)
     what = _describe(pretrained, source)
     how = ("pass --pretrained with a local diffusers folder (one containing model_index.json), "
@@ -129,7 +132,7 @@ def locate(pretrained: str, cache_dir: Optional[str] = None, settings: Optional[
     if os.path.isdir(source):
         folder = source
     elif _looks_like_hub_id(source):
-        folder = _download_or_cached(source, what, cache_dir, settings)
+        folder = _download_or_cached(source, what, cache_dir, load)
     else:
         raise CheckpointError(f"diffusion checkpoint {what}: no such folder, and not an alias or a hub id "
                               f"(owner/name); {how}")
@@ -143,7 +146,7 @@ def locate(pretrained: str, cache_dir: Optional[str] = None, settings: Optional[
     problem = backend_class.settings_problem(settings) if settings is not None else None
     if problem:
         raise CheckpointError(f"diffusion checkpoint {what} ({class_name}): {problem}")
-    parts = backend_class.required_parts(index, settings)
+    parts = backend_class.required_parts(index, load)
     missing = [part for part in parts if not os.path.isdir(os.path.join(folder, part))]
     if missing:
         raise CheckpointError(f"diffusion checkpoint {what}: {folder} lacks the parts {missing} "
@@ -186,8 +189,7 @@ def family(class_name: str, what: str) -> type:
                               f"(supported: {sorted(BACKENDS)})") from None
 
 
-def _download_or_cached(hub_id: str, what: str, cache_dir: Optional[str],
-                        settings: Optional[ScorerSettings] = None) -> str:
+def _download_or_cached(hub_id: str, what: str, cache_dir: Optional[str], load: Optional[LoadSettings] = None) -> str:
     """The index first, then only the subfolders its family needs (`required_parts`)."""
     from huggingface_hub import hf_hub_download, snapshot_download
 
@@ -197,7 +199,7 @@ def _download_or_cached(hub_id: str, what: str, cache_dir: Optional[str],
     except Exception as error:  # huggingface_hub raises many types; all mean "not available"
         raise _unavailable(hub_id, what, error) from None
     index = read_model_index(index_file, what)
-    parts = family(index.get("_class_name", "?"), what).required_parts(index, settings)
+    parts = family(index.get("_class_name", "?"), what).required_parts(index, load)
     try:
         return snapshot_download(hub_id, allow_patterns=hub_patterns(parts), cache_dir=cache_dir,
                                  local_files_only=_hub_offline())
@@ -236,14 +238,16 @@ def resolve_dtype(dtype: str, device: torch.device | str, backend_class: Optiona
 def load_backend(pretrained: str, device: torch.device | str = "cpu", dtype: str = "auto",
                  cache_dir: Optional[str] = None, speed: Optional[SpeedOptions] = None,
                  settings: Optional[ScorerSettings] = None) -> DiffusionBackend:
-    """Load the model family that the checkpoint's `model_index.json` names; `settings` carry the
-    load-time options (`drop_t5`, `guidance`)."""
+    """Load the model family that the checkpoint's `model_index.json` names. The run's `settings` are
+    checked against the family (`locate`); the family is built with their load layer only
+    (`LoadSettings`: resolution, drop_t5, guidance), the scorer takes the rest."""
     folder, index = locate(pretrained, cache_dir=cache_dir, settings=settings)
     backend_class = backend_for_pipeline(index["_class_name"])
+    load = LoadSettings.of(settings) if settings is not None else LoadSettings()
     try:
         backend = backend_class.from_pretrained(folder, device=device,
                                                 dtype=resolve_dtype(dtype, device, backend_class),
-                                                local_files_only=True, speed=speed or SpeedOptions(), settings=settings)
+                                                local_files_only=True, speed=speed or SpeedOptions(), load=load)
     except Exception as error:  # diffusers/transformers raise many types for a file they cannot load
         if os.environ.get("CLIP_BENCHMARK_DIFFUSION_DEBUG"):
             raise
@@ -252,5 +256,5 @@ def load_backend(pretrained: str, device: torch.device | str = "cpu", dtype: str
                               f"{type(error).__name__}: {reason} (set CLIP_BENCHMARK_DIFFUSION_DEBUG=1 for the "
                               "traceback)") from error
     # the record must name the weights themselves, not only their folder (see `weights.py`)
-    backend.description["weights"] = weights_fingerprint(folder, backend_class.required_parts(index, settings))
+    backend.description["weights"] = weights_fingerprint(folder, backend_class.required_parts(index, load))
     return backend

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .errors import RecordError, warn  # noqa: F401 (re-exported: its old home)
-from .scorer import ImageScores
+from .decisions import ImageScores
 from .settings import RECORD_IGNORED_SETTINGS
 
 RECORD_SUFFIX = ".diffusion.jsonl"

@@ -15,7 +15,7 @@ import torch
 
 from .errors import MissingErrors  # noqa: F401 (re-exported: its old home)
 from .safety import table_draws
-from .scorer import ImageScores, image_scores
+from .decisions import ImageScores, image_scores
 from .settings import ScorerSettings
 from .strategies import ImageState, make_strategy, within_cap
 

@@ -88,6 +88,12 @@ class NoiseSchedule(ABC):
     def check(self, settings: ScorerSettings) -> None:
         """Reject settings that do not apply to this process."""
 
+    def for_settings(self, settings: ScorerSettings) -> "NoiseSchedule":
+        """The schedule a scorer with these settings draws on: this process, with whatever the scoring
+        settings choose about it (a flow model's sigma distribution); rejects settings that do not apply."""
+        self.check(settings)
+        return self
+
     def describe(self) -> dict[str, Any]:
         """What a run's record says about the noise process."""
         return {"process": self.kind, "num_train_timesteps": self.num_train_timesteps}
@@ -188,15 +194,23 @@ class FlowSchedule(NoiseSchedule):
         self.time_shift = time_shift
 
     @classmethod
-    def from_scheduler(cls, scheduler: Any, settings: ScorerSettings, mu: Optional[float] = None) -> "FlowSchedule":
-        """From a diffusers `FlowMatchEulerDiscreteScheduler` config; `mu` for dynamic shifting."""
+    def from_scheduler(cls, scheduler: Any, mu: Optional[float] = None) -> "FlowSchedule":
+        """The model's own process from a diffusers `FlowMatchEulerDiscreteScheduler` config; `mu`
+        for dynamic shifting."""
         config = scheduler.config
         if config.get("use_dynamic_shifting", False) and mu is None:
             raise ValueError("this flow model shifts sigma by resolution: a mu is needed")
         return cls(config.num_train_timesteps, shift=config.get("shift", 1.0),
                    mu=mu if config.get("use_dynamic_shifting", False) else None,
-                   distribution=settings.sigma_distribution, logit_mean=settings.logit_normal_mean,
-                   logit_std=settings.logit_normal_std, time_shift=config.get("time_shift_type", "exponential"))
+                   time_shift=config.get("time_shift_type", "exponential"))
+
+    def for_settings(self, settings: ScorerSettings) -> "FlowSchedule":
+        """This process with sigma distributed as the settings say (`sigma_distribution`, logit-normal
+        mean and std); the model's shift and mu are kept."""
+        self.check(settings)
+        return FlowSchedule(self.num_train_timesteps, shift=self.shift, mu=self.mu,
+                            distribution=settings.sigma_distribution, logit_mean=settings.logit_normal_mean,
+                            logit_std=settings.logit_normal_std, time_shift=self.time_shift)
 
     def sigmas(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Noise level of each timestep index, float64 on CPU."""

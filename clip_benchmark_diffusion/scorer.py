@@ -5,71 +5,28 @@ For each image it draws (t, noise) pairs from a seed derived from (seed, image k
 same image gets the same draws whatever the batch size, worker count or class order, and
 every candidate is scored on those same draws (paired differences). UNet rows from all
 images and candidates of a call are packed into batches of `batch_size`.
+
+This module is the round loop: each round asks the strategy how many draws each image's open
+candidates should have, has `passes.RoundPasses` evaluate those rows, and records the errors.
+`conditionings` keeps the prompt cache and the candidates' device table; `decisions` holds the
+resulting `ImageScores` (re-exported here).
 """
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
-from .backends.base import (Conditioning, DiffusionBackend, Encoded, mean_rows, row_bytes, rows_to_device, split_rows,
-                            stack_rows, take_rows)
-from .devices import to_device
-from .draws import draw_noise, draw_timesteps, image_key_from_pixels, mix_seed, timestep_range_problem
+from .backends.base import DiffusionBackend
+from .conditionings import CandidateConditionings
+from .decisions import ImageScores, image_scores
+from .draws import draw_timesteps, image_key_from_pixels, mix_seed, timestep_range_problem
 from .errors import NonFiniteError, UnsupportedSettings
-from .objectives import estimate_of, schedule_errors
+from .passes import RoundPasses, RoundRows
 from .schedules import NoiseSchedule
 from .safety import check_finite, check_table_memory, table_draws
 from .settings import ERROR_CACHE_IGNORED_SETTINGS, ScorerSettings
 from .strategies import ImageState, make_strategy, within_cap
-
-
-@dataclass
-class ImageScores:
-    """Everything the scorer knows about one image's decision."""
-
-    image_key: int
-    errors: torch.Tensor  # (candidates,) mean weighted error over the draws each received
-    per_draw: torch.Tensor  # (candidates, draws) NaN where a candidate was not evaluated
-    timesteps: torch.Tensor  # (draws,)
-    draws: torch.Tensor  # (candidates,) number of draws each candidate received
-    calls: int  # network evaluations spent on this image
-    dropped_round: list  # round at which each candidate was eliminated (None = survived)
-    survivors_per_round: list
-    #: order of candidates that were never scored (a pre-filter's ranking), lower first
-    prior: Optional[list] = None
-    #: 1 when the decision took the fewest calls the strategy allows, 0 when it took the most;
-    #: Clark & Jaini found the calls an image needs a well-calibrated confidence signal
-    confidence: float = 1.0
-    #: decided under `max_calls`: the strategy would have spent more
-    capped: bool = False
-
-    @property
-    def softmax_confidence(self) -> float:
-        """softmax(-errors) of the predicted class, as in Li et al.'s code (poorly calibrated:
-        errors of different prompts differ little, so this is close to 1 / candidates)."""
-        finite = torch.nan_to_num(self.errors, nan=float("inf"))
-        return float(torch.softmax(-finite, dim=0)[self.prediction])
-
-    @property
-    def ranking(self) -> list[int]:
-        """Best first. Survivors by error; eliminated candidates after them, later
-        eliminations first, each round's by its estimate when it was dropped."""
-        def key(c: int) -> tuple:
-            dropped = self.dropped_round[c]
-            error = float(self.errors[c])
-            if error != error:  # never scored: after every scored candidate, in the prior's order
-                return (2, 0, self.prior.index(c) if self.prior else 0, c)
-            return (0 if dropped is None else 1, -(dropped or 0), error, c)
-
-        return sorted(range(len(self.errors)), key=key)
-
-    @property
-    def prediction(self) -> int:
-        return self.ranking[0]
 
 
 def check_compatible(settings: ScorerSettings, schedule: NoiseSchedule) -> None:
@@ -78,133 +35,6 @@ def check_compatible(settings: ScorerSettings, schedule: NoiseSchedule) -> None:
     problem = timestep_range_problem(settings, schedule.num_train_timesteps)
     if problem:
         raise UnsupportedSettings(problem)
-
-
-#: the candidates' distinct conditionings stay on the device as one table, for every image of a run,
-#: when they take at most this much (1000 SD 2 text states: 158 MB; 100 classes x 80 templates:
-#: 1.26 GB); otherwise each pass copies its own distinct ones
-CONDITIONING_TABLE_BYTES = 2 * 2**30
-
-
-class DeviceTable:
-    """Distinct rows (conditionings) under sorted integer keys, stacked and copied to the device
-    once; the rows of a pass are gathered from it there, so a row shared by many rows of a pass
-    costs the host one copy, not one per row."""
-
-    def __init__(self, keys: torch.Tensor, rows: list, device: torch.device) -> None:
-        self.keys, self.device = keys, device
-        self.table = rows_to_device(stack_rows(rows, pin_memory=device.type == "cuda"), device)
-
-    def positions(self, keys: torch.Tensor) -> torch.Tensor:
-        """Where the rows of `keys` are in the table."""
-        return torch.searchsorted(self.keys, keys)
-
-
-class RowGather:
-    """Rows of device tables for one pass, written into buffers reused from pass to pass: a fresh
-    multi-megabyte block per pass costs page faults (on one CPU thread, gathering a pass's 64
-    SD 2 latents took ~9 us per row into new memory and ~4 into a reused buffer). A buffer is
-    overwritten by the next pass, after the device has finished this one's work in stream order."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.buffers: dict[str, tuple[tuple, torch.Tensor]] = {}  # name -> (row shape, dtype, device), buffer
-
-    def __call__(self, name: str, table: Encoded, index: torch.Tensor) -> Encoded:
-        """Rows `index` (CPU) of `table`: the table itself when `index` is 0, 1, ..., len - 1."""
-        rows = index.shape[0]
-        fields = table.fields() if isinstance(table, Conditioning) else {"": table}
-        first = next(iter(fields.values()))
-        if rows == first.shape[0] and bool((index == torch.arange(rows)).all()):
-            return table
-        out = {field: self.buffer(f"{name}.{field}", value, rows) for field, value in fields.items()}
-        index = to_device(index, first.device)
-        return take_rows(table, index, Conditioning(**out) if isinstance(table, Conditioning) else out[""])
-
-    def buffer(self, name: str, like: torch.Tensor, rows: int) -> torch.Tensor:
-        """`rows` rows shaped, typed and placed like `like`'s, reused by the next call of that name."""
-        kind = (like.shape[1:], like.dtype, like.device)
-        found = self.buffers.get(name)
-        if found is None or found[0] != kind or found[1].shape[0] < rows:
-            # sized by the rows passes really have (a batch_size far above them allocates nothing more)
-            found = self.buffers[name] = (kind, like.new_empty((rows, *kind[0])))
-        return found[1][:rows]
-
-
-def as_network_input(x_t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A pass's noised samples (one per draw) in the network's dtype: cast once per draw before
-    the rows are gathered, not once per row inside the backend (the same values; in half
-    precision the gathered rows are also half the bytes)."""
-    return x_t if x_t.dtype == dtype else x_t.to(dtype)
-
-
-#: passes whose noise the noise thread generates before the scoring thread needs it
-NOISE_PREFETCH_PASSES: int = 2
-_noise_thread: Optional[ThreadPoolExecutor] = None
-
-
-def noise_thread() -> ThreadPoolExecutor:
-    """The process's one noise thread. The CPU generator's normal samples (~150 us per SD-sized draw,
-    kept on the CPU so the draws are the same on every device) are made there, passes ahead, while
-    the scoring thread prepares and launches the current pass: torch releases the GIL while it
-    samples, so with a spare core the scoring thread never waits for them."""
-    global _noise_thread
-    if _noise_thread is None:
-        _noise_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffusion-noise")
-    return _noise_thread
-
-
-class RoundDraws:
-    """The distinct (image, draw)s of a round's rows, in row order (rows are image by image, draw
-    by draw, so the rows sharing a draw are consecutive), and the noise tables of its passes."""
-
-    def __init__(self, images: torch.Tensor, draws: torch.Tensor, seeds: list, timestep_table: torch.Tensor,
-                 sample_shape: tuple, pinned: bool) -> None:
-        per_image = timestep_table.shape[1]
-        keys, self.of_row = torch.unique_consecutive(images * per_image + draws, return_inverse=True)
-        self.images, indices = keys // per_image, keys % per_image
-        self.timesteps = timestep_table[self.images, indices]
-        self.seeds = [seeds[i] for i in self.images.tolist()]
-        self.indices = indices.tolist()
-        self.sample_shape, self.pinned = sample_shape, pinned
-        self.carried: Optional[tuple[int, torch.Tensor]] = None  # the last draw of the previous pass
-
-    def noise(self, first: int, last: int) -> torch.Tensor:
-        """Noises of draws [first, last) as one host table (pinned for CUDA), each generated once
-        straight into it; a draw the previous pass began is copied from that pass's table."""
-        table = torch.empty((last - first, *self.sample_shape), dtype=torch.float32, pin_memory=self.pinned)
-        for k in range(first, last):
-            if self.carried is not None and self.carried[0] == k:
-                table[k - first].copy_(self.carried[1])
-            else:
-                draw_noise(self.seeds[k], self.indices[k], self.sample_shape, "cpu", table[k - first])
-        self.carried = (last - 1, table[-1])
-        return table
-
-    def prefetched(self, ranges: Sequence[tuple[int, int]], ahead: int = NOISE_PREFETCH_PASSES
-                   ) -> Iterator[torch.Tensor]:
-        """`noise(first, last)` of each range in order, made on the noise thread up to `ahead` passes
-        before it is used (one thread, first in first out: `carried` is only touched there)."""
-        pending: deque = deque()
-        for first, last in ranges:
-            pending.append(noise_thread().submit(self.noise, first, last))
-            if len(pending) > ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-class RoundRows(NamedTuple):
-    """One image's rows of a round: every conditioning its open candidates need (sorted) at each
-    draw in [first_draw, target), draw by draw."""
-
-    conditionings: list
-    first_draw: int
-    target: int
-
-    @property
-    def size(self) -> int:
-        return len(self.conditionings) * (self.target - self.first_draw)
 
 
 class DiffusionScorer:
@@ -217,8 +47,8 @@ class DiffusionScorer:
         strategies on identical draws without recomputing them."""
         self.backend = backend
         self.settings = settings or ScorerSettings()
-        #: the family's noise process for these settings: noising and errors go through it
-        self.schedule = backend.noise_schedule(self.settings)
+        #: the model's noise process as these settings draw on it: noising and errors go through it
+        self.schedule = backend.noise_process.for_settings(self.settings)
         check_compatible(self.settings, self.schedule)
         self.error_cache = error_cache
         if error_cache is not None:
@@ -226,62 +56,23 @@ class DiffusionScorer:
             if error_cache.setdefault("__settings__", fingerprint) != fingerprint:
                 raise ValueError("an error cache may only be shared by scorers whose settings differ only in settings "
                                  f"that do not change an error: {sorted(ERROR_CACHE_IGNORED_SETTINGS)}")
-        self._conditioning_names: list = []
-        #: (the conditionings' names, their device table) of the last candidates, reused while they repeat
-        self._table: tuple[list, Optional[Encoded]] = ([], None)
-        self._gather = RowGather(self.settings.batch_size)  # a pass's row buffers, reused by the next
-        self._prompt_cache: dict[str, object] = {}  # prompt -> its conditioning row (CPU)
-        self._mean_cache: dict[tuple, object] = {}
+        #: the prompt cache and the candidates' device table
+        self.conditionings = CandidateConditionings(backend, self.settings)
+        self._passes = RoundPasses(backend, self.schedule, self.settings, error_cache)
 
     # ---------------------------------------------------------------- conditionings
     def encode_prompts(self, prompts: Sequence[str]) -> None:
         """Text-encode prompts not yet cached (each prompt is encoded once per scorer)."""
-        self._prompt_cache.update(self._encode_missing(prompts))
-
-    def _encode_missing(self, prompts: Sequence[str]) -> dict:
-        """{prompt: conditioning row} of the prompts not in the prompt cache, `batch_size` per text-encoder call."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
-        step = max(self.settings.batch_size, 1)
-        encoded = {}
-        for start in range(0, len(missing), step):
-            chunk = missing[start:start + step]
-            encoded.update(zip(chunk, split_rows(self.backend.encode_prompts(chunk))))
-        return encoded
+        self.conditionings.encode_prompts(prompts)
 
     def encode_candidates(self, candidates: Sequence[Sequence[str]]) -> None:
-        """Make each candidate's conditioning ready. With `average_embeddings` only each candidate's
-        mean is kept, not its prompts' states: 1000 classes x 80 templates of SD 2 states would hold
-        ~12 GB of host memory, their 1000 means ~160 MB."""
-        if self.settings.templates != "average_embeddings":
-            self.encode_prompts([p for c in self._scored_prompts(candidates) for p in c])
-            return
-        for prompts in candidates:
-            key = tuple(prompts)
-            if key not in self._mean_cache:
-                encoded = self._encode_missing(prompts)
-                self._mean_cache[key] = mean_rows([self._prompt_cache.get(p, encoded.get(p)) for p in prompts])
+        """Make each candidate's conditioning ready (see `CandidateConditionings.encode_candidates`)."""
+        self.conditionings.encode_candidates(candidates)
 
-    def _scored_prompts(self, candidates: Sequence[Sequence[str]]) -> Sequence[Sequence[str]]:
-        """The prompts each candidate is scored on: only its first under `templates="single"` (the
-        integration puts the dataset's canonical prompt first), else all of them."""
-        return [list(c[:1]) for c in candidates] if self.settings.templates == "single" else candidates
-
-    def _conditionings(self, candidates: Sequence[Sequence[str]]) -> tuple[list, list[list[int]]]:
-        """The distinct conditionings needed (the cached rows themselves, not a stacked copy:
-        1000 classes x 80 templates of SD 2 text states are ~12 GB of host memory in float16)
-        and, per candidate, which of them it averages."""
-        if any(len(c) == 0 for c in candidates):
-            raise ValueError("every candidate needs at least one prompt")
-        self.encode_candidates(candidates)
-        candidates = self._scored_prompts(candidates)
-        if self.settings.templates == "average_embeddings":
-            tensors = [self._mean_cache[tuple(prompts)] for prompts in candidates]
-            self._conditioning_names = [("mean",) + tuple(prompts) for prompts in candidates]
-            return tensors, [[i] for i in range(len(candidates))]
-        index: dict[str, int] = {}
-        groups = [[index.setdefault(p, len(index)) for p in prompts] for prompts in candidates]
-        self._conditioning_names = list(index)
-        return [self._prompt_cache[p] for p in index], groups
+    def prepare(self, candidates: Sequence[Sequence[str]]) -> None:
+        """Encode the candidates and put their conditionings on the device: what every image of a
+        run shares, done once before the first (`score` does it when it was not done)."""
+        self.conditionings.device_table(self.conditionings.distinct(candidates)[0], self.backend.device)
 
     # ---------------------------------------------------------------- scoring
     def image_seed(self, image_key: int) -> int:
@@ -311,7 +102,7 @@ class DiffusionScorer:
             raise ValueError("one image key per image is needed")
         with torch.autocast(device_type=self.backend.device.type, enabled=False):
             x0 = self.backend.encode_images(pixels)
-            conditionings, groups = self._conditionings(candidates)
+            conditionings, groups = self.conditionings.distinct(candidates)
             strategy = make_strategy(self.settings)
             # sized by what the cap can pay for, not by draws; checked against the memory limit first
             max_draws = table_draws(strategy.max_draws(), self.settings.max_calls, self.backend.calls_per_prediction)
@@ -331,7 +122,7 @@ class DiffusionScorer:
 
             def decide(i: int) -> None:
                 bounds = (rows_per_draw[i] * first_round, rows_per_draw[i] * max_draws)
-                results[i] = self._result(image_keys[i], states[i], all_timesteps[i], calls[i], bounds)
+                results[i] = image_scores(image_keys[i], states[i], all_timesteps[i], calls[i], bounds)
                 if prior_orders is not None:
                     results[i].prior = list(prior_orders[i])
                 if on_image is not None:
@@ -357,7 +148,8 @@ class DiffusionScorer:
                 first_round = first_round or max(plans.values())
                 blocks = {i: RoundRows(_open_conditionings(states[i], groups), states[i].draws_done, target)
                           for i, target in plans.items()}
-                for i, image_errors in self._evaluate(blocks, x0, conditionings, seeds, all_timesteps, on_calls):
+                for i, image_errors in self._passes.evaluate(blocks, x0, conditionings, self.conditionings, seeds,
+                                                             all_timesteps, on_calls):
                     self._check_finite(image_errors, i, image_keys[i], blocks[i], groups, candidates)
                     self._record_round(states[i], groups, blocks[i], image_errors)
                     calls[i] += blocks[i].size * self.backend.calls_per_prediction
@@ -384,115 +176,6 @@ class DiffusionScorer:
         per_draw = len(_open_conditionings(state, groups)) * self.backend.calls_per_prediction
         return within_cap(state, target, per_draw, calls, self.settings.max_calls)
 
-    def prepare(self, candidates: Sequence[Sequence[str]]) -> None:
-        """Encode the candidates and put their conditionings on the device: what every image of a
-        run shares, done once before the first (`score` does it when it was not done)."""
-        self._candidate_table(self._conditionings(candidates)[0], self.backend.device)
-
-    def _candidate_table(self, conditionings: list, device: torch.device) -> Optional[Encoded]:
-        """Every candidate's conditioning on the device, in `_conditionings` order, kept while the
-        candidates repeat (clip_benchmark scores every batch against the same classes); None when
-        they would take more than `CONDITIONING_TABLE_BYTES`."""
-        key = [device] + self._conditioning_names
-        if self._table[0] != key:
-            fits = len(conditionings) * row_bytes(conditionings[0]) <= CONDITIONING_TABLE_BYTES
-            self._table = (key, None)  # the previous table is freed before a new one is built
-            # once per run, a plain copy: a pinned staging copy of up to 2 GiB would stay in CUDA's host cache
-            self._table = (key, stack_rows(conditionings).to(device) if fits else None)
-        return self._table[1]
-
-    def _evaluate(self, blocks: dict[int, RoundRows], x0: torch.Tensor, conditionings: list, seeds: list,
-                  all_timesteps: list, on_calls: Optional[Callable[[int], None]]
-                  ) -> Iterator[tuple[int, torch.Tensor]]:
-        """Errors (float64, CPU) of the round's rows of each image, `batch_size` rows per network
-        call, yielded as (image, errors in `RoundRows` order) as soon as all its rows are done.
-
-        Host work per pass does not grow with its rows: the candidates' conditionings are one device
-        table for the run when they fit `CONDITIONING_TABLE_BYTES` (else each pass copies its distinct
-        ones) and rows are gathered there; each (image, draw) noise is generated once per round
-        and kept only while consecutive passes use it; each distinct (image, draw) of a pass is
-        noised once on the device and its rows gathered; errors stay on the device until a pass
-        completes an image (whose result must then reach `on_image`), so the host does not wait
-        for the device after every pass."""
-        backend, device = self.backend, x0.device
-        columns = _round_columns(blocks)  # (image, draw, conditioning) of every row, image by image
-        errors = torch.empty(columns.shape[1], dtype=torch.float64)
-        todo = torch.arange(columns.shape[1])
-        cache_keys = None
-        if self.error_cache is not None:
-            cache_keys = [(seeds[i], j, self._conditioning_names[g]) for i, j, g in columns.T.tolist()]
-            cached = torch.tensor([key in self.error_cache for key in cache_keys], dtype=torch.bool)
-            errors[cached] = torch.tensor([self.error_cache[key] for key, hit in zip(cache_keys, cached.tolist())
-                                           if hit], dtype=torch.float64)
-            todo = todo[~cached]
-        ends = torch.tensor([block.size for block in blocks.values()]).cumsum(0).tolist()
-        extent = {i: (end - block.size, end) for (i, block), end in zip(blocks.items(), ends)}
-
-        def finished(i: int) -> tuple[int, torch.Tensor]:
-            return i, errors[extent[i][0]:extent[i][1]]
-
-        # the pass that evaluates an image's last row to do completes the image
-        pending, counts = torch.unique_consecutive(columns[0, todo], return_counts=True)
-        completing = list(zip((counts.cumsum(0) - 1).tolist(), pending.tolist()))
-        evaluated = set(pending.tolist())
-        yield from (finished(i) for i in blocks if i not in evaluated)
-        columns = columns[:, todo]
-        round_draws = RoundDraws(columns[0], columns[1], seeds, torch.stack(all_timesteps), tuple(x0.shape[1:]),
-                                 pinned=device.type == "cuda")
-        draw_images = to_device(round_draws.images, device)
-        clean_needed = estimate_of(self.settings.objective) != "epsilon"
-        table = self._candidate_table(conditionings, device)
-        gather = self._gather
-        network_dtype = getattr(backend, "dtype", None) or x0.dtype
-        device_errors: Optional[torch.Tensor] = None
-        synced = 0  # rows of `todo` whose errors are on the host
-        starts = list(range(0, len(todo), self.settings.batch_size))
-        stops = [min(start + self.settings.batch_size, len(todo)) for start in starts]
-        # each pass's distinct (image, draw)s: [first, last) of the round's
-        firsts = round_draws.of_row[starts].tolist()
-        lasts = (round_draws.of_row[[stop - 1 for stop in stops]] + 1).tolist()
-        noises = round_draws.prefetched(list(zip(firsts, lasts)))
-        for start, stop, first, last, host_noise in zip(starts, stops, firsts, lasts, noises):
-            groups = columns[2, start:stop]
-            # one noise, clean sample and x_t per distinct (image, draw) of the pass, on the device;
-            # rows index them
-            rows = round_draws.of_row[start:stop] - first
-            noise = rows_to_device(host_noise, device)
-            clean = take_rows(x0, draw_images[first:last])
-            draw_timesteps_ = round_draws.timesteps[first:last]
-            x_t = self.schedule.add_noise(clean, noise, draw_timesteps_)
-            network_input = gather("x_t", as_network_input(x_t, network_dtype), rows)
-            timesteps = draw_timesteps_[rows]
-            if table is not None:
-                conditioning = gather("conditioning", table, groups)
-            else:
-                pass_table = self._conditioning_table(conditionings, groups, device)
-                conditioning = gather("conditioning", pass_table.table, pass_table.positions(groups))
-            output = backend.predict(network_input, to_device(self.schedule.network_time(timesteps), device),
-                                     conditioning)
-            chunk_errors = schedule_errors(self.schedule, self.settings, output, clean if clean_needed else None,
-                                           noise, x_t, timesteps, gather.buffer("scratch", noise, len(rows)), rows)
-            if device_errors is None:
-                device_errors = chunk_errors.new_empty(len(todo))
-            device_errors[start:stop] = chunk_errors
-            if on_calls is not None:
-                on_calls((stop - start) * backend.calls_per_prediction)
-            if not completing or completing[0][0] >= stop:
-                continue
-            positions = todo[synced:stop]
-            host_errors = device_errors[synced:stop].to("cpu", torch.float64)
-            errors[positions] = host_errors
-            if cache_keys is not None:
-                self.error_cache.update((cache_keys[n], e) for n, e in zip(positions.tolist(), host_errors.tolist()))
-            synced = stop
-            while completing and completing[0][0] < stop:
-                yield finished(completing.pop(0)[1])
-
-    @staticmethod
-    def _conditioning_table(conditionings: list, groups: torch.Tensor, device: torch.device) -> DeviceTable:
-        distinct = torch.unique(groups)
-        return DeviceTable(distinct, [conditionings[g] for g in distinct.tolist()], device)
-
     @staticmethod
     def _record_round(state: ImageState, groups: list, block: RoundRows, errors: torch.Tensor) -> None:
         """Each open candidate's error at each draw of the round: the mean over the conditionings it
@@ -515,39 +198,10 @@ class DiffusionScorer:
         sizes = torch.tensor([len(m) for m in members], dtype=torch.float64)
         state.per_draw[active, block.first_draw:block.target] = (total / sizes).T
 
-    @staticmethod
-    def _result(key: int, state: ImageState, timesteps: torch.Tensor, calls: int,
-                bounds: tuple[int, int]) -> ImageScores:
-        return image_scores(key, state, timesteps, calls, bounds)
-
-
-def image_scores(key: int, state: ImageState, timesteps: torch.Tensor, calls: int,
-                 bounds: tuple[int, int]) -> ImageScores:
-    """An image's decided state as its scores; `bounds` (fewest, most) calls the strategy could have
-    spent give the calls-based confidence."""
-    n = state.draws_done
-    per_draw = state.per_draw[:, :n]
-    fewest, most = bounds
-    confidence = 1.0 if most <= fewest else min(max((most - calls) / (most - fewest), 0.0), 1.0)
-    return ImageScores(
-        image_key=int(key), errors=torch.nanmean(per_draw, dim=1), per_draw=per_draw,
-        timesteps=timesteps[:n], draws=(~torch.isnan(per_draw)).sum(dim=1), calls=calls,
-        dropped_round=list(state.dropped_round), survivors_per_round=list(state.survivors_per_round),
-        confidence=confidence, capped=state.capped)
-
-
-def _round_columns(blocks: dict[int, RoundRows]) -> torch.Tensor:
-    """(3, rows) int64: image, draw and conditioning of every row of a round, image by image and,
-    within an image, draw by draw (so rows sharing a noise are consecutive)."""
-    columns = [torch.zeros(3, 0, dtype=torch.int64)]
-    for i, block in blocks.items():
-        needed = torch.tensor(block.conditionings, dtype=torch.int64)
-        draws = torch.arange(block.first_draw, block.target)
-        columns.append(torch.stack([torch.full((block.size,), i, dtype=torch.int64),
-                                    draws.repeat_interleave(len(needed)), needed.repeat(len(draws))]))
-    return torch.cat(columns, dim=1)
-
 
 def _open_conditionings(state: ImageState, groups: list) -> list[int]:
     """The conditionings the image's active candidates average (each scored once per draw)."""
     return sorted({g for c in torch.nonzero(state.active).flatten().tolist() for g in groups[c]})
+
+
+__all__ = ["DiffusionScorer", "ImageScores", "image_scores", "check_compatible"]

@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 import torch
 from torchvision import transforms
 
-from clip_benchmark_diffusion.backends.base import DiffusionBackend
+from clip_benchmark_diffusion.backends.base import Conditioning, DiffusionBackend
+from clip_benchmark_diffusion.schedules import DiscreteSchedule
 
 
 def _prompt_value(prompt: str) -> float:
@@ -24,10 +25,9 @@ class FakeBackend(DiffusionBackend):
 
     def __init__(self, spread: float = 1e-4, resolution: int = 8) -> None:
         self.resolution = resolution
-        self.prediction_type = "epsilon"
-        self.num_train_timesteps = 1000
         betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        self.alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        #: Stable Diffusion's DDPM process, epsilon-predicting
+        self.noise_process = DiscreteSchedule(torch.cumprod(1 - betas, dim=0), "epsilon")
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self.spread = spread
@@ -42,14 +42,11 @@ class FakeBackend(DiffusionBackend):
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         return pixels[:, :1].to(torch.float32)
 
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        return torch.tensor([[self.spread * _prompt_value(p)] for p in prompts], dtype=torch.float32)
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        return Conditioning(states=torch.tensor([[self.spread * _prompt_value(p)] for p in prompts],
+                                                dtype=torch.float32))
 
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        a = self.alphas_cumprod[timesteps].to(torch.float32).view(-1, 1, 1, 1)
-        return a.sqrt() * x0 + (1 - a).sqrt() * noise
-
-    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
+    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         self.predict_rows += len(x_t)
         self.largest_predict = max(self.largest_predict, len(x_t), len(conditioning))
-        return x_t * 0 + conditioning.view(-1, 1, 1, 1)
+        return x_t * 0 + conditioning.states.view(-1, 1, 1, 1)

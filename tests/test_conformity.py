@@ -176,14 +176,6 @@ def assert_same(name: str, ours, theirs, row: int, batch: int, tolerance: float)
 
 
 # ---------------------------------------------------------------- per family: the pipeline's side
-def sd_pipeline(backend):
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline(vae=backend.vae, text_encoder=backend.text_encoder, tokenizer=backend.tokenizer,
-                                   unet=backend.unet, scheduler=backend.scheduler, safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
-
-
 def run_pipeline(name: str, backend, pipe, prompt: str, x_t: torch.Tensor, t: int, sigma: float, size: int,
                  monkeypatch) -> None:
     """The family's text-to-image `__call__` with the plugin's x_t and noise level; stops at the first
@@ -288,7 +280,7 @@ def conformity(name: str, folder: str, dtype: torch.dtype, monkeypatch) -> None:
                               resolution=RESOLUTION.get(name))
     backend = load_backend(folder, dtype={torch.float32: "float32", torch.bfloat16: "bfloat16"}[dtype],
                            settings=settings)
-    denoiser = backend.unet if name == "sd" else backend.denoiser
+    denoiser = backend.denoiser
     prompt = "goldfish" if name == "dit" else "a photo of a Cat & a kite (bird of prey)."
     size = backend.resolution
     pixels = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
@@ -297,7 +289,7 @@ def conformity(name: str, folder: str, dtype: torch.dtype, monkeypatch) -> None:
         result = scorer.score(pixels, [[prompt]], image_keys=[42])[0]
     assert len(calls) == 1  # both draws in one pass
     ours = bound_arguments(denoiser, *calls[0])
-    pipe = sd_pipeline(backend) if name == "sd" else backend.pipe
+    pipe = backend.pipe
     if name == "hidream":  # its pipeline always generates at the area of its default size: make that ours
         pipe.default_sample_size = size // pipe.vae_scale_factor
     with torch.no_grad():
@@ -345,7 +337,7 @@ def test_the_plugin_calls_the_denoiser_as_the_pipeline_does(name, dtype, folders
 def test_a_prompt_scores_the_same_beside_longer_prompts(name, folders):
     """Families whose text states are as long as each prompt: rows are padded to the longest prompt
     of all (and a pass cut to its longest); the mask keeps a row's output what it is alone."""
-    from clip_benchmark_diffusion.backends.base import Conditioning, split_rows
+    from clip_benchmark_diffusion.backends.base import Conditioning
 
     backend = load_backend(folders[name], dtype="float32", settings=ScorerSettings(resolution=RESOLUTION[name]))
     size = backend.resolution
@@ -356,6 +348,6 @@ def test_a_prompt_scores_the_same_beside_longer_prompts(name, folders):
     assert long.states.shape[1] > short.states.shape[1]
     alone = backend.predict(x0, sigma, short)
     beside = backend.predict(x0.repeat(2, 1, 1, 1), sigma.repeat(2),
-                             Conditioning.stack(split_rows(short) + split_rows(long)))
+                             Conditioning.stack(short.rows() + long.rows()))
     assert torch.allclose(alone[0], beside[0], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(beside[0], beside[1], rtol=1e-3, atol=1e-3)

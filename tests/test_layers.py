@@ -23,12 +23,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("backends", ("backends.*",)),
     # `--pretrained` -> a checked checkpoint folder -> the family's backend
     ("checkpoints", ("checkpoints",)),
-    # where network calls go
-    ("strategies", ("strategies",)),
-    # the classifier: knows no host
-    ("scorer", ("scorer",)),
-    # what a run wrote, and deciding again from it
+    # where network calls go, and what an image's decision is
+    ("strategies", ("strategies", "decisions")),
+    # what a run wrote, and deciding again from it: below the scorer, so it never imports it
     ("journal", ("records", "replay")),
+    # the classifier (the prompt cache and device table, the passes, the round loop): knows no host
+    ("scorer", ("conditionings", "passes", "scorer")),
     # clip_benchmark, the command line, tools (everything else)
     ("integration", ()),
 )

@@ -70,7 +70,7 @@ def test_inputs_are_our_backends_latents_states_and_schedule(tiny_epsilon_pipeli
     assert torch.equal(latents, backend.encode_images(pixels))
     assert torch.equal(text_embeds, backend.encode_prompts(["a cat", "a dog", "a bird"]).states)
     assert type(scheduler).__name__ == "EulerDiscreteScheduler"  # the class their get_sd_model loads
-    assert torch.allclose(scheduler.alphas_cumprod, backend.scheduler.alphas_cumprod)
+    assert torch.allclose(scheduler.alphas_cumprod, backend.pipe.scheduler.alphas_cumprod)
 
 
 def test_run_hands_their_function_our_model_and_counts_its_calls(tiny_epsilon_pipeline, tmp_path):
@@ -95,10 +95,10 @@ def test_run_hands_their_function_our_model_and_counts_its_calls(tiny_epsilon_pi
     assert again[0].tolist() == correct.tolist()
     # the prediction is the prompt with the smallest error: recompute it by hand for image 0
     latent, noise = seen[0]["latent"], seen[0]["noise"][:1]
-    alpha = backend.scheduler.alphas_cumprod[500]
+    alpha = backend.pipe.scheduler.alphas_cumprod[500]
     noised = latent * alpha ** 0.5 + noise * (1 - alpha) ** 0.5
     states = backend.encode_prompts(["a cat", "a dog"]).states
     with torch.no_grad():
-        errors = [float(((backend.unet(noised, torch.tensor([500]), encoder_hidden_states=states[i:i + 1]).sample
+        errors = [float(((backend.denoiser(noised, torch.tensor([500]), encoder_hidden_states=states[i:i + 1]).sample
                           - noise) ** 2).mean()) for i in range(2)]
     assert bool(correct[0]) == (errors[0] < errors[1])

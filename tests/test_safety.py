@@ -169,7 +169,7 @@ def test_row_buffers_follow_the_rows_a_pass_has_not_the_batch_size():
     settings = ScorerSettings(templates="average_errors", draws=4, strategy="fixed", batch_size=60000)
     scorer = DiffusionScorer(FakeBackend(spread=0.5), settings)
     scorer.score(torch.rand(2, 3, 8, 8), [["a"], ["b"], ["c"]])
-    sizes = [buffer.shape[0] for _, buffer in scorer._gather.buffers.values()]
+    sizes = [buffer.shape[0] for _, buffer in scorer._passes.gather.buffers.values()]
     assert sizes and max(sizes) <= 2 * 3 * 4
 
 

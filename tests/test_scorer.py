@@ -4,6 +4,7 @@ import threading
 import pytest
 import torch
 
+from clip_benchmark_diffusion.backends.base import Conditioning
 from clip_benchmark_diffusion.checkpoints import load_backend
 from clip_benchmark_diffusion.objectives import draw_noise, schedule_errors
 from clip_benchmark_diffusion.schedules import DiscreteSchedule
@@ -21,7 +22,11 @@ def pixels(n: int, seed: int = 0, size: int = 16) -> torch.Tensor:
 
 def plain_loop_errors(backend, settings, image, key, candidates, timesteps):
     """Reference: one UNet call per (prompt, draw), no batching, no caches."""
+    from diffusers import DDPMScheduler
+
     scorer = DiffusionScorer(backend, settings)
+    scheduler = DDPMScheduler.from_pretrained(backend.description["source"], subfolder="scheduler")
+    schedule = DiscreteSchedule(scheduler.alphas_cumprod, scheduler.config.prediction_type)
     x0 = backend.encode_images(image[None])
     errors = torch.zeros(len(candidates), len(timesteps), dtype=torch.float64)
     for c, prompts in enumerate(candidates):
@@ -30,10 +35,8 @@ def plain_loop_errors(backend, settings, image, key, candidates, timesteps):
             for prompt in prompts:
                 noise = draw_noise(scorer.image_seed(key), j, tuple(x0.shape[1:]))[None]
                 t_batch = t.view(1)
-                x_t = backend.add_noise(x0, noise, t_batch)
+                x_t = scheduler.add_noise(x0, noise, t_batch)
                 output = backend.predict(x_t, t_batch, backend.encode_prompts([prompt]))
-                schedule = DiscreteSchedule(backend.alphas_cumprod[:backend.num_train_timesteps],
-                                            backend.prediction_type)
                 per_prompt.append(float(schedule_errors(schedule, settings, output, x0, noise, x_t, t_batch)))
             errors[c, j] = sum(per_prompt) / len(per_prompt)
     return errors
@@ -63,7 +66,7 @@ def test_batched_scorer_equals_plain_loop(epsilon_backend, objective):
 
 
 def test_v_prediction_checkpoint_is_scored_in_epsilon_space(v_backend):
-    assert v_backend.prediction_type == "v_prediction"
+    assert v_backend.noise_process.prediction_type == "v_prediction"
     settings = ScorerSettings(**FIXED, draws=4, batch_size=7)
     result = DiffusionScorer(v_backend, settings).score(pixels(1), CANDIDATES[:2], image_keys=[3])[0]
     expected = plain_loop_errors(v_backend, settings, pixels(1)[0], 3, CANDIDATES[:2], result.timesteps)
@@ -101,11 +104,11 @@ def test_prompts_are_encoded_once_and_template_modes_cost_what_they_say():
     cheap = cheap_scorer.score(pixels(2, size=8), CANDIDATES)
     assert cheap[0].calls == 3 * 4
     # only the 3 means are held, not the 6 prompts' states (1000 x 80 SD 2 states would be ~12 GB)
-    assert len(cheap_scorer._mean_cache) == 3 and not cheap_scorer._prompt_cache
+    assert len(cheap_scorer.conditionings.means) == 3 and not cheap_scorer.conditionings.prompts
     # the cheap mode really conditions on the mean embedding
-    mean_cond = (encode(["a photo of a cat."]) + encode(["a cat."])) / 2
+    mean_cond = (encode(["a photo of a cat."]).states + encode(["a cat."]).states) / 2
     single = FakeBackend(spread=0.5)
-    single.encode_prompts = lambda prompts: mean_cond.expand(len(prompts), -1)
+    single.encode_prompts = lambda prompts: Conditioning(states=mean_cond.expand(len(prompts), -1))
     reference = DiffusionScorer(single, ScorerSettings(**FIXED, draws=4)).score(pixels(2, size=8), [["x"]])
     assert torch.allclose(cheap[0].per_draw[0], reference[0].per_draw[0])
 
@@ -138,7 +141,6 @@ class ConditioningBackend(FakeBackend):
         return pixels[:, :2].to(torch.float32)
 
     def encode_prompts(self, prompts):
-        from clip_benchmark_diffusion.backends.base import Conditioning
         from fake_backend import _prompt_value
 
         values = torch.tensor([_prompt_value(p) for p in prompts], dtype=torch.float32)
@@ -158,16 +160,17 @@ def test_shared_noise_and_conditioning_rows_give_bit_identical_errors_to_a_per_r
                                                                                        table_bytes):
     """Noises generated once per (image, draw) and conditionings copied once per run or per
     pass, then indexed, give exactly the errors of computing every row on its own."""
-    import clip_benchmark_diffusion.scorer as scorer_module
+    import clip_benchmark_diffusion.conditionings as conditionings_module
+    import clip_benchmark_diffusion.passes as passes_module
 
-    monkeypatch.setattr(scorer_module, "CONDITIONING_TABLE_BYTES", table_bytes)
+    monkeypatch.setattr(conditionings_module, "CONDITIONING_TABLE_BYTES", table_bytes)
     backend = ConditioningBackend()
     settings = ScorerSettings(**FIXED, draws=5, batch_size=16, objective="x0_heuristic")  # passes straddle draws
     generated, moved, threads = [], [], set()
-    monkeypatch.setattr(scorer_module, "draw_noise", lambda *a: generated.append(a[:2]) or
+    monkeypatch.setattr(passes_module, "draw_noise", lambda *a: generated.append(a[:2]) or
                         threads.add(threading.current_thread().name) or draw_noise(*a))
-    to_device = scorer_module.rows_to_device
-    monkeypatch.setattr(scorer_module, "rows_to_device", lambda rows, device: moved.append(len(rows)) or
+    to_device = passes_module.rows_to_device
+    monkeypatch.setattr(passes_module, "rows_to_device", lambda rows, device: moved.append(len(rows)) or
                         to_device(rows, device))
     scorer = DiffusionScorer(backend, settings)
     images, keys = pixels(2, size=4), [5, 6]
@@ -257,12 +260,10 @@ def test_a_half_precision_network_gets_its_rows_in_its_dtype_with_the_per_row_lo
 def test_the_candidates_go_to_the_device_once_per_run(monkeypatch):
     """`prepare` puts the candidates' conditionings on the device once; later batches scored
     against the same candidates gather rows from that table (new candidates get a new one)."""
-    import clip_benchmark_diffusion.scorer as scorer_module
-
     stacked = []
-    stack_rows = scorer_module.stack_rows
-    monkeypatch.setattr(scorer_module, "stack_rows", lambda rows, *a, **k: stacked.append(len(rows)) or
-                        stack_rows(rows, *a, **k))
+    stack = Conditioning.stack
+    monkeypatch.setattr(Conditioning, "stack", staticmethod(lambda rows, *a, **k: stacked.append(len(rows)) or
+                                                            stack(rows, *a, **k)))
     settings = ScorerSettings(**FIXED, draws=3, batch_size=8)
     scorer = DiffusionScorer(ConditioningBackend(), settings)
     scorer.prepare(CANDIDATES)

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from clip_benchmark_diffusion.backends.base import Conditioning
 from clip_benchmark_diffusion.scorer import DiffusionScorer
 from clip_benchmark_diffusion.settings import ScorerSettings
 from fake_backend import FakeBackend
@@ -16,7 +17,7 @@ class SeparatedBackend(FakeBackend):
         self.gap = gap
 
     def encode_prompts(self, prompts):
-        return torch.tensor([[float(p.split()[-1]) * self.gap] for p in prompts])
+        return Conditioning(states=torch.tensor([[float(p.split()[-1]) * self.gap] for p in prompts]))
 
 
 def candidates(n: int) -> list[list[str]]:

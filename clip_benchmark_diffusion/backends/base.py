@@ -11,16 +11,15 @@ switches work the same for every family.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional, Sequence, Union
+from dataclasses import dataclass, fields
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
 from PIL import Image
 from torchvision import transforms
 
-from ..devices import to_device
 from ..safety import to_rgb
-from ..schedules import DiscreteSchedule, NoiseSchedule, sigma_distribution_problem
+from ..schedules import NoiseSchedule, sigma_distribution_problem
 from ..settings import ScorerSettings
 
 
@@ -66,6 +65,11 @@ class Conditioning:
     def __len__(self) -> int:
         return len(next(iter(self.fields().values())))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the present fields hold (what a table of such rows costs on the device)."""
+        return sum(value.numel() * value.element_size() for value in self.fields().values())
+
     def to(self, device: torch.device | str, dtype: Optional[torch.dtype] = None) -> "Conditioning":
         """On `device`; floating fields also in `dtype` (ids and masks keep theirs)."""
         return self.map(lambda v: v.to(device, dtype) if dtype is not None and v.is_floating_point()
@@ -101,20 +105,6 @@ class Conditioning:
         return Conditioning(**merged)
 
 
-#: what `encode_prompts` may return: a Conditioning, or (first API) one tensor of text states
-Encoded = Union[Conditioning, torch.Tensor]
-
-
-def split_rows(encoded: Encoded) -> list:
-    """Per-prompt rows of an `encode_prompts` result."""
-    return encoded.rows() if isinstance(encoded, Conditioning) else list(encoded)
-
-
-def stack_rows(rows: Sequence, pin_memory: bool = False) -> Encoded:
-    """A batch from rows of `split_rows`, in pinned memory when asked."""
-    return Conditioning.stack(rows, pin_memory) if isinstance(rows[0], Conditioning) else _stack(list(rows), pin_memory)
-
-
 def _stack(values: list, pin_memory: bool) -> torch.Tensor:
     """Rows stacked; rows of different lengths (families whose text states are as long as each
     prompt, with a mask) are zero-padded at the end to the longest, which their masks exclude."""
@@ -131,43 +121,27 @@ def _stack(values: list, pin_memory: bool) -> torch.Tensor:
     return torch.stack(values, out=out)
 
 
-def row_bytes(row: Encoded) -> int:
-    """Bytes one row of `split_rows` holds."""
-    fields = row.fields().values() if isinstance(row, Conditioning) else [row]
-    return sum(value.numel() * value.element_size() for value in fields)
+@dataclass(frozen=True)
+class LoadSettings:
+    """The settings a backend is built with (the load layer); every other setting is the scorer's.
+    The dtype is resolved by `checkpoints` and passed beside these."""
 
+    #: pixel size images are scored at (None = the model's own)
+    resolution: Optional[int] = None
+    #: leave the T5 encoder out (SD3/SD3.5)
+    drop_t5: bool = False
+    #: the guidance-embedding input of guidance-distilled models (FLUX.1-dev, FLUX.2, ...)
+    guidance: float = 1.0
 
-def take_rows(encoded: Encoded, index: torch.Tensor, out: Optional[Encoded] = None) -> Encoded:
-    """Rows `index` of a batch (`index_select`: on CPU several times faster than `encoded[index]`),
-    written into `out` (the same fields, `len(index)` rows) when given, e.g. a buffer reused
-    from pass to pass."""
-    if out is None:
-        return encoded.map(lambda value: value.index_select(0, index)) if isinstance(encoded, Conditioning) \
-            else encoded.index_select(0, index)
-    if isinstance(encoded, Conditioning):
-        return Conditioning(**{name: torch.index_select(value, 0, index, out=getattr(out, name))
-                               for name, value in encoded.fields().items()})
-    return torch.index_select(encoded, 0, index, out=out)
-
-
-def rows_to_device(encoded: Encoded, device: torch.device) -> Encoded:
-    """A pass's rows on `device`. To CUDA they go from pinned memory without waiting, so the host
-    prepares the next pass while this copy and the previous pass run."""
-    if isinstance(encoded, Conditioning):
-        return encoded.map(lambda value: to_device(value, device))
-    return to_device(encoded, device)
-
-
-def mean_rows(rows: Sequence) -> Any:
-    """One row averaging several rows of `split_rows`."""
-    return Conditioning.mean(rows) if isinstance(rows[0], Conditioning) else torch.stack(list(rows)).mean(dim=0)
+    @classmethod
+    def of(cls, settings: ScorerSettings) -> "LoadSettings":
+        """The load layer of a run's settings."""
+        return cls(**{field.name: getattr(settings, field.name) for field in fields(cls)})
 
 
 class DiffusionBackend(ABC):
     """A conditional denoiser, seen as a likelihood proxy for prompts."""
 
-    #: `_class_name`s of `model_index.json` this backend loads
-    pipeline_classes: ClassVar[tuple[str, ...]] = ()
     #: checkpoint subfolders it needs (also what is downloaded from the hub)
     parts: ClassVar[tuple[str, ...]] = ()
     #: rectified-flow family (sigma distributions apply)
@@ -180,11 +154,14 @@ class DiffusionBackend(ABC):
     dtype: torch.dtype
     #: a short description recorded with every run
     description: dict
+    #: the model's own noise process; a scorer derives the schedule it draws on from it and its own
+    #: settings (`NoiseSchedule.for_settings`)
+    noise_process: NoiseSchedule
 
     # ---------------------------------------------------------------- checkpoint
     @classmethod
-    def required_parts(cls, index: dict, settings: Optional[ScorerSettings] = None) -> tuple[str, ...]:
-        """Subfolders to fetch and check for this checkpoint (its `model_index.json`) and settings."""
+    def required_parts(cls, index: dict, load: Optional[LoadSettings] = None) -> tuple[str, ...]:
+        """Subfolders to fetch and check for this checkpoint (its `model_index.json`) and load settings."""
         return cls.parts
 
     @classmethod
@@ -206,36 +183,12 @@ class DiffusionBackend(ABC):
     @classmethod
     def from_pretrained(cls, source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                         local_files_only: bool = False, cache_dir: Optional[str] = None, speed: Any = None,
-                        settings: Optional[ScorerSettings] = None) -> "DiffusionBackend":
+                        load: Optional[LoadSettings] = None) -> "DiffusionBackend":
         """Load the family's parts from a diffusers folder or hub id."""
         from .speed import SpeedOptions
 
         return cls(source, device=device, dtype=dtype, local_files_only=local_files_only, cache_dir=cache_dir,
-                   speed=speed or SpeedOptions(), settings=settings or ScorerSettings())
-
-    # ---------------------------------------------------------------- noise process
-    @property
-    def schedule(self) -> NoiseSchedule:
-        """The family's noise process. A backend that only sets `alphas_cumprod` and
-        `prediction_type` (the first version of this interface) gets a DDPM schedule of them."""
-        found = self.__dict__.get("_schedule")
-        if found is None:
-            found = self._schedule = DiscreteSchedule(self.alphas_cumprod, self.prediction_type)
-        return found
-
-    @schedule.setter
-    def schedule(self, value: NoiseSchedule) -> None:
-        self._schedule = value
-
-    def noise_schedule(self, settings: ScorerSettings) -> NoiseSchedule:
-        """The schedule a scorer with these settings uses (flow families choose sigma's
-        distribution from them); rejects settings that do not apply."""
-        self.schedule.check(settings)
-        return self.schedule
-
-    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Forward-diffuse x0 to x_t with the model's own training schedule."""
-        return self.schedule.add_noise(x0, noise, timesteps)
+                   speed=speed or SpeedOptions(), load=load or LoadSettings())
 
     # ---------------------------------------------------------------- the model
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]:
@@ -253,12 +206,12 @@ class DiffusionBackend(ABC):
         """Pixel batch (from `image_transform`) -> clean model-space samples x0 (float32)."""
 
     @abstractmethod
-    def encode_prompts(self, prompts: Sequence[str]) -> Encoded:
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         """Prompts -> a batch of conditionings (one row per prompt), kept on CPU so a cache of
         many prompts never occupies accelerator memory."""
 
     @abstractmethod
-    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Encoded) -> torch.Tensor:
+    def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         """Model output for a batch, in the schedule's parameterisation, mean channels only.
         `timesteps` are what the schedule's `network_time` gives (t, or sigma for flow)."""
 

@@ -49,7 +49,7 @@ class CogView4Backend(PipelineBackend):
         """1000 u in float32, u the unshifted grid position of sigma, rounded to the integer it is
         within float error (the pipeline's timesteps are integers)."""
         steps = self.pipe.scheduler.config.num_train_timesteps
-        t = self.schedule.unshifted(sigma) * steps
+        t = self.noise_process.unshifted(sigma) * steps
         nearest = torch.round(t)
         return torch.where((t - nearest).abs() < 1e-6, nearest, t).to(torch.float32)
 

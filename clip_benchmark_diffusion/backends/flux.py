@@ -42,7 +42,7 @@ class FluxBackend(PipelineBackend):
         return bool(self.denoiser.config.guidance_embeds)
 
     def describe_extra(self) -> dict:
-        return {"guidance": self.settings.guidance if self.guided else None}
+        return {"guidance": self.load_settings.guidance if self.guided else None}
 
     @property
     def max_sequence_length(self) -> int:
@@ -60,7 +60,7 @@ class FluxBackend(PipelineBackend):
         batch, channels, height, width = x.shape
         packed = self.pipe._pack_latents(x, batch, channels, height, width)
         image_ids = self.pipe._prepare_latent_image_ids(batch, height // 2, width // 2, x.device, x.dtype)
-        guidance = torch.full((batch,), self.settings.guidance, device=x.device, dtype=torch.float32) \
+        guidance = torch.full((batch,), self.load_settings.guidance, device=x.device, dtype=torch.float32) \
             if self.guided else None
         timestep = self.flow_timestep(sigma).to(x.dtype) / 1000
         output = self._denoiser(hidden_states=packed, timestep=timestep, guidance=guidance,

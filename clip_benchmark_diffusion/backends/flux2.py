@@ -41,7 +41,7 @@ class Flux2Backend(PipelineBackend):
         return compute_empirical_mu(image_seq_len=tokens, num_steps=self.default_steps)
 
     def describe_extra(self) -> dict:
-        return {"guidance": self.settings.guidance if self.guided else None, "mu_steps": self.default_steps}
+        return {"guidance": self.load_settings.guidance if self.guided else None, "mu_steps": self.default_steps}
 
     @property
     def guided(self) -> bool:
@@ -65,7 +65,7 @@ class Flux2Backend(PipelineBackend):
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, c: Conditioning) -> torch.Tensor:
         batch = len(x)
         latent_ids = self.pipe._prepare_latent_ids(x).to(x.device)
-        guidance = torch.full((batch,), self.settings.guidance, device=x.device, dtype=torch.float32) \
+        guidance = torch.full((batch,), self.load_settings.guidance, device=x.device, dtype=torch.float32) \
             if self.guided else None
         output = self._denoiser(hidden_states=self.pipe._pack_latents(x),
                                 timestep=self.flow_timestep(sigma).to(x.dtype) / 1000, guidance=guidance,

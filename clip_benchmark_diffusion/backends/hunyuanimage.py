@@ -32,7 +32,7 @@ class HunyuanImageBackend(PipelineBackend):
 
     def describe_extra(self) -> dict:
         config = self.denoiser.config
-        return {"guidance": self.settings.guidance if config.guidance_embeds else None,
+        return {"guidance": self.load_settings.guidance if config.guidance_embeds else None,
                 "meanflow": bool(config.use_meanflow)}
 
     @torch.no_grad()
@@ -45,7 +45,7 @@ class HunyuanImageBackend(PipelineBackend):
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, c: Conditioning) -> torch.Tensor:
         config = self.denoiser.config
         timestep = self.flow_timestep(sigma).to(x.dtype)
-        guidance = torch.full((len(x),), self.settings.guidance, dtype=self.denoiser.dtype, device=x.device) * 1000.0 \
+        guidance = torch.full((len(x),), self.load_settings.guidance, dtype=self.denoiser.dtype, device=x.device) * 1000.0 \
             if config.guidance_embeds else None
         return self._denoiser(hidden_states=x, timestep=timestep, timestep_r=timestep if config.use_meanflow else None,
                               guidance=guidance, attention_kwargs={}, return_dict=False, encoder_hidden_states=c.states,

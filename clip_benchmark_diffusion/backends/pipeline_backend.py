@@ -1,4 +1,4 @@
-"""What the families after Stable Diffusion share: a diffusers pipeline object as the source of truth.
+"""What every family shares: a diffusers pipeline object as the source of truth.
 
 Each family loads its own diffusers pipeline class (so prompts are encoded by the pipeline's own
 `encode_prompt`, latents packed by its own helpers) and keeps only what scoring needs: the
@@ -18,8 +18,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import torch
 
 from ..schedules import DiscreteSchedule, FlowSchedule, NoiseSchedule
-from ..settings import ScorerSettings
-from .base import Conditioning, DiffusionBackend, Encoded
+from .base import Conditioning, DiffusionBackend, LoadSettings
 from .speed import SpeedOptions, prepare_denoiser, run_denoiser
 
 LOG = logging.getLogger(__name__)
@@ -69,16 +68,18 @@ class PipelineBackend(DiffusionBackend):
     family: ClassVar[str]
     #: families whose text encoder is T5 (overflows in float16)
     uses_t5: ClassVar[bool] = False
+    #: whether a float16 VAE whose config asks for it (`force_upcast`, SDXL's) encodes in float32
+    upcasts_vae: ClassVar[bool] = True
 
     def __init__(self, source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  local_files_only: bool = False, cache_dir: Optional[str] = None,
-                 speed: SpeedOptions = SpeedOptions(), settings: Optional[ScorerSettings] = None) -> None:
+                 speed: SpeedOptions = SpeedOptions(), load: Optional[LoadSettings] = None) -> None:
         import diffusers
 
         self.device = torch.device(device)
         self.dtype = dtype
         self.speed = speed
-        self.settings = settings or ScorerSettings()
+        self.load_settings = load or LoadSettings()
         self.source = str(source)
         pipeline_class = getattr(diffusers, self.diffusers_class)
         self.pipe = pipeline_class.from_pretrained(source, torch_dtype=dtype, local_files_only=local_files_only,
@@ -90,14 +91,14 @@ class PipelineBackend(DiffusionBackend):
                 if dtype == torch.float16 and type(module).__name__.startswith("T5"):
                     module.to(torch.bfloat16)  # T5 overflows in float16; its states are cast back per pass
         vae = getattr(self.pipe, "vae", None)
-        if vae is not None and dtype == torch.float16 and vae.config.get("force_upcast", False):
+        if vae is not None and dtype == torch.float16 and self.upcasts_vae and vae.config.get("force_upcast", False):
             vae.to(torch.float32)  # the fp16 VAE of SDXL overflows: encode in float32
         self.denoiser = getattr(self.pipe, self.denoiser_name)
         self._denoiser = prepare_denoiser(self.denoiser, speed)
         self.scoring = False  # the denoiser has been called: it is on the device, the text encoders are not
         self.keep_text_encoders = False  # prompts came after scoring began: the encoders stay on the device
-        self.resolution = int(self.settings.resolution or self.native_resolution())
-        self.schedule = self.build_schedule()
+        self.resolution = int(self.load_settings.resolution or self.native_resolution())
+        self.noise_process = self.build_noise_process()
         self.timestep_dtype = self.scheduler_timestep_dtype()
         self.description = {
             "backend": self.family,
@@ -108,7 +109,7 @@ class PipelineBackend(DiffusionBackend):
             "denoiser_parameters": sum(p.numel() for p in self.denoiser.parameters()),
             "channels_last": speed.channels_last,
             "compile": speed.compile_mode,
-            **self.schedule.describe(),
+            **self.noise_process.describe(),
             **self.describe_extra(),
         }
 
@@ -140,17 +141,14 @@ class PipelineBackend(DiffusionBackend):
         return super().auto_dtype(device)
 
     # ---------------------------------------------------------------- noise process
-    def build_schedule(self, settings: Optional[ScorerSettings] = None) -> NoiseSchedule:
-        """DDPM from the scheduler config's betas (any DDPM-type scheduler class), or flow
-        matching from `FlowMatchEulerDiscreteScheduler`'s shift."""
-        settings = settings or self.settings
+    def build_noise_process(self) -> NoiseSchedule:
+        """The model's own process: DDPM from the scheduler config's betas (any DDPM-type scheduler
+        class), or flow matching from `FlowMatchEulerDiscreteScheduler`'s shift."""
         if self.flow_matching and self.dpm_flow:  # DPM-Solver / UniPC in flow mode: `flow_shift`, no dynamic shift
             config = self.pipe.scheduler.config
-            return FlowSchedule(config.num_train_timesteps, shift=config.get("flow_shift", 1.0) or 1.0,
-                                distribution=settings.sigma_distribution, logit_mean=settings.logit_normal_mean,
-                                logit_std=settings.logit_normal_std)
+            return FlowSchedule(config.num_train_timesteps, shift=config.get("flow_shift", 1.0) or 1.0)
         if self.flow_matching:
-            return FlowSchedule.from_scheduler(self.pipe.scheduler, settings, mu=self.flow_mu())
+            return FlowSchedule.from_scheduler(self.pipe.scheduler, mu=self.flow_mu())
         from diffusers import DDPMScheduler
 
         return DiscreteSchedule.from_scheduler(DDPMScheduler.from_config(self.pipe.scheduler.config))
@@ -177,12 +175,6 @@ class PipelineBackend(DiffusionBackend):
         base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
         slope = (max_shift - base_shift) / (max_tokens - base_tokens)
         return float(image_tokens * slope + base_shift - slope * base_tokens)
-
-    def noise_schedule(self, settings: ScorerSettings) -> NoiseSchedule:
-        """A schedule for the scorer's own settings (its sigma distribution), not the load-time ones."""
-        schedule = self.build_schedule(settings)
-        schedule.check(settings)
-        return schedule
 
     @property
     def dpm_flow(self) -> bool:
@@ -230,12 +222,12 @@ class PipelineBackend(DiffusionBackend):
         return {name: module for name, module in self.pipe.components.items()
                 if name.startswith("text_encoder") and isinstance(module, torch.nn.Module)}
 
-    def encode_text(self, prompts: Sequence[str]) -> Encoded:
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
         """Prompts -> conditioning rows on the CPU, with the text encoders on the device."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: Sequence[str]) -> Encoded:
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         """`encode_text`; a prompt that comes after scoring began (caption selection encodes per
         batch) brings the text encoders back to the device, where they then stay."""
         if self.scoring and not self.keep_text_encoders and self.text_encoders():

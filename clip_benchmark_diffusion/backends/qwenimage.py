@@ -60,7 +60,7 @@ class QwenImageBackend(PipelineBackend):
         batch, channels, height, width = x.shape
         states, mask = trim_to_longest(c)
         packed = self.pipe._pack_latents(x, batch, channels, height, width)
-        guidance = torch.full((batch,), self.settings.guidance, device=x.device, dtype=torch.float32) \
+        guidance = torch.full((batch,), self.load_settings.guidance, device=x.device, dtype=torch.float32) \
             if self.denoiser.config.guidance_embeds else None
         output = self._denoiser(hidden_states=packed, timestep=self.flow_timestep(sigma).to(x.dtype) / 1000,
                                 guidance=guidance, encoder_hidden_states_mask=mask, encoder_hidden_states=states,

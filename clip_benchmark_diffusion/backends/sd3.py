@@ -5,8 +5,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..settings import ScorerSettings
-from .base import Conditioning
+from .base import Conditioning, LoadSettings
 from .pipeline_backend import PipelineBackend, text_length
 
 T5_PARTS = ("text_encoder_3", "tokenizer_3")
@@ -32,8 +31,8 @@ class StableDiffusion3Backend(PipelineBackend):
         + T5_PARTS
 
     @classmethod
-    def required_parts(cls, index: dict, settings: Optional[ScorerSettings] = None) -> tuple[str, ...]:
-        if (settings is not None and settings.drop_t5) or _t5_absent(index):
+    def required_parts(cls, index: dict, load: Optional[LoadSettings] = None) -> tuple[str, ...]:
+        if (load is not None and load.drop_t5) or _t5_absent(index):
             return tuple(p for p in cls.parts if p not in T5_PARTS)
         return cls.parts
 
@@ -43,7 +42,7 @@ class StableDiffusion3Backend(PipelineBackend):
 
         index_file = os.path.join(self.source, "model_index.json")
         absent = os.path.isfile(index_file) and _t5_absent(json.load(open(index_file)))
-        return {"text_encoder_3": None, "tokenizer_3": None} if self.settings.drop_t5 or absent else {}
+        return {"text_encoder_3": None, "tokenizer_3": None} if self.load_settings.drop_t5 or absent else {}
 
     def describe_extra(self) -> dict:
         return {"t5": self.pipe.text_encoder_3 is not None}

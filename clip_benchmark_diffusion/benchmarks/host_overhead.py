@@ -16,7 +16,7 @@ row gathers and dtype casts (`take_rows`, `as_network_input`, where the scorer h
 work" is the rest of the scoring thread's time (Python bookkeeping, stacking conditionings for the
 copy, syncs, strategies). Noise generation on the CPU generator (`draw_noise`: a draw's 16384 normal
 samples, which keep the draws the same on every device, shared by all the rows of that draw) runs on
-the scorer's noise thread, passes ahead (`scorer.noise_thread`), and that thread's CPU time is
+the scorer's noise thread, passes ahead (`passes.noise_thread`), and that thread's CPU time is
 printed on its own (before the noise thread existed, it was part of host work). The candidates are
 prepared once beforehand (`DiffusionScorer.prepare`: prompts encoded, conditionings on the device),
 as a run does once for all its images.
@@ -31,15 +31,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .. import scorer as scorer_module
+from .. import passes as passes_module
 from ..backends.base import Conditioning, DiffusionBackend
 from ..schedules import DiscreteSchedule
 from ..scorer import DiffusionScorer
 from ..settings import ScorerSettings
 
-take_rows = getattr(scorer_module, "take_rows", None)  # on-device row gathers (absent before issue 11)
-as_network_input = getattr(scorer_module, "as_network_input", None)  # on-device dtype casts (absent before)
-draw_noise = scorer_module.draw_noise
+take_rows = getattr(passes_module, "take_rows", None)  # on-device row gathers (absent before issue 11)
+as_network_input = getattr(passes_module, "as_network_input", None)  # on-device dtype casts (absent before)
+draw_noise = passes_module.draw_noise
 
 LATENT = (4, 64, 64)
 TEXT = (77, 1024)
@@ -57,7 +57,7 @@ class ZeroCostBackend(DiffusionBackend):
     def __init__(self) -> None:
         self.resolution, self.device, self.dtype = 512, torch.device("cpu"), torch.float16
         betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        self.schedule = DiscreteSchedule(torch.cumprod(1 - betas, dim=0), "epsilon")
+        self.noise_process = DiscreteSchedule(torch.cumprod(1 - betas, dim=0), "epsilon")
         self.description = {"backend": "zero-cost"}
         self._states = torch.randn(TEXT, generator=torch.Generator().manual_seed(0)).to(torch.float16)
 
@@ -129,11 +129,11 @@ def run_case(case: Case, repeats: int) -> dict:
     backend.predict = timed(backend.predict, math)
     device_work = {name: function for name, function in (("take_rows", take_rows),
                                                           ("as_network_input", as_network_input),
-                                                          ("schedule_errors", scorer_module.schedule_errors))
+                                                          ("schedule_errors", passes_module.schedule_errors))
                    if function}
     for name, function in device_work.items():
-        setattr(scorer_module, name, timed(function, math))
-    scorer_module.draw_noise = timed(draw_noise, noise)
+        setattr(passes_module, name, timed(function, math))
+    passes_module.draw_noise = timed(draw_noise, noise)
     pixels = torch.zeros(case.images, 3, 8, 8)
     best = None
     try:
@@ -146,8 +146,8 @@ def run_case(case: Case, repeats: int) -> dict:
                 best = (total, math[0], noise[0], sum(r.calls for r in results))
     finally:
         for name, function in device_work.items():
-            setattr(scorer_module, name, function)
-        scorer_module.draw_noise = draw_noise
+            setattr(passes_module, name, function)
+        passes_module.draw_noise = draw_noise
     total, math_seconds, noise_seconds, rows = best
     return {"case": case.name, "rows": rows, "total_us": total / rows * 1e6, "math_us": math_seconds / rows * 1e6,
             "host_us": (total - math_seconds) / rows * 1e6, "noise_us": noise_seconds / rows * 1e6}

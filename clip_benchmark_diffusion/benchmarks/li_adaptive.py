@@ -85,11 +85,9 @@ def li_inputs(backend, pixels: torch.Tensor, prompts: Sequence[str]) -> tuple[to
     from diffusers import EulerDiscreteScheduler
 
     latents = backend.encode_images(pixels)
-    tokens = backend.tokenizer(list(prompts), padding="max_length", max_length=backend.tokenizer.model_max_length,
-                               truncation=True, return_tensors="pt")
     with torch.inference_mode():
-        text_embeds = backend.text_encoder(tokens.input_ids.to(backend.device))[0]
-    return latents, text_embeds, EulerDiscreteScheduler.from_config(backend.scheduler.config)
+        text_embeds = backend.encode_prompts(list(prompts)).states.to(backend.device)
+    return latents, text_embeds, EulerDiscreteScheduler.from_config(backend.pipe.scheduler.config)
 
 
 def li_args(to_keep: Sequence[int], n_samples: Sequence[int], batch_size: int, loss: str = "l2",
@@ -113,17 +111,18 @@ def run(module: types.ModuleType, backend, pixels: torch.Tensor, labels: torch.T
         candidates: Sequence[Sequence[str]], args: argparse.Namespace, seed: int = 0
         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-image correctness, UNet calls and seconds of their function on our images."""
-    if backend.num_train_timesteps != 1000:
+    if backend.noise_process.num_train_timesteps != 1000:
         raise SystemExit(f"their eval_prob_adaptive assumes 1000 training timesteps; this model has "
-                         f"{backend.num_train_timesteps}")
+                         f"{backend.noise_process.num_train_timesteps}")
     module.device = str(backend.device)  # their module picks cuda/cpu at import; use the backend's device
     latents, text_embeds, scheduler = li_inputs(backend, pixels, [prompts[0] for prompts in candidates])
+    backend.start_scoring()  # the UNet joins the device
     correct, calls, seconds = [], [], []
     for i, latent in enumerate(latents):
         latent = latent.unsqueeze(0)
         noise = seeded_noise(seed, i, max(args.n_samples) * args.n_trials, latent)
         started = time.perf_counter()
-        prediction, data = module.eval_prob_adaptive(backend.unet, latent, text_embeds, scheduler, args,
+        prediction, data = module.eval_prob_adaptive(backend.denoiser, latent, text_embeds, scheduler, args,
                                                      latent_size=latent.shape[-1], all_noise=noise)
         seconds.append(time.perf_counter() - started)
         calls.append(sum(len(entry["pred_errors"]) for entry in data.values()))

@@ -39,7 +39,7 @@ from .prompts import canonical_templates
 from .protocols import DEFAULT_PROTOCOL, check_protocol, protocol_names
 from .records import close_recorders, record_lock
 from .safety import output_problem
-from .sharding import rank_record_path
+from .integration.ranks import rank_record_path
 from .settings import (COMPILE_MODES, DTYPES, LOSSES, OBJECTIVES, SIGMA_DISTRIBUTIONS, STRATEGIES, TEMPLATE_MODES,
                        TIMESTEP_SAMPLERS, TTEST_VARIANCES, ScorerSettings)
 
@@ -223,7 +223,7 @@ def is_diffusion_model(model_type: str, model_name: str) -> bool:
 
 def load_diffusion(model_name: str, pretrained: str, cache_dir: Optional[str] = None, device: Any = "cpu"):
     """clip_benchmark loader for diffusion models: `(model, transform, tokenizer)`."""
-    from .clip_benchmark_adapter import load_zero_shot_model
+    from .integration.adapter import load_zero_shot_model
 
     run = _state["run"] or {}
     options = _state["options"] or diffusion_argument_parser().parse_args([])
@@ -770,7 +770,7 @@ _STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.
 
 def _shard_for(args: argparse.Namespace, record_path: str):
     """This process's shard of the run when launched as several processes (torchrun, srun), else None."""
-    from .sharding import shard_from_env
+    from .integration.ranks import shard_from_env
 
     try:
         shard = shard_from_env()

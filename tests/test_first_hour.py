@@ -248,7 +248,7 @@ def test_module_help_lists_every_command(capsys):
 def test_progress_bar_moves_per_image_and_counts_calls_over_scored_images_only(tmp_path):
     from clip_benchmark.metrics import zeroshot_classification
 
-    from clip_benchmark_diffusion.clip_benchmark_adapter import DiffusionZeroShotModel, PromptTokenizer
+    from clip_benchmark_diffusion.integration.adapter import DiffusionZeroShotModel, PromptTokenizer
     from clip_benchmark_diffusion.scorer import DiffusionScorer
     from clip_benchmark_diffusion.settings import ScorerSettings
     from fake_backend import FakeBackend

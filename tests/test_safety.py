@@ -9,7 +9,7 @@ import pytest
 import torch
 from clip_benchmark.metrics import zeroshot_classification
 
-from clip_benchmark_diffusion.clip_benchmark_adapter import DiffusionZeroShotModel, PromptTokenizer
+from clip_benchmark_diffusion.integration.adapter import DiffusionZeroShotModel, PromptTokenizer
 from clip_benchmark_diffusion.records import read_records
 from clip_benchmark_diffusion.safety import NonFiniteError, ResourceLimit
 from clip_benchmark_diffusion.scorer import DiffusionScorer

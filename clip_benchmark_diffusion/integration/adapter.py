@@ -25,12 +25,12 @@ import torch
 from tqdm import tqdm
 
 from . import rank_codec
-from .draws import image_key_from_pixels
-from .errors import NonFiniteError, say
-from .records import RunRecorder, image_record, read_records, settings_fingerprint
-from .sharding import Shard, other_rank_records, rank_record_path
-from .scorer import DiffusionScorer
-from .strategies import call_bounds
+from ..draws import image_key_from_pixels
+from ..errors import NonFiniteError, say
+from ..records import RunRecorder, image_record, read_records, settings_fingerprint
+from .ranks import Shard, other_rank_records, rank_record_path
+from ..scorer import DiffusionScorer
+from ..strategies import call_bounds
 
 
 class PromptTokenizer:
@@ -71,7 +71,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
     def __init__(self, scorer: DiffusionScorer, tokenizer: PromptTokenizer, record_path: Optional[str] = None,
                  record_header: Optional[dict] = None, show_progress: bool = True,
                  task: str = "zeroshot_classification", shard: Optional[Shard] = None) -> None:
-        """`shard`: this process's place in a multi-process run (see `sharding.py`); `record_path` is
+        """`shard`: this process's place in a multi-process run (see `integration/ranks.py`); `record_path` is
         then the run's record, and this rank writes to its own file beside it."""
         super().__init__()
         self.shard = shard
@@ -121,7 +121,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
             self._start_new_candidate_set()
         prompts = self.tokenizer.decode(token_ids)[:1 if self.first_template_only else None]
         if len(self.candidates) >= self.capacity:
-            from .errors import UnsupportedSettings
+            from ..errors import UnsupportedSettings
 
             raise UnsupportedSettings(f"--diffusion_max_candidates {self.capacity} is below the number of classes "
                                       f"(at least {len(self.candidates) + 1}); raise it or drop the flag")
@@ -384,9 +384,9 @@ def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, 
                          shard: Optional[Shard] = None, protocol: Optional[dict] = None):
     """clip_benchmark's loader contract: return `(model, transform, tokenizer)`. `protocol`: the
     run's `--diffusion_protocol` record (see `protocols.resolve`), written into the record header."""
-    from .backends.speed import SpeedOptions
-    from .checkpoints import load_backend
-    from .protocols import first_template_only
+    from ..backends.speed import SpeedOptions
+    from ..checkpoints import load_backend
+    from ..protocols import first_template_only
 
     speed = SpeedOptions(channels_last=settings.channels_last, compile_mode=settings.compile,
                          static_batch=settings.batch_size)

@@ -219,7 +219,7 @@ def test_a_folder_as_dataset_points_to_the_converter(image_folder, tmp_path, cap
 # --------------------------------------------------------------------------- help
 def test_eval_help_has_one_diffusion_group_with_a_line_and_default_for_every_flag(capsys):
     from clip_benchmark_diffusion.__main__ import main
-    from clip_benchmark_diffusion.registration import diffusion_argument_parser
+    from clip_benchmark_diffusion.integration.flags import diffusion_argument_parser
 
     with pytest.raises(SystemExit) as stop:
         main(["eval", "--help"])

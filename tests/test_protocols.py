@@ -10,7 +10,7 @@ import pytest
 from clip_benchmark_diffusion import protocols
 from clip_benchmark_diffusion.protocols import FIRST_TEMPLATE, PROTOCOLS, dataset_keys
 from clip_benchmark_diffusion.records import read_records
-from clip_benchmark_diffusion.registration import diffusion_argument_parser, explicit_flags, settings_for_dataset
+from clip_benchmark_diffusion.integration.flags import diffusion_argument_parser, explicit_flags, settings_for_dataset
 from clip_benchmark_diffusion.settings import ScorerSettings
 from test_cli import in_process_error
 from test_records import run_in_process

@@ -135,14 +135,16 @@ def test_ranks_launched_with_another_output_or_draws_are_refused_naming_the_rank
 
     from torch.distributed import HashStore
 
-    from clip_benchmark_diffusion.registration import _run_identity, diffusion_argument_parser
+    from clip_benchmark_diffusion.integration.flags import diffusion_argument_parser, settings_for_dataset
+    from clip_benchmark_diffusion.integration.run import run_identity
     from clip_benchmark_diffusion.integration.ranks import Shard, ShardError
 
     def identity(output, *flags):
         args = argparse.Namespace(dataset="wds/animals", pretrained=tiny_epsilon_pipeline, task="auto", seed=0,
                                   output=output)
         options = diffusion_argument_parser().parse_args(["--diffusion_draws", "2", *flags])
-        return _run_identity(args, output, os.path.splitext(output)[0] + ".diffusion.jsonl", options)
+        settings = settings_for_dataset(options, args.seed, args.dataset)[0]
+        return run_identity(args, output, os.path.splitext(output)[0] + ".diffusion.jsonl", settings)
 
     values = [identity("out.json"), identity("other.json", "--diffusion_draws", "3")]
     store = HashStore()

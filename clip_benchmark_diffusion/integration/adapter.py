@@ -381,16 +381,19 @@ class DiffusionZeroShotModel(torch.nn.Module):
 def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, record_path: Optional[str] = None,
                          run_info: Optional[dict] = None, cache_dir: Optional[str] = None,
                          show_progress: bool = True, task: str = "zeroshot_classification",
-                         shard: Optional[Shard] = None, protocol: Optional[dict] = None):
+                         shard: Optional[Shard] = None, protocol: Optional[dict] = None,
+                         checkpoint: Optional[str] = None):
     """clip_benchmark's loader contract: return `(model, transform, tokenizer)`. `protocol`: the
-    run's `--diffusion_protocol` record (see `protocols.resolve`), written into the record header."""
+    run's `--diffusion_protocol` record (see `protocols.resolve`), written into the record header.
+    `checkpoint`: the folder `checkpoints.locate` already found for `pretrained` (a run's pre-load
+    check), so a hub id is not looked up again."""
     from ..backends.speed import SpeedOptions
     from ..checkpoints import load_backend
     from ..protocols import first_template_only
 
     speed = SpeedOptions(channels_last=settings.channels_last, compile_mode=settings.compile,
                          static_batch=settings.batch_size)
-    backend = load_backend(pretrained, device=device, dtype=settings.dtype, cache_dir=cache_dir, speed=speed,
+    backend = load_backend(checkpoint or pretrained, device=device, dtype=settings.dtype, cache_dir=cache_dir, speed=speed,
                            settings=settings)
     scorer = DiffusionScorer(backend, settings)
     tokenizer = PromptTokenizer()

@@ -393,8 +393,8 @@ def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, 
 
     speed = SpeedOptions(channels_last=settings.channels_last, compile_mode=settings.compile,
                          static_batch=settings.batch_size)
-    backend = load_backend(checkpoint or pretrained, device=device, dtype=settings.dtype, cache_dir=cache_dir, speed=speed,
-                           settings=settings)
+    backend = load_backend(checkpoint or pretrained, device=device, dtype=settings.dtype, cache_dir=cache_dir,
+                           speed=speed, settings=settings)
     scorer = DiffusionScorer(backend, settings)
     tokenizer = PromptTokenizer()
     header = {"settings": settings.to_dict(), "model": backend.description, "run": run_info or {},

@@ -88,7 +88,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
         self.capacity = scorer.settings.max_candidates
         self.prefilter = None
         if scorer.settings.prefilter_k > 0:
-            from .prefilter import ClipPrefilter
+            from ..prefilter import ClipPrefilter
 
             self.prefilter = ClipPrefilter(scorer.settings.prefilter_model, scorer.settings.prefilter_pretrained,
                                            device=scorer.backend.device)

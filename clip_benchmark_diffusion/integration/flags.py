@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 from typing import Any, Callable, Optional, get_args, get_origin, get_type_hints
 
 from ..console import with_defaults
@@ -48,8 +49,9 @@ class OtherFlag:
         return PREFIX + self.name
 
 
-def setting_flags() -> list[SettingFlag]:
-    """The flags declared on `ScorerSettings` fields, in field order."""
+@functools.lru_cache(maxsize=None)
+def setting_flags() -> tuple[SettingFlag, ...]:
+    """The flags declared on `ScorerSettings` fields, in field order (read once: the fields never change)."""
     hints = get_type_hints(ScorerSettings)
     found = []
     for field in dataclasses.fields(ScorerSettings):
@@ -71,7 +73,7 @@ def setting_flags() -> list[SettingFlag]:
         if flag.metavar:
             arguments["metavar"] = flag.metavar
         found.append(SettingFlag(field.name, PREFIX + (flag.name or field.name), arguments))
-    return found
+    return tuple(found)
 
 
 def parse_schedule(text: str) -> tuple[tuple[int, ...], tuple[int, ...]]:

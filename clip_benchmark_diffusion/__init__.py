@@ -18,7 +18,7 @@ _EXPORTS = {
     "CheckpointError": "checkpoints",
     "DiffusionBackend": "backends",
     "register": "registration",
-    "load_zero_shot_model": "clip_benchmark_adapter",
+    "load_zero_shot_model": "integration.adapter",
 }
 
 

@@ -169,7 +169,7 @@ def group_help(parser: argparse.ArgumentParser) -> str:
 
 def flags_table(parser: argparse.ArgumentParser) -> str:
     """The `--diffusion_*` flags as a markdown table (flag, default, what it does), from the parser's
-    own declarations (`registration.diffusion_argument_parser()`): the README's flags table is this text,
+    own declarations (`integration.flags.diffusion_argument_parser()`): the README's flags table is this text,
     and a test keeps the two equal."""
     rows = ["| flag | default | what it does |", "|---|---|---|"]
     for action in parser._actions:

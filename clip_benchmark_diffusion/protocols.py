@@ -149,27 +149,6 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: which ScorerSettings fields each `--diffusion_*` flag sets (explicit flags win over a protocol)
-FLAG_SETTINGS: dict[str, tuple[str, ...]] = {
-    "diffusion_draws": ("draws",), "diffusion_strategy": ("strategy",), "diffusion_timesteps": ("timesteps",),
-    "diffusion_t_range": ("t_min", "t_max"), "diffusion_objective": ("objective",),
-    "diffusion_bucket_weights": ("bucket_weights",), "diffusion_bucket_weights_file": ("bucket_weights",),
-    "diffusion_heuristic_rate": ("heuristic_rate",), "diffusion_loss": ("loss",),
-    "diffusion_sigma_distribution": ("sigma_distribution",),
-    "diffusion_logit_normal": ("logit_normal_mean", "logit_normal_std"), "diffusion_no_t5": ("drop_t5",),
-    "diffusion_guidance": ("guidance",), "diffusion_resolution": ("resolution",),
-    "diffusion_templates": ("templates",), "diffusion_batch_size": ("batch_size",), "diffusion_dtype": ("dtype",),
-    "diffusion_channels_last": ("channels_last",), "diffusion_compile": ("compile",),
-    "diffusion_delta": ("delta",), "diffusion_look_growth": ("look_growth",),
-    "diffusion_ttest_p": ("ttest_p",), "diffusion_min_draws": ("min_draws",),
-    "diffusion_round_draws": ("round_draws",), "diffusion_ttest_variance": ("ttest_variance",),
-    "diffusion_schedule": ("strategy", "schedule_keep", "schedule_draws"),
-    "diffusion_max_candidates": ("max_candidates",), "diffusion_max_calls": ("max_calls",),
-    "diffusion_prefilter": ("prefilter_model", "prefilter_pretrained", "prefilter_k"),
-    "diffusion_prefilter_k": ("prefilter_k",),
-}
-
-
 def protocol_names() -> tuple[str, ...]:
     return tuple(PROTOCOLS)
 
@@ -214,11 +193,11 @@ def resolve(name: str, dataset: str, values: dict[str, Any], explicit: Iterable[
     """Settings of one dataset's run and what the record says about its protocol.
 
     `values`: ScorerSettings fields from the command line (flag defaults included); `explicit`: the
-    `--diffusion_*` flag names (argparse dests) the user gave. The protocol's values replace those of
-    flags not given; then every field that differs from what the protocol implied is an override."""
+    fields the user's `--diffusion_*` flags set (`integration.flags.FLAG_SETTINGS`). The protocol's
+    values replace the others; then every field that differs from what the protocol implied is an override."""
     key, entry = dataset_entry(name, dataset)
     implied = implied_values(name, dataset)
-    given = {field for flag in explicit for field in FLAG_SETTINGS.get(flag, ())}
+    given = set(explicit)
     if "strategy" in given and values.get("strategy") != "schedule":
         given |= {"schedule_keep", "schedule_draws"}  # another strategy: the protocol's keep-list does not apply
     merged = {**values, **{k: v for k, v in implied.items() if k not in given}}

@@ -1,58 +1,70 @@
-"""Every knob of the scorer in one frozen, serialisable record.
+"""Every knob of the scorer in one frozen, serialisable record, each declared once.
 
 The same object is built from Python, from the `clip_benchmark eval --diffusion_*` flags and
 from a run's record header, so a run can be reproduced from what it wrote.
+
+A setting is one field of `ScorerSettings`: its type (a `Literal` names its choices), default,
+layer and flag (`setting(...)`). The choices tuples and their checks, `SETTING_LAYERS`, the
+`--diffusion_*` flag with its help (`integration/flags.py`) and the README flags table are all
+derived from that one declaration.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args, get_origin, get_type_hints
 
 from .errors import UnsupportedSettings  # noqa: F401 (re-exported: its old home)
 
-OBJECTIVES = ("epsilon", "x0_snr", "x0_heuristic", "x0_buckets", "velocity")
+Objective = Literal["epsilon", "x0_snr", "x0_heuristic", "x0_buckets", "velocity"]
 #: how a flow-matching model's sigma is drawn: its own timestep shift, uniform, or logit-normal
-SIGMA_DISTRIBUTIONS = ("model", "uniform", "logit_normal")
-LOSSES = ("l2", "l1", "huber")
-TIMESTEP_SAMPLERS = ("stratified", "uniform")
-TEMPLATE_MODES = ("single", "average_errors", "average_embeddings")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
-STRATEGIES = ("guaranteed", "fixed", "ttest", "schedule")
-TTEST_VARIANCES = ("paired", "pooled")
+SigmaDistribution = Literal["model", "uniform", "logit_normal"]
+Loss = Literal["l2", "l1", "huber"]
+TimestepSampler = Literal["stratified", "uniform"]
+TemplateMode = Literal["single", "average_errors", "average_embeddings"]
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+StrategyName = Literal["guaranteed", "fixed", "ttest", "schedule"]
+TtestVariance = Literal["paired", "pooled"]
 #: "off", or a `torch.compile` mode; "reduce-overhead" also captures CUDA graphs
-COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+CompileMode = Literal["off", "default", "max-autotune-no-cudagraphs", "reduce-overhead"]
 
-#: Which layer each setting belongs to. Everything that compares runs (resuming a record,
-#: sharing an error cache) derives what it may ignore from this one table. A setting not
-#: listed is a *scoring* setting: it can change the error of a given (image, draw, prompt),
-#: so nothing scored under another value of it is ever reused.
-SETTING_LAYERS: dict[str, tuple[str, ...]] = {
-    # where UNet calls go (which candidates get how many draws), not what one draw's error is
-    "allocation": ("strategy", "draws", "delta", "look_growth", "ttest_p", "min_draws", "round_draws",
-                   "ttest_variance", "schedule_keep", "schedule_draws", "prefilter_model", "prefilter_pretrained", "prefilter_k", "max_calls"),
-    # how fast the denoiser runs; errors equal up to float rounding (see README, "Reproducibility")
-    "speed": ("batch_size", "channels_last", "compile"),
-    # how the adapter hands rankings to clip_benchmark; no error or ranking depends on it
-    "adapter": ("max_candidates",),
-}
+OBJECTIVES = get_args(Objective)
+SIGMA_DISTRIBUTIONS = get_args(SigmaDistribution)
+LOSSES = get_args(Loss)
+TIMESTEP_SAMPLERS = get_args(TimestepSampler)
+TEMPLATE_MODES = get_args(TemplateMode)
+DTYPES = get_args(Dtype)
+STRATEGIES = get_args(StrategyName)
+TTEST_VARIANCES = get_args(TtestVariance)
+COMPILE_MODES = get_args(CompileMode)
 
-
-def settings_in_layers(*layers: str) -> frozenset[str]:
-    """Names of the settings in the given layers ("allocation", "speed", "adapter")."""
-    unknown = set(layers) - set(SETTING_LAYERS)
-    if unknown:
-        raise ValueError(f"unknown setting layers {sorted(unknown)}; known: {sorted(SETTING_LAYERS)}")
-    return frozenset(name for layer in layers for name in SETTING_LAYERS[layer])
+#: What a setting can change. Everything that compares runs (resuming a record, sharing an error
+#: cache) derives what it may ignore from the layers. A "scores" setting can change the error of a
+#: given (image, draw, prompt), so nothing scored under another value of it is ever reused; so can a
+#: "load" setting (how the model is loaded: dtype, resolution, text encoders, guidance input).
+#: "allocation": where network calls go (which candidates get how many draws), not what one draw's
+#: error is; "speed": how fast the denoiser runs, errors equal up to float rounding (see README,
+#: "Reproducibility"); "adapter": how the adapter hands rankings to clip_benchmark, no error or
+#: ranking depends on it.
+Layer = Literal["scores", "load", "allocation", "speed", "adapter"]
 
 
-#: settings that never change a record's contents beyond float rounding: records made under
-#: other values of these are reused when a run resumes
-RECORD_IGNORED_SETTINGS = settings_in_layers("speed", "adapter")
-#: settings an error cache may differ in (they change where calls go, not any one error)
-ERROR_CACHE_IGNORED_SETTINGS = settings_in_layers("allocation", "speed", "adapter")
+@dataclass(frozen=True)
+class Flag:
+    """How a setting is given on the command line: `--diffusion_<name>` (the setting's own name unless
+    `name` says otherwise). Its argparse type, choices and default come from the setting's field."""
 
+    help: str  # "{default}" in it is replaced by the setting's default
+    name: str = ""
+    metavar: Optional[str] = None
+    #: the flag defaults to None, not to the setting's default: not given, other flags decide
+    optional: bool = False
+
+
+def setting(default: Any, *, layer: Layer = "scores", flag: Optional[Flag] = None) -> Any:
+    """One `ScorerSettings` field: its default, its layer, and its flag (None: no flag of its own)."""
+    return field(default=default, metadata={"layer": layer, "flag": flag})
 
 
 @dataclass(frozen=True)
@@ -100,44 +112,66 @@ class ScorerSettings:
         default until a GPU benchmark shows they help.
     """
 
-    draws: int = 1024
-    timesteps: str = "stratified"
-    t_min: int = 0
-    t_max: Optional[int] = None
-    objective: str = "epsilon"
-    bucket_weights: tuple = ()
-    heuristic_rate: float = 7.0
-    loss: str = "l2"
-    templates: str = "single"
-    batch_size: int = 64
-    dtype: str = "auto"
-    channels_last: bool = False
-    compile: str = "off"
-    seed: int = 0
-    sigma_distribution: str = "model"
-    logit_normal_mean: float = 0.0
-    logit_normal_std: float = 1.0
-    drop_t5: bool = False
-    guidance: float = 1.0
-    resolution: Optional[int] = None
-    strategy: str = "guaranteed"
-    delta: float = 0.01
-    look_growth: float = 1.25
+    draws: int = setting(1024, layer="allocation", flag=Flag(
+        "(t, noise) draws per candidate: the full budget (the maximum of the adaptive strategies)"))
+    timesteps: TimestepSampler = setting("stratified", flag=Flag("timestep sampling"))
+    t_min: int = setting(0)  # with t_max: --diffusion_t_range
+    t_max: Optional[int] = setting(None)
+    objective: Objective = setting("epsilon", flag=Flag("error space and weighting"))
+    bucket_weights: tuple = setting(())  # --diffusion_bucket_weights(_file)
+    heuristic_rate: float = setting(7.0, flag=Flag("k in the x0_heuristic weight exp(-k t)"))
+    loss: Loss = setting("l2", flag=Flag("per-element loss averaged over the latent"))
+    templates: TemplateMode = setting("single", flag=Flag(
+        "single: one prompt per class, the dataset's canonical one (the papers' protocol); average_errors: "
+        "every template, errors averaged (cost x templates); average_embeddings: the mean text state of the "
+        "templates (untested on real models)"))
+    batch_size: int = setting(64, layer="speed", flag=Flag("UNet rows per call"))
+    dtype: Dtype = setting("auto", layer="load", flag=Flag(
+        "auto: on CUDA float16 (UNet families) or bfloat16 (flow/T5 families); float32 on CPU"))
+    channels_last: bool = setting(False, layer="speed", flag=Flag("channels_last memory format for the denoiser"))
+    compile: CompileMode = setting("off", layer="speed", flag=Flag(
+        "torch.compile the denoiser in this mode (reduce-overhead: CUDA graphs); passes are padded to the next "
+        "power of two rows"))
+    seed: int = setting(0)  # clip_benchmark's own --seed
+    sigma_distribution: SigmaDistribution = setting("model", flag=Flag(
+        "flow-matching models: sigma from the model's own shift, uniform, or logit-normal"))
+    logit_normal_mean: float = setting(0.0)  # with logit_normal_std: --diffusion_logit_normal
+    logit_normal_std: float = setting(1.0)
+    drop_t5: bool = setting(False, layer="load", flag=Flag(
+        "SD3/SD3.5: run without the T5 text encoder (~9 GB less)", name="no_t5"))
+    guidance: float = setting(1.0, layer="load", flag=Flag("FLUX.1-dev guidance input (1.0 = plain conditional)"))
+    resolution: Optional[int] = setting(None, layer="load", flag=Flag(
+        "score at this pixel size (default: the model's)"))
+    strategy: StrategyName = setting("guaranteed", layer="allocation", flag=Flag(
+        "guaranteed elimination (the full budget's answer with probability >= 1 - delta), fixed budget, "
+        "t-test elimination, or multi-stage schedule (default: {default}, or schedule when --diffusion_schedule "
+        "is given)", optional=True))
+    delta: float = setting(0.01, layer="allocation", flag=Flag(
+        "guaranteed: the answer equals the full budget's (--diffusion_draws for every candidate) with "
+        "probability >= 1 - DELTA"))
+    look_growth: float = setting(1.25, layer="allocation", flag=Flag(
+        "guaranteed: each test after the first at this many times the previous draw count"))
     # t-test elimination (Clark & Jaini, Algorithm 1)
-    ttest_p: float = 0.02
-    min_draws: int = 8
-    round_draws: int = 1
-    ttest_variance: str = "pooled"
-    # multi-stage schedule (Li et al.): keep the best keep[i] after cumulative stage_draws[i]
-    schedule_keep: tuple = ()
-    schedule_draws: tuple = ()
-    max_candidates: int = 4096
+    ttest_p: float = setting(0.02, layer="allocation", flag=Flag("ttest: drop at p below this"))
+    min_draws: int = setting(8, layer="allocation", flag=Flag(
+        "guaranteed, ttest: draws of every candidate before the first test"))
+    round_draws: int = setting(1, layer="allocation", flag=Flag("ttest: draws added per round"))
+    ttest_variance: TtestVariance = setting("pooled", layer="allocation", flag=Flag(
+        "t-test variance: per candidate pair (paired) or pooled over the open candidates (pooled)"))
+    # multi-stage schedule (Li et al.): keep the best keep[i] after cumulative stage_draws[i]; --diffusion_schedule
+    schedule_keep: tuple = setting((), layer="allocation")
+    schedule_draws: tuple = setting((), layer="allocation")
+    max_candidates: int = setting(4096, layer="adapter", flag=Flag(
+        "most classes (or captions) one run can register; raise it for datasets with more classes"))
     # a hard budget of network evaluations per image (0 = none); adaptive strategies stop at it
-    max_calls: int = 0
-    # CLIP pre-filter (Li et al.): only an open_clip model's top `prefilter_k` candidates are scored
-    prefilter_model: Optional[str] = None
-    prefilter_pretrained: Optional[str] = None
-    prefilter_k: int = 0
+    max_calls: int = setting(0, layer="allocation", flag=Flag(
+        "at most N UNet calls per image (0: no cap); adaptive strategies decide at the cap and the record "
+        "marks such images \"capped\"", metavar="N"))
+    # CLIP pre-filter (Li et al.): only an open_clip model's top `prefilter_k` candidates are scored;
+    # --diffusion_prefilter MODEL,PRETRAINED and --diffusion_prefilter_k
+    prefilter_model: Optional[str] = setting(None, layer="allocation")
+    prefilter_pretrained: Optional[str] = setting(None, layer="allocation")
+    prefilter_k: int = setting(0, layer="allocation")
     # Read by nothing, yet kept: every record header's settings hold it (so it is part of the
     # settings fingerprint), and `from_dict` refuses unknown names; removing it would make every
     # existing record unreadable or unresumable, for no gain.
@@ -152,30 +186,22 @@ class ScorerSettings:
             if not ok:
                 raise ValueError(f"invalid scorer setting: {message}")
 
+        for name, choices in SETTING_CHOICES.items():
+            value = getattr(self, name)
+            check(value in choices, f"{name} must be one of {choices}, got {value!r}")
         check(self.draws >= 1, f"draws must be >= 1, got {self.draws}")
-        check(self.timesteps in TIMESTEP_SAMPLERS, f"timesteps must be one of {TIMESTEP_SAMPLERS}, got {self.timesteps!r}")
         check(self.t_min >= 0, f"t_min must be >= 0, got {self.t_min}")
         check(self.t_max is None or self.t_max >= self.t_min, f"t_max ({self.t_max}) must be >= t_min ({self.t_min})")
-        check(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         check(self.objective != "x0_buckets" or len(self.bucket_weights) > 0,
               "objective 'x0_buckets' needs bucket_weights (one weight per equal-width timestep bucket)")
         check(all(w >= 0 for w in self.bucket_weights), "bucket weights must be >= 0")
-        check(self.sigma_distribution in SIGMA_DISTRIBUTIONS,
-              f"sigma_distribution must be one of {SIGMA_DISTRIBUTIONS}, got {self.sigma_distribution!r}")
         check(self.resolution is None or self.resolution >= 8, f"resolution must be >= 8, got {self.resolution}")
         check(self.logit_normal_std > 0, f"logit_normal_std must be > 0, got {self.logit_normal_std}")
-        check(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
-        check(self.templates in TEMPLATE_MODES, f"templates must be one of {TEMPLATE_MODES}, got {self.templates!r}")
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        check(self.compile in COMPILE_MODES, f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
-        check(self.strategy in STRATEGIES, f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         check(0 < self.ttest_p < 1, f"ttest_p must be in (0, 1), got {self.ttest_p}")
         check(0 < self.delta < 1, f"delta must be in (0, 1), got {self.delta}")
         check(1 < self.look_growth <= 64, f"look_growth must be in (1, 64], got {self.look_growth}")
         check(self.min_draws >= 2, f"min_draws must be >= 2 (a t-test needs two draws), got {self.min_draws}")
-        check(self.ttest_variance in TTEST_VARIANCES,
-              f"ttest_variance must be one of {TTEST_VARIANCES}, got {self.ttest_variance!r}")
         check(self.round_draws >= 1, f"round_draws must be >= 1, got {self.round_draws}")
         check(self.strategy == "schedule" or not (self.schedule_keep or self.schedule_draws),
               f"schedule_keep/schedule_draws are only used by strategy 'schedule', not {self.strategy!r}")
@@ -209,3 +235,28 @@ class ScorerSettings:
 
     def replace(self, **changes: Any) -> "ScorerSettings":
         return dataclasses.replace(self, **changes)
+
+
+#: the choices of every setting whose type is a `Literal`
+SETTING_CHOICES: dict[str, tuple] = {name: get_args(hint) for name, hint in get_type_hints(ScorerSettings).items()
+                                     if get_origin(hint) is Literal}
+#: Which layer each setting that may be ignored somewhere belongs to (see `Layer`); derived from the
+#: fields. A setting in none of these is a "scores" setting.
+SETTING_LAYERS: dict[str, tuple[str, ...]] = {
+    layer: tuple(f.name for f in dataclasses.fields(ScorerSettings) if f.metadata.get("layer") == layer)
+    for layer in get_args(Layer) if layer != "scores"}
+
+
+def settings_in_layers(*layers: str) -> frozenset[str]:
+    """Names of the settings in the given layers ("allocation", "speed", "load", "adapter")."""
+    unknown = set(layers) - set(SETTING_LAYERS)
+    if unknown:
+        raise ValueError(f"unknown setting layers {sorted(unknown)}; known: {sorted(SETTING_LAYERS)}")
+    return frozenset(name for layer in layers for name in SETTING_LAYERS[layer])
+
+
+#: settings that never change a record's contents beyond float rounding: records made under
+#: other values of these are reused when a run resumes
+RECORD_IGNORED_SETTINGS = settings_in_layers("speed", "adapter")
+#: settings an error cache may differ in (they change where calls go, not any one error)
+ERROR_CACHE_IGNORED_SETTINGS = settings_in_layers("allocation", "speed", "adapter")

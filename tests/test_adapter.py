@@ -4,8 +4,8 @@ import pytest
 import torch
 from clip_benchmark.metrics import zeroshot_classification
 
-from clip_benchmark_diffusion import rank_codec
-from clip_benchmark_diffusion.clip_benchmark_adapter import DiffusionZeroShotModel, PromptTokenizer
+from clip_benchmark_diffusion.integration import rank_codec
+from clip_benchmark_diffusion.integration.adapter import DiffusionZeroShotModel, PromptTokenizer
 from clip_benchmark_diffusion.records import read_records
 from clip_benchmark_diffusion.scorer import DiffusionScorer
 from clip_benchmark_diffusion.settings import ScorerSettings

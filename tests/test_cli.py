@@ -175,8 +175,8 @@ def test_caption_selection_task_on_the_world_binding_set(tiny_epsilon_pipeline, 
 
 
 def test_a_schedule_implies_its_strategy_and_contradicting_strategies_are_refused():
-    from clip_benchmark_diffusion.registration import (DiffusionUsageError, diffusion_argument_parser,
-                                                       settings_from_options)
+    from clip_benchmark_diffusion.errors import DiffusionUsageError
+    from clip_benchmark_diffusion.integration.flags import diffusion_argument_parser, settings_from_options
 
     parse = diffusion_argument_parser().parse_args
     implied = settings_from_options(parse(["--diffusion_schedule", "5@50,1@500"]), seed=0)

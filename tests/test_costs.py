@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from clip_benchmark_diffusion.clip_benchmark_adapter import DiffusionZeroShotModel, PromptTokenizer
+from clip_benchmark_diffusion.integration.adapter import DiffusionZeroShotModel, PromptTokenizer
 from clip_benchmark_diffusion.scorer import DiffusionScorer
 from clip_benchmark_diffusion.settings import ScorerSettings, UnsupportedSettings
 from clip_benchmark_diffusion.strategies import call_bounds

@@ -219,7 +219,7 @@ def test_a_folder_as_dataset_points_to_the_converter(image_folder, tmp_path, cap
 # --------------------------------------------------------------------------- help
 def test_eval_help_has_one_diffusion_group_with_a_line_and_default_for_every_flag(capsys):
     from clip_benchmark_diffusion.__main__ import main
-    from clip_benchmark_diffusion.registration import diffusion_argument_parser
+    from clip_benchmark_diffusion.integration.flags import diffusion_argument_parser
 
     with pytest.raises(SystemExit) as stop:
         main(["eval", "--help"])
@@ -248,7 +248,7 @@ def test_module_help_lists_every_command(capsys):
 def test_progress_bar_moves_per_image_and_counts_calls_over_scored_images_only(tmp_path):
     from clip_benchmark.metrics import zeroshot_classification
 
-    from clip_benchmark_diffusion.clip_benchmark_adapter import DiffusionZeroShotModel, PromptTokenizer
+    from clip_benchmark_diffusion.integration.adapter import DiffusionZeroShotModel, PromptTokenizer
     from clip_benchmark_diffusion.scorer import DiffusionScorer
     from clip_benchmark_diffusion.settings import ScorerSettings
     from fake_backend import FakeBackend

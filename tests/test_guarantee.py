@@ -146,7 +146,7 @@ def test_replay_refuses_to_invent_errors_the_run_never_evaluated():
 def test_a_record_is_re_decided_without_a_model(tmp_path):
     from clip_benchmark.metrics import zeroshot_classification
 
-    from clip_benchmark_diffusion.clip_benchmark_adapter import DiffusionZeroShotModel, PromptTokenizer
+    from clip_benchmark_diffusion.integration.adapter import DiffusionZeroShotModel, PromptTokenizer
     from clip_benchmark_diffusion.replay import main
 
     path = str(tmp_path / "run.diffusion.jsonl")

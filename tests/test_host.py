@@ -113,10 +113,10 @@ def test_a_new_keyword_in_run_classification_reaches_it_for_clip_and_diffusion(c
 def test_a_missing_open_clip_table_only_costs_the_reference_clip_tag(monkeypatch, capsys):
     from open_clip import pretrained as open_clip_pretrained
 
-    from clip_benchmark_diffusion import registration
+    from clip_benchmark_diffusion.integration import patches
 
     monkeypatch.delattr(open_clip_pretrained, "_PRETRAINED")
-    registration._register_reference_clip()
+    patches._register_reference_clip()
     err = capsys.readouterr().err
     assert "reference CLIP could not be registered" in err and "file path" in err
 

@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from clip_benchmark_diffusion.clip_benchmark_adapter import DiffusionZeroShotModel, PromptTokenizer
+from clip_benchmark_diffusion.integration.adapter import DiffusionZeroShotModel, PromptTokenizer
 from clip_benchmark_diffusion.prefilter import ClipPrefilter
 from clip_benchmark_diffusion.scorer import DiffusionScorer
 from clip_benchmark_diffusion.settings import ScorerSettings

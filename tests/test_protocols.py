@@ -10,7 +10,8 @@ import pytest
 from clip_benchmark_diffusion import protocols
 from clip_benchmark_diffusion.protocols import FIRST_TEMPLATE, PROTOCOLS, dataset_keys
 from clip_benchmark_diffusion.records import read_records
-from clip_benchmark_diffusion.registration import diffusion_argument_parser, explicit_flags, settings_for_dataset
+from clip_benchmark_diffusion.integration.flags import (FLAG_SETTINGS, diffusion_argument_parser, explicit_flags,
+                                                      settings_for_dataset)
 from clip_benchmark_diffusion.settings import ScorerSettings
 from test_cli import in_process_error
 from test_records import run_in_process
@@ -250,7 +251,7 @@ def test_docs_table_lists_each_entry_as_the_package_table_has_it():
 def test_every_settings_flag_is_known_to_the_protocol_resolution():
     """A new `--diffusion_*` flag that sets a scorer setting must say which (else it could not override)."""
     flags = {a.dest for a in diffusion_argument_parser()._actions if a.dest.startswith("diffusion_")}
-    assert flags - set(protocols.FLAG_SETTINGS) == {"diffusion_no_progress", "diffusion_predictions",
+    assert flags - set(FLAG_SETTINGS) == {"diffusion_no_progress", "diffusion_predictions",
                                                      "diffusion_protocol", "diffusion_records",
                                                      "diffusion_limit"}
 

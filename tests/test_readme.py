@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from clip_benchmark_diffusion.console import flags_table
-from clip_benchmark_diffusion.registration import diffusion_argument_parser
+from clip_benchmark_diffusion.integration.flags import diffusion_argument_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from clip_benchmark.metrics import zeroshot_classification
 
-from clip_benchmark_diffusion.clip_benchmark_adapter import DiffusionZeroShotModel, PromptTokenizer
+from clip_benchmark_diffusion.integration.adapter import DiffusionZeroShotModel, PromptTokenizer
 from clip_benchmark_diffusion.records import (RecordError, RunRecorder, archive_path, read_records, record_lock,
                                               settings_fingerprint)
 from clip_benchmark_diffusion.scorer import DiffusionScorer

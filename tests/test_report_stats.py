@@ -125,10 +125,10 @@ def test_accuracy_vs_calls_labels_overlap_neither_each_other_nor_the_title():
 
 
 def test_a_failed_run_leaves_no_predictions_path_for_later_runs(tmp_path):
-    from clip_benchmark_diffusion import registration
+    from clip_benchmark_diffusion.integration.run import session
     from clip_benchmark_diffusion.demo import clip_benchmark_eval
 
     with pytest.raises(SystemExit):
         clip_benchmark_eval(["--model", "sd-diffusion", "--pretrained", str(tmp_path / "missing"), "--dataset",
                              "wds/shape", "--dataset_root", str(tmp_path), "--output", str(tmp_path / "r.json")])
-    assert registration._state.get("predictions") is None
+    assert session().predictions is None

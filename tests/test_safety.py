@@ -9,7 +9,7 @@ import pytest
 import torch
 from clip_benchmark.metrics import zeroshot_classification
 
-from clip_benchmark_diffusion.clip_benchmark_adapter import DiffusionZeroShotModel, PromptTokenizer
+from clip_benchmark_diffusion.integration.adapter import DiffusionZeroShotModel, PromptTokenizer
 from clip_benchmark_diffusion.records import read_records
 from clip_benchmark_diffusion.safety import NonFiniteError, ResourceLimit
 from clip_benchmark_diffusion.scorer import DiffusionScorer
@@ -115,9 +115,9 @@ def test_bad_numbers_are_refused_before_any_work(flags, message, tiny_epsilon_pi
 
 def test_flags_the_objective_ignores_are_named_and_flags_on_a_clip_run_too(tiny_epsilon_pipeline, tiny_wds,
                                                                            tmp_path, capsys, monkeypatch):
-    from clip_benchmark_diffusion import registration
+    from clip_benchmark_diffusion.integration import flags
 
-    monkeypatch.setattr(registration, "_WARNED", set())
+    monkeypatch.setattr(flags, "_WARNED", set())
     code, err = run_in_process(eval_args(tiny_epsilon_pipeline, tiny_wds, "--diffusion_objective", "epsilon",
                                          "--diffusion_bucket_weights", "1", "2", "--diffusion_heuristic_rate", "3",
                                          "--diffusion_guidance", "3.5"),

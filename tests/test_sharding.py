@@ -135,14 +135,16 @@ def test_ranks_launched_with_another_output_or_draws_are_refused_naming_the_rank
 
     from torch.distributed import HashStore
 
-    from clip_benchmark_diffusion.registration import _run_identity, diffusion_argument_parser
-    from clip_benchmark_diffusion.sharding import Shard, ShardError
+    from clip_benchmark_diffusion.integration.flags import diffusion_argument_parser, settings_for_dataset
+    from clip_benchmark_diffusion.integration.run import run_identity
+    from clip_benchmark_diffusion.integration.ranks import Shard, ShardError
 
     def identity(output, *flags):
         args = argparse.Namespace(dataset="wds/animals", pretrained=tiny_epsilon_pipeline, task="auto", seed=0,
                                   output=output)
         options = diffusion_argument_parser().parse_args(["--diffusion_draws", "2", *flags])
-        return _run_identity(args, output, os.path.splitext(output)[0] + ".diffusion.jsonl", options)
+        settings = settings_for_dataset(options, args.seed, args.dataset)[0]
+        return run_identity(args, output, os.path.splitext(output)[0] + ".diffusion.jsonl", settings)
 
     values = [identity("out.json"), identity("other.json", "--diffusion_draws", "3")]
     store = HashStore()
@@ -159,7 +161,7 @@ def test_ranks_launched_with_another_output_or_draws_are_refused_naming_the_rank
 def _two_ranks(store=None):
     from torch.distributed import HashStore
 
-    from clip_benchmark_diffusion.sharding import Shard
+    from clip_benchmark_diffusion.integration.ranks import Shard
 
     store = store or HashStore()
     return [Shard(r, 2, r, store).for_run("run") for r in (0, 1)]
@@ -190,10 +192,10 @@ def test_ranks_with_other_weights_are_refused_before_the_first_image(tmp_path):
     thrown away by rank 0. Each rank's adapter compares before scoring anything."""
     import torch
 
-    from clip_benchmark_diffusion.clip_benchmark_adapter import DiffusionZeroShotModel, PromptTokenizer
+    from clip_benchmark_diffusion.integration.adapter import DiffusionZeroShotModel, PromptTokenizer
     from clip_benchmark_diffusion.scorer import DiffusionScorer
     from clip_benchmark_diffusion.settings import ScorerSettings
-    from clip_benchmark_diffusion.sharding import ShardError
+    from clip_benchmark_diffusion.integration.ranks import ShardError
     from fake_backend import FakeBackend
 
     settings = ScorerSettings(templates="average_errors", strategy="fixed", draws=2)
@@ -214,7 +216,7 @@ def test_ranks_with_other_weights_are_refused_before_the_first_image(tmp_path):
 
 
 def test_a_rank_that_never_comes_is_a_timeout_with_a_message(monkeypatch):
-    from clip_benchmark_diffusion.sharding import ShardError
+    from clip_benchmark_diffusion.integration.ranks import ShardError
 
     monkeypatch.setenv("CLIP_BENCHMARK_DIFFUSION_RANK_TIMEOUT_S", "0.5")
     rank0, _ = _two_ranks()
@@ -226,11 +228,11 @@ def test_a_rank_that_never_comes_is_a_timeout_with_a_message(monkeypatch):
 
 
 def test_ranks_that_never_join_the_rendezvous_are_a_timeout_with_a_message(monkeypatch):
-    from clip_benchmark_diffusion import sharding
+    from clip_benchmark_diffusion.integration import ranks
 
     for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"),
                         ("MASTER_PORT", str(free_port())), ("CLIP_BENCHMARK_DIFFUSION_RANK_TIMEOUT_S", "2")):
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(sharding, "_process_shard", {})
+    monkeypatch.setattr(ranks, "_process_shard", {})
     with pytest.raises(RuntimeError, match=r"rank 0 of 2: the other ranks did not join at 127.0.0.1:\d+ within 2 s"):
-        sharding.shard_from_env()
+        ranks.shard_from_env()

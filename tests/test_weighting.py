@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from clip_benchmark_diffusion.registration import (DiffusionUsageError, diffusion_argument_parser,
-                                                   settings_from_options)
+from clip_benchmark_diffusion.errors import DiffusionUsageError
+from clip_benchmark_diffusion.integration.flags import diffusion_argument_parser, settings_from_options
 from clip_benchmark_diffusion.weighting import (DrawErrors, accuracy, bucket_features, fit_bucket_weights,
                                                 load_draw_errors, read_bucket_weights, timestep_weights)
 from clip_benchmark_diffusion.weighting import main as weighting_main

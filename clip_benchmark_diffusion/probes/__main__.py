@@ -7,7 +7,7 @@ from typing import Optional
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ..registration import diffusion_argument_parser
+    from ..integration.flags import diffusion_argument_parser
     from .cue_conflict import LAYOUTS
     from .robustness import LAYOUTS as ROBUSTNESS_LAYOUTS
     from .run import DEFAULT_OUTPUT

@@ -220,8 +220,9 @@ def run_model(model_name: str, pretrained: str, sets: Sequence[CorruptionSet], o
     from clip_benchmark.metrics import zeroshot_classification
     from clip_benchmark.models import load_clip
 
-    from ..registration import (diffusion_argument_parser, diffusion_run, effective_model_type, file_safe_pretrained,
-                                is_diffusion_model)
+    from ..integration.flags import default_options
+    from ..integration.outputs import file_safe_pretrained
+    from ..integration.run import diffusion_run, effective_model_type, is_diffusion_model
     from ..registration import register
 
     register()
@@ -231,7 +232,7 @@ def run_model(model_name: str, pretrained: str, sets: Sequence[CorruptionSet], o
     diffusion = is_diffusion_model(model_type, model_name)
     context = contextlib.nullcontext()
     if diffusion:
-        options = diffusion_options or diffusion_argument_parser().parse_args([])
+        options = diffusion_options or default_options()
         info = {"dataset": dataset, "pretrained": pretrained, "task": "zeroshot_classification", "probe": TASK,
                 "model_name": model_name}
         context = diffusion_run(options, seed, os.path.join(out, stem + ".diffusion.jsonl"), info)
@@ -311,7 +312,7 @@ def run_robustness(models: Sequence[tuple[str, str]], root: str, out: str, layou
 
 
 def _write_result(result: dict[str, Any], out: str) -> None:
-    from ..registration import file_safe_pretrained
+    from ..integration.outputs import file_safe_pretrained
 
     correct = result.pop("_correct")
     stem = os.path.join(out, f"{result['dataset']}_{result['model']}_{file_safe_pretrained(result['pretrained'])}")

@@ -39,7 +39,7 @@ def predict(model: Any, tokenizer: Any, dataset: CueConflictDataset, device: str
 
 def output_path(template: str, dataset: str, model: str, pretrained: str, language: str = "en") -> str:
     """clip_benchmark's `--output` template, with a file-safe `{pretrained}`."""
-    from ..registration import file_safe_pretrained
+    from ..integration.outputs import file_safe_pretrained
 
     slug = file_safe_pretrained(pretrained)
     return template.format(dataset=dataset, model=model, pretrained=slug, pretrained_full_path=slug, task=TASK,
@@ -68,8 +68,9 @@ def run_shape_bias(model: str, pretrained: str, dataset_root: str, layout: str =
     """
     from clip_benchmark.models import load_clip
 
-    from ..registration import (diffusion_argument_parser, diffusion_run, effective_model_type, is_diffusion_model,
-                                register)
+    from ..integration.flags import default_options
+    from ..integration.run import diffusion_run, effective_model_type, is_diffusion_model
+    from ..registration import register
 
     register()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -81,7 +82,7 @@ def run_shape_bias(model: str, pretrained: str, dataset_root: str, layout: str =
     diffusion = is_diffusion_model(model_type, model)
     context = contextlib.nullcontext()
     if diffusion:
-        options = diffusion_options or diffusion_argument_parser().parse_args([])
+        options = diffusion_options or default_options()
         # "task" is how the diffusion model is driven (zero-shot classification); "probe" what it is for
         info = {"dataset": dataset_name, "pretrained": pretrained, "task": "zeroshot_classification", "probe": TASK,
                 "result_json": result_path, "model_name": model, "language": language}

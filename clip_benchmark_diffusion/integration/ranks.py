@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Optional
 
-from .errors import ShardError  # noqa: F401 (re-exported: its old home)
-from .records import record_stem
+from ..errors import ShardError  # noqa: F401 (re-exported: its old home)
+from ..records import record_stem
 
 #: how long rank 0 waits for the slowest rank (a dead rank ends a torchrun job long before);
 #: CLIP_BENCHMARK_DIFFUSION_RANK_WAIT_S overrides it

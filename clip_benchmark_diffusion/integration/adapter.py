@@ -25,12 +25,12 @@ import torch
 from tqdm import tqdm
 
 from . import rank_codec
-from .draws import image_key_from_pixels
-from .errors import NonFiniteError, say
-from .records import RunRecorder, image_record, read_records, settings_fingerprint
-from .sharding import Shard, other_rank_records, rank_record_path
-from .scorer import DiffusionScorer
-from .strategies import call_bounds
+from ..draws import image_key_from_pixels
+from ..errors import NonFiniteError, say
+from ..records import RunRecorder, image_record, read_records, settings_fingerprint
+from .ranks import Shard, other_rank_records, rank_record_path
+from ..scorer import DiffusionScorer
+from ..strategies import call_bounds
 
 
 class PromptTokenizer:
@@ -71,7 +71,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
     def __init__(self, scorer: DiffusionScorer, tokenizer: PromptTokenizer, record_path: Optional[str] = None,
                  record_header: Optional[dict] = None, show_progress: bool = True,
                  task: str = "zeroshot_classification", shard: Optional[Shard] = None) -> None:
-        """`shard`: this process's place in a multi-process run (see `sharding.py`); `record_path` is
+        """`shard`: this process's place in a multi-process run (see `integration/ranks.py`); `record_path` is
         then the run's record, and this rank writes to its own file beside it."""
         super().__init__()
         self.shard = shard
@@ -88,7 +88,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
         self.capacity = scorer.settings.max_candidates
         self.prefilter = None
         if scorer.settings.prefilter_k > 0:
-            from .prefilter import ClipPrefilter
+            from ..prefilter import ClipPrefilter
 
             self.prefilter = ClipPrefilter(scorer.settings.prefilter_model, scorer.settings.prefilter_pretrained,
                                            device=scorer.backend.device)
@@ -121,7 +121,7 @@ class DiffusionZeroShotModel(torch.nn.Module):
             self._start_new_candidate_set()
         prompts = self.tokenizer.decode(token_ids)[:1 if self.first_template_only else None]
         if len(self.candidates) >= self.capacity:
-            from .errors import UnsupportedSettings
+            from ..errors import UnsupportedSettings
 
             raise UnsupportedSettings(f"--diffusion_max_candidates {self.capacity} is below the number of classes "
                                       f"(at least {len(self.candidates) + 1}); raise it or drop the flag")
@@ -381,17 +381,20 @@ class DiffusionZeroShotModel(torch.nn.Module):
 def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, record_path: Optional[str] = None,
                          run_info: Optional[dict] = None, cache_dir: Optional[str] = None,
                          show_progress: bool = True, task: str = "zeroshot_classification",
-                         shard: Optional[Shard] = None, protocol: Optional[dict] = None):
+                         shard: Optional[Shard] = None, protocol: Optional[dict] = None,
+                         checkpoint: Optional[str] = None):
     """clip_benchmark's loader contract: return `(model, transform, tokenizer)`. `protocol`: the
-    run's `--diffusion_protocol` record (see `protocols.resolve`), written into the record header."""
-    from .backends.speed import SpeedOptions
-    from .checkpoints import load_backend
-    from .protocols import first_template_only
+    run's `--diffusion_protocol` record (see `protocols.resolve`), written into the record header.
+    `checkpoint`: the folder `checkpoints.locate` already found for `pretrained` (a run's pre-load
+    check), so a hub id is not looked up again."""
+    from ..backends.speed import SpeedOptions
+    from ..checkpoints import load_backend
+    from ..protocols import first_template_only
 
     speed = SpeedOptions(channels_last=settings.channels_last, compile_mode=settings.compile,
                          static_batch=settings.batch_size)
-    backend = load_backend(pretrained, device=device, dtype=settings.dtype, cache_dir=cache_dir, speed=speed,
-                           settings=settings)
+    backend = load_backend(checkpoint or pretrained, device=device, dtype=settings.dtype, cache_dir=cache_dir,
+                           speed=speed, settings=settings)
     scorer = DiffusionScorer(backend, settings)
     tokenizer = PromptTokenizer()
     header = {"settings": settings.to_dict(), "model": backend.description, "run": run_info or {},

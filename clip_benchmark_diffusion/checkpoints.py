@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -119,8 +119,16 @@ def _describe(pretrained: str, source: str) -> str:
     return f"'{pretrained}'" if pretrained == source else f"'{pretrained}' (-> {source})"
 
 
+class Located(NamedTuple):
+    """A checkpoint `locate` found and checked: a run locates once, before any compute, and hands
+    this to the load (`load_backend(..., located=...)`)."""
+
+    folder: str
+    index: dict  # its model_index.json
+
+
 def locate(pretrained: str, cache_dir: Optional[str] = None, settings: Optional[ScorerSettings] = None
-           ) -> tuple[str, dict]:
+           ) -> Located:
     """Find the checkpoint folder and read its `model_index.json`, or raise CheckpointError.
     `settings` are checked against the family (`settings_problem`), and only the parts it needs
     with their load layer are fetched and checked."""
@@ -156,7 +164,7 @@ def locate(pretrained: str, cache_dir: Optional[str] = None, settings: Optional[
         if problem:
             raise CheckpointError(f"diffusion checkpoint {what}: {os.path.join(folder, relative)} is damaged "
                                   f"({problem}); download or save it again")
-    return folder, index
+    return Located(folder, index)
 
 
 def read_model_index(path: str, what: str) -> dict:
@@ -237,11 +245,11 @@ def resolve_dtype(dtype: str, device: torch.device | str, backend_class: Optiona
 
 def load_backend(pretrained: str, device: torch.device | str = "cpu", dtype: str = "auto",
                  cache_dir: Optional[str] = None, speed: Optional[SpeedOptions] = None,
-                 settings: Optional[ScorerSettings] = None) -> DiffusionBackend:
+                 settings: Optional[ScorerSettings] = None, located: Optional[Located] = None) -> DiffusionBackend:
     """Load the model family that the checkpoint's `model_index.json` names. The run's `settings` are
-    checked against the family (`locate`); the family is built with their load layer only
-    (`LoadSettings`: resolution, drop_t5, guidance), the scorer takes the rest."""
-    folder, index = locate(pretrained, cache_dir=cache_dir, settings=settings)
+    checked against the family (`locate`, unless the run already did: `located`); the family is built
+    with their load layer only (`LoadSettings`: resolution, drop_t5, guidance), the scorer takes the rest."""
+    folder, index = located or locate(pretrained, cache_dir=cache_dir, settings=settings)
     backend_class = backend_for_pipeline(index["_class_name"])
     load = LoadSettings.of(settings) if settings is not None else LoadSettings()
     try:

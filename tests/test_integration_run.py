@@ -29,4 +29,6 @@ def test_settings_are_built_once_and_the_load_gets_the_located_folder(tiny_epsil
     assert code == 0, err[-3000:]
     assert len(built) == 1
     folder = str(tmp_path / "model")
-    assert located == ["~/model", folder]  # the load only re-reads the folder the check found
+    assert located == ["~/model"]  # located once, before any compute; the load takes what it found
+    record = next(tmp_path.rglob("*.diffusion.jsonl")).read_text()
+    assert folder in record.splitlines()[0]  # the run loaded that folder

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -31,6 +31,9 @@ from ..records import RunRecorder, image_record, read_records, settings_fingerpr
 from .ranks import Shard, other_rank_records, rank_record_path
 from ..scorer import DiffusionScorer
 from ..strategies import call_bounds
+
+if TYPE_CHECKING:  # only a type here; the checkpoints module loads lazily
+    from ..checkpoints import Located
 
 
 class PromptTokenizer:
@@ -382,19 +385,19 @@ def load_zero_shot_model(pretrained: str, device: torch.device | str, settings, 
                          run_info: Optional[dict] = None, cache_dir: Optional[str] = None,
                          show_progress: bool = True, task: str = "zeroshot_classification",
                          shard: Optional[Shard] = None, protocol: Optional[dict] = None,
-                         checkpoint: Optional[str] = None):
+                         checkpoint: Optional[Located] = None):
     """clip_benchmark's loader contract: return `(model, transform, tokenizer)`. `protocol`: the
     run's `--diffusion_protocol` record (see `protocols.resolve`), written into the record header.
-    `checkpoint`: the folder `checkpoints.locate` already found for `pretrained` (a run's pre-load
-    check), so a hub id is not looked up again."""
+    `checkpoint`: what `checkpoints.locate` already found and checked for `pretrained` (a run's
+    pre-load check), so the checkpoint is not looked up or checked again."""
     from ..backends.speed import SpeedOptions
     from ..checkpoints import load_backend
     from ..protocols import first_template_only
 
     speed = SpeedOptions(channels_last=settings.channels_last, compile_mode=settings.compile,
                          static_batch=settings.batch_size)
-    backend = load_backend(checkpoint or pretrained, device=device, dtype=settings.dtype, cache_dir=cache_dir,
-                           speed=speed, settings=settings)
+    backend = load_backend(pretrained, device=device, dtype=settings.dtype, cache_dir=cache_dir,
+                           speed=speed, settings=settings, located=checkpoint)
     scorer = DiffusionScorer(backend, settings)
     tokenizer = PromptTokenizer()
     header = {"settings": settings.to_dict(), "model": backend.description, "run": run_info or {},

@@ -13,7 +13,7 @@ import contextlib
 import contextvars
 import dataclasses
 import os
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from ..errors import DiffusionUsageError
 from ..records import close_recorders, record_lock
@@ -21,6 +21,9 @@ from ..settings import ScorerSettings
 from .flags import default_options, settings_for_dataset, warn_once
 from .outputs import task_of, wds_root
 from .ranks import rank_record_path
+
+if TYPE_CHECKING:  # only a type here; the checkpoints module loads lazily
+    from ..checkpoints import Located
 
 DIFFUSION_MODEL_NAMES = ("sd-diffusion",)
 MODEL_TYPE = "diffusion"
@@ -47,7 +50,7 @@ class DiffusionRun:
     info: dict = dataclasses.field(default_factory=dict)  # the record header's `run`
     record_path: Optional[str] = None
     shard: Any = None  # this process's `ranks.Shard` for the run, or None
-    checkpoint: Optional[str] = None  # the folder the pre-load check found; the load uses it
+    checkpoint: Optional[Located] = None  # what the pre-load check located; the load uses it
 
     @property
     def own_record(self) -> Optional[str]:
@@ -109,8 +112,8 @@ def prepare_diffusion_run(args: argparse.Namespace, options: argparse.Namespace)
         raise DiffusionUsageError("--load_clfs cannot be used with diffusion models: their class scores are not a "
                                   "fixed linear classifier; drop --load_clfs")
     settings, protocol = settings_for_dataset(options, args.seed, args.dataset)
-    folder, index = locate(args.pretrained, cache_dir=args.model_cache_dir, settings=settings)
-    for message in ignored_by_family(settings, str(index.get("_class_name", ""))):
+    located = locate(args.pretrained, cache_dir=args.model_cache_dir, settings=settings)
+    for message in ignored_by_family(settings, str(located.index.get("_class_name", ""))):
         warn_once(message)
     classes = class_count(args) if task == "zeroshot_classification" else None
     problem = prefilter_problem(settings) or class_count_problem(settings, classes)
@@ -119,7 +122,7 @@ def prepare_diffusion_run(args: argparse.Namespace, options: argparse.Namespace)
     if classes:  # the per-draw tables of one clip_benchmark batch, before the model loads
         check_table_memory(args.batch_size, classes, table_draws(make_strategy(settings).max_draws(),
                                                                  settings.max_calls))
-    return DiffusionRun(options=options, settings=settings, protocol=protocol, task=task, checkpoint=folder)
+    return DiffusionRun(options=options, settings=settings, protocol=protocol, task=task, checkpoint=located)
 
 
 def class_count(args: argparse.Namespace) -> Optional[int]:

@@ -143,3 +143,17 @@ def test_host_overhead_toy_run_prints_its_table(capsys):
     assert results[0]["noise_us"] > 0  # timed on the noise thread, where the draws are made
     assert "| host work us/row |" in text and "(noise thread)" in text
     assert "| 10 classes x 64 draws, fixed | 120 |" in text and "| 2035 |" in text
+
+
+def test_the_threshold_table_bounds_what_the_correlation_can_save():
+    from scipy import stats
+
+    from clip_benchmark_diffusion.benchmarks.thresholds import max_exceedance, thresholds
+
+    assert abs(max_exceedance(3.0, 1) - stats.norm.sf(3.0)) < 1e-9  # one comparator: the normal tail
+    # independent comparators (correlation 0): 1 - (1 - p)^m exactly
+    assert abs(max_exceedance(3.0, 20, correlation=1e-12) - (1 - stats.norm.cdf(3.0) ** 20)) < 1e-6
+    row = thresholds(100, 22)
+    single = stats.norm.isf(0.01 / 22)  # one comparator only
+    assert single < row["dunnett"] <= row["bonferroni"] < 1.05 * row["dunnett"]
+    assert abs(row["clark_jaini"] - stats.norm.isf(2e-3)) < 1e-12

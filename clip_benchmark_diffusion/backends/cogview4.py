@@ -27,9 +27,6 @@ class CogView4Backend(PipelineBackend):
     #: text tokens the pipeline keeps at most (its `max_sequence_length`)
     max_sequence_length = 1024
 
-    def native_resolution(self) -> int:
-        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
-
     def flow_mu(self) -> Optional[float]:
         """The pipeline's own `calculate_shift` (square-root in the image-token count)."""
         from diffusers.pipelines.cogview4.pipeline_cogview4 import calculate_shift

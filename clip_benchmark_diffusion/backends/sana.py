@@ -24,9 +24,6 @@ class SanaBackend(PipelineBackend):
     #: text tokens the pipeline keeps (its `max_sequence_length`)
     max_sequence_length = 300
 
-    def native_resolution(self) -> int:
-        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
-
     @property
     def instruction(self) -> Optional[list]:
         """The pipeline's default `complex_human_instruction` (prepended to every prompt)."""

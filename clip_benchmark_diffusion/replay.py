@@ -17,19 +17,21 @@ from .errors import MissingErrors  # noqa: F401 (re-exported: its old home)
 from .safety import table_draws
 from .decisions import ImageScores, image_scores
 from .settings import ScorerSettings
-from .strategies import ImageState, make_strategy, within_cap
+from .strategies import ImageState, Strategy, make_strategy, within_cap
 
 
 def replay(settings: ScorerSettings, per_draw: torch.Tensor, *, timesteps: Optional[torch.Tensor] = None,
            rows_per_candidate: Optional[Sequence[int]] = None, calls_per_prediction: int = 1,
-           shortlist: Optional[Sequence[int]] = None, image_key: int = 0) -> ImageScores:
+           shortlist: Optional[Sequence[int]] = None, image_key: int = 0,
+           strategy: Optional[Strategy] = None) -> ImageScores:
     """What `settings`' strategy decides and spends on one image whose (candidate, draw) errors are
     `per_draw` ((candidates, draws), NaN where unknown; draws beyond its width are unknown).
 
     `rows_per_candidate`: network rows one draw of each candidate costs (its templates under
     `average_errors`; default 1), times `calls_per_prediction`. `shortlist`: a pre-filter's
-    candidates (the others are never scored)."""
-    strategy = make_strategy(settings)
+    candidates (the others are never scored). `strategy`: a rule to replay instead of the one
+    `settings` names (a variant a benchmark prices; it should carry `settings`)."""
+    strategy = strategy or make_strategy(settings)
     candidates = per_draw.shape[0]
     max_draws = table_draws(strategy.max_draws(), settings.max_calls, calls_per_prediction)  # as the scorer sizes it
     state = ImageState(candidates, max_draws)

@@ -195,8 +195,7 @@ class GuaranteedElimination(Strategy):
         differences = state.per_draw[others, :n] - state.per_draw[best, :n]
         mean = differences.mean(dim=1)
         spread = differences.std(dim=1, unbiased=True)
-        level = self.settings.delta / (max(state.tested_candidates - 1, 1) * len(self.looks))
-        q = float(stats.t.isf(level, df=n - 1))
+        q = float(stats.t.isf(self.test_level(state), df=n - 1))
         finite_population = math.sqrt((total - n) / (total - 1)) if total > 1 else 0.0
         margin = q * spread / math.sqrt(n) * finite_population
         lower = mean - margin  # bound on each full-budget difference to the leader
@@ -205,6 +204,11 @@ class GuaranteedElimination(Strategy):
         kept = ~drop
         if n < total and bool(kept.any()):
             state.tied = self._no_clear_winner_over_leader(state, others[kept], lower[kept], spread[kept])
+
+    def test_level(self, state: ImageState) -> float:
+        """Level of each pair's test at each look: delta shared by the K - 1 comparators and the L
+        looks (Bonferroni), which is what the guarantee costs (`benchmarks.multiplicity` prices it)."""
+        return self.settings.delta / (max(state.tested_candidates - 1, 1) * len(self.looks))
 
     def _no_clear_winner_over_leader(self, state: ImageState, candidates: torch.Tensor, lower: torch.Tensor,
                                      spread_to_leader: torch.Tensor) -> bool:

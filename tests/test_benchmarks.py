@@ -6,6 +6,7 @@ import pytest
 
 from clip_benchmark_diffusion.benchmarks import calls_vs_accuracy, gpu_throughput
 from clip_benchmark_diffusion.benchmarks.calibration import expected_calibration_error, fit_binning
+from clip_benchmark_diffusion.strategies import look_schedule
 
 
 def test_expected_calibration_error_on_hand_made_cases():
@@ -153,7 +154,25 @@ def test_the_threshold_table_bounds_what_the_correlation_can_save():
     assert abs(max_exceedance(3.0, 1) - stats.norm.sf(3.0)) < 1e-9  # one comparator: the normal tail
     # independent comparators (correlation 0): 1 - (1 - p)^m exactly
     assert abs(max_exceedance(3.0, 20, correlation=1e-12) - (1 - stats.norm.cdf(3.0) ** 20)) < 1e-6
-    row = thresholds(100, 22)
-    single = stats.norm.isf(0.01 / 22)  # one comparator only
+    looks = look_schedule(8, 1.25, 1024)
+    row = thresholds(100, looks)
+    single = stats.norm.isf(0.01 / len(looks))  # one comparator only
     assert single < row["dunnett"] <= row["bonferroni"] < 1.05 * row["dunnett"]
     assert abs(row["clark_jaini"] - stats.norm.isf(2e-3)) < 1e-12
+    # the exact crossing over looks: below the sum over looks, above one look's quantile
+    assert stats.norm.isf(0.01 / 99) < row["over_looks"] < row["bonferroni"]
+
+
+def test_the_crossing_over_looks_is_the_brownian_one():
+    from scipy import stats
+
+    from clip_benchmark_diffusion.benchmarks.thresholds import crossing_probability
+
+    assert abs(crossing_probability(2.5, [1.0]) - stats.norm.sf(2.5)) < 1e-12  # one look: the normal tail
+    # two looks at t = 1 and 2 (correlation 1/sqrt(2)): the bivariate normal's union
+    both = stats.multivariate_normal([0, 0], [[1, 2 ** -0.5], [2 ** -0.5, 1]]).cdf([2.5, 2.5])
+    assert abs(crossing_probability(2.5, [1.0, 2.0]) - (1 - both)) < 0.01 * (1 - both)  # the grid: within 1%
+    # close looks cross together, far-apart ones nearly add up
+    close, apart = crossing_probability(2.5, [1.0, 1.1]), crossing_probability(2.5, [1.0, 1e4])
+    assert stats.norm.sf(2.5) < close < crossing_probability(2.5, [1.0, 2.0]) < apart
+    assert apart > 1.95 * stats.norm.sf(2.5)

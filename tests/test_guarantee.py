@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from clip_benchmark_diffusion.benchmarks import multiplicity
 from clip_benchmark_diffusion.benchmarks.stress import REGIMES, Regime, error_table, full_budget, run_regime
 from clip_benchmark_diffusion.prompts import canonical_templates
 from clip_benchmark_diffusion.records import encode_per_draw, per_draw_errors
@@ -189,3 +190,18 @@ def test_one_canonical_prompt_per_class_by_default():
     backend.encode_prompts = lambda prompts: encoded.extend(prompts) or encode(prompts)
     scores = DiffusionScorer(backend, ScorerSettings(strategy="fixed", draws=4)).score(pixels(1), CANDIDATES)[0]
     assert encoded == [c[0] for c in CANDIDATES] and scores.calls == len(CANDIDATES) * 4
+
+
+def test_the_multiplicity_benchmark_prices_each_correction_of_the_default():
+    """Its fully corrected variant is the default rule (same answers, same calls); each correction it
+    leaves out makes the rule cheaper, and leaving both out is cheaper still."""
+    regime = REGIMES["10_mixed"]
+    variants = multiplicity.configurations(regime, 256, 0.01)
+    rows = run_regime(regime, 24, draws=256, seed=3,
+                      configurations={**variants, "default": ScorerSettings(draws=256)})
+    assert rows["comparators and looks (the default)"] == rows["default"]
+    full, floor = rows["default"]["calls"], rows["none (floor)"]["calls"]
+    for partial in ("comparators only", "looks only"):
+        assert floor < rows[partial]["calls"] < full
+    assert floor < 0.7 * full
+    assert multiplicity.target(REGIMES["10_mixed"]) == 0.5 and multiplicity.target(REGIMES["10_hard"]) == 1.0

@@ -28,7 +28,7 @@ import argparse
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ import torch
 from ..draws import van_der_corput
 from ..replay import replay
 from ..settings import ScorerSettings
+from ..strategies import Strategy
 
 
 @dataclass(frozen=True)
@@ -142,18 +143,22 @@ class Tally:
 
 
 def run_regime(regime: Regime, images: int, draws: int = 1024, seed: int = 0,
-               configurations: Optional[dict[str, ScorerSettings]] = None,
+               configurations: Optional[dict[str, Union[ScorerSettings, Strategy]]] = None,
                progress: Optional[Callable[[int], None]] = None) -> dict[str, dict]:
     """Per strategy: agreement with the full budget (all images, clear ones), accuracy of both,
-    mean calls per image."""
+    mean calls per image. A configuration is settings (their strategy) or a strategy object (a
+    variant outside the registry, replayed under its own settings)."""
     configurations = configurations or strategies(regime.candidates, draws)
     tallies = {name: Tally() for name in configurations}
     for image in range(images):
         table, hard = synthetic_image(regime, image, draws, seed)
         winner, clear = full_budget(table)
         errors = torch.from_numpy(table)
-        for name, settings in configurations.items():
-            scores = replay(settings, errors)
+        for name, configuration in configurations.items():
+            if isinstance(configuration, Strategy):
+                scores = replay(configuration.settings, errors, strategy=configuration)
+            else:
+                scores = replay(configuration, errors)
             tally = tallies[name]
             tally.images += 1
             tally.agree += scores.prediction == winner

@@ -23,10 +23,7 @@ from typing import Optional
 
 from ..settings import ScorerSettings
 from ..strategies import GuaranteedElimination, ImageState
-from .stress import REGIMES, Regime, run_regime, strategies
-
-CLARK_JAINI = "Clark & Jaini t-test"
-
+from .stress import CLARK_JAINI, REGIMES, Regime, print_table, strategies
 
 class PartlyCorrected(GuaranteedElimination):
     """The guaranteed rule with delta divided by only some of its multiplicities (no guarantee)."""
@@ -70,19 +67,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args(argv)
     started = time.perf_counter()
-    print("| regime | test level: delta divided over | agree (clear, n) | agree (all) | accuracy / full budget | "
-          "calls | share of C&J | target |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in options.regimes:
-        regime = REGIMES[name]
-        rows = run_regime(regime, options.images, options.draws, options.seed,
-                          configurations=configurations(regime, options.draws, options.delta))
-        reference = rows[CLARK_JAINI]["calls"]
-        for label, row in rows.items():
-            share = row["calls"] / reference
-            print(f"| {name} | {label} | {row['agreement_clear']:.1%} ({row['clear']}) | {row['agreement']:.0%} | "
-                  f"{row['accuracy']:.0%} / {row['accuracy_full']:.0%} | {row['calls']:,.0f} | {share:.2f} | "
-                  f"{'' if label == CLARK_JAINI else f'<= {target(regime):.2f}'} |", flush=True)
+    print_table(options, ["regime", "test level: delta divided over", "agree (clear, n)", "agree (all)",
+                          "accuracy / full budget", "calls", "share of C&J", "target"],
+                lambda regime, row: [f"{row['agreement_clear']:.1%} ({row['clear']})", f"{row['agreement']:.0%}",
+                                     f"{row['accuracy']:.0%} / {row['accuracy_full']:.0%}", f"{row['calls']:,.0f}",
+                                     f"{row['share']:.2f}", "" if row["rule"] == CLARK_JAINI else
+                                     f"<= {target(regime):.2f}"],
+                lambda regime: configurations(regime, options.draws, options.delta))
     print(f"\n{options.images} images per regime, full budget {options.draws} draws, delta {options.delta}; "
           f"{time.perf_counter() - started:.0f} s")
 

@@ -98,6 +98,7 @@ def full_budget(table: np.ndarray) -> tuple[int, bool]:
     return winner, bool(difference.mean() > 3 * standard_error)
 
 
+CLARK_JAINI = "Clark & Jaini t-test"
 LI_KEEP_LISTS = {10: "5@50,1@500", 37: "5@25,1@250", 100: "20@20,10@50,5@100,1@500",
                  1000: "500@50,50@100,10@500,1@1000"}
 
@@ -107,7 +108,7 @@ def strategies(candidates: int, draws: int) -> dict[str, ScorerSettings]:
     default (pooled t-test, 64 draws) and Li et al.'s keep-list for this many classes."""
     rows = {
         "guaranteed (default)": ScorerSettings(draws=draws),
-        "Clark & Jaini t-test": ScorerSettings(strategy="ttest", draws=draws, ttest_p=2e-3, min_draws=20,
+        CLARK_JAINI: ScorerSettings(strategy="ttest", draws=draws, ttest_p=2e-3, min_draws=20,
                                                round_draws=4, ttest_variance="paired"),
         "old default (pooled t-test, 64)": ScorerSettings(strategy="ttest", draws=64, ttest_p=0.02, min_draws=2,
                                                           round_draws=1, ttest_variance="pooled"),
@@ -204,18 +205,30 @@ def main(argv: Optional[list[str]] = None) -> None:
                 sizes = sorted(record_bytes(REGIMES[name], options.images, settings, options.draws, options.seed))
                 print(f"| {name} | {label} | {sizes[len(sizes) // 2]:,} | {sizes[-1]:,} |", flush=True)
         return
-    print("| regime | strategy | agree (all) | agree (clear, n) | accuracy / full budget | calls | share of C&J | "
-          "calls: easy / hard images |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in options.regimes:
-        rows = run_regime(REGIMES[name], options.images, options.draws, options.seed)
-        reference = rows["Clark & Jaini t-test"]["calls"]
-        for strategy, row in rows.items():
-            print(f"| {name} | {strategy} | {row['agreement']:.0%} | {row['agreement_clear']:.1%} ({row['clear']}) | "
-                  f"{row['accuracy']:.0%} / {row['accuracy_full']:.0%} | {row['calls']:,.0f} | "
-                  f"{row['calls'] / reference:.2f} | {row['calls_easy']:,.0f} / {row['calls_hard']:,.0f} |", flush=True)
+    print_table(options, ["regime", "strategy", "agree (all)", "agree (clear, n)", "accuracy / full budget", "calls",
+                          "share of C&J", "calls: easy / hard images"],
+                lambda regime, row: [f"{row['agreement']:.0%}", f"{row['agreement_clear']:.1%} ({row['clear']})",
+                                     f"{row['accuracy']:.0%} / {row['accuracy_full']:.0%}", f"{row['calls']:,.0f}",
+                                     f"{row['share']:.2f}", f"{row['calls_easy']:,.0f} / {row['calls_hard']:,.0f}"])
     print(f"\n{options.images} images per regime, full budget {options.draws} draws; "
           f"{time.perf_counter() - started:.0f} s")
+
+
+
+def print_table(options: argparse.Namespace, header: list[str], cells: Callable[[Regime, dict], list[str]],
+                configurations: Optional[Callable[[Regime], dict]] = None) -> None:
+    """One markdown row per regime and strategy of `options.regimes`: the regime, the strategy's
+    name, then `cells(regime, row)`; a row also has its strategy's name ("rule") and its calls over
+    Clark & Jaini's ("share")."""
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for name in options.regimes:
+        regime = REGIMES[name]
+        rows = run_regime(regime, options.images, options.draws, options.seed,
+                          configurations=configurations(regime) if configurations else None)
+        reference = rows[CLARK_JAINI]["calls"]
+        for strategy, row in rows.items():
+            print("| " + " | ".join([name, strategy, *cells(regime, {**row, "rule": strategy, "share": row["calls"] / reference})]) + " |",
+                  flush=True)
 
 
 if __name__ == "__main__":

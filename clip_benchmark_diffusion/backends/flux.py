@@ -17,13 +17,11 @@ class FluxBackend(PipelineBackend):
     (`--diffusion_guidance`, default 1.0 = plain conditional); T5 cannot be dropped."""
 
     diffusers_class = "FluxPipeline"
+    size_from_pipeline = True
     family = "flux"
     flow_matching = True
     uses_t5 = True
     parts = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer", "scheduler")
-
-    def native_resolution(self) -> int:
-        return int(self.pipe.default_sample_size) * self.vae_scale_factor
 
     @property
     def latent_size(self) -> int:

@@ -20,14 +20,12 @@ class Flux2Backend(PipelineBackend):
     shifted by the pipeline's empirical mu (image tokens, at its default step count)."""
 
     diffusers_class = "Flux2Pipeline"
+    size_from_pipeline = True
     family = "flux2"
     flow_matching = True
     parts = ("vae", "text_encoder", "tokenizer", "transformer", "scheduler")
     #: text tokens the pipeline pads to by default (its `max_sequence_length`)
     max_sequence_length = 512
-
-    def native_resolution(self) -> int:
-        return int(self.pipe.default_sample_size) * self.vae_scale_factor
 
     @property
     def default_steps(self) -> int:

@@ -17,6 +17,7 @@ class HiDreamBackend(PipelineBackend):
     large: 32 Llama layers x 128 tokens x 4096 = ~34 MB in bfloat16."""
 
     diffusers_class = "HiDreamImagePipeline"
+    size_from_pipeline = True
     family = "hidream"
     flow_matching = True
     uses_t5 = True
@@ -24,9 +25,6 @@ class HiDreamBackend(PipelineBackend):
              "tokenizer_3", "tokenizer_4", "transformer", "scheduler")
     #: tokens the pipeline encodes by default (its `max_sequence_length`)
     max_sequence_length = 128
-
-    def native_resolution(self) -> int:
-        return int(self.pipe.default_sample_size) * self.vae_scale_factor
 
     def flow_mu(self) -> Optional[float]:
         """As the pipeline computes it: from the model's largest token count (`max_seq`)."""

@@ -19,6 +19,7 @@ class HunyuanImageBackend(PipelineBackend):
     no sampling step of its pipeline asks for (a 1-step run passes r = 0)."""
 
     diffusers_class = "HunyuanImagePipeline"
+    size_from_pipeline = True
     family = "hunyuan-image"
     uses_vae_shift = False  # the pipeline only scales its latents
     flow_matching = True
@@ -26,9 +27,6 @@ class HunyuanImageBackend(PipelineBackend):
 
     def load_overrides(self) -> dict:
         return {"guider": None, "ocr_guider": None}  # guidance schedules of sampling, not used to score
-
-    def native_resolution(self) -> int:
-        return int(self.pipe.default_sample_size) * self.vae_scale_factor
 
     def describe_extra(self) -> dict:
         config = self.denoiser.config

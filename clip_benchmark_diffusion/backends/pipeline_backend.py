@@ -70,6 +70,9 @@ class PipelineBackend(DiffusionBackend):
     uses_t5: ClassVar[bool] = False
     #: whether a float16 VAE whose config asks for it (`force_upcast`, SDXL's) encodes in float32
     upcasts_vae: ClassVar[bool] = True
+    #: whether the trained size is the pipeline's `default_sample_size` (its own default, FLUX's 128
+    #: latent pixels) rather than the denoiser config's `sample_size`
+    size_from_pipeline: ClassVar[bool] = False
 
     def __init__(self, source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                  local_files_only: bool = False, cache_dir: Optional[str] = None,
@@ -119,8 +122,9 @@ class PipelineBackend(DiffusionBackend):
         return {}
 
     def native_resolution(self) -> int:
-        """Pixel size the model was trained at."""
-        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
+        """Pixel size the model was trained at (the size its pipeline generates by default)."""
+        size = self.pipe.default_sample_size if self.size_from_pipeline else self.denoiser.config.sample_size
+        return int(size) * self.vae_scale_factor
 
     def describe_extra(self) -> dict[str, Any]:
         """Family-specific entries of the run record's model description."""

@@ -26,14 +26,12 @@ class QwenImageBackend(PipelineBackend):
     rounds it); sigma shifted by resolution (mu from the image-token count)."""
 
     diffusers_class = "QwenImagePipeline"
+    size_from_pipeline = True
     family = "qwen-image"
     flow_matching = True
     parts = ("vae", "text_encoder", "tokenizer", "transformer", "scheduler")
     #: text tokens the pipeline keeps at most (its `max_sequence_length`)
     max_sequence_length = 1024
-
-    def native_resolution(self) -> int:
-        return int(self.pipe.default_sample_size) * self.vae_scale_factor
 
     def flow_mu(self) -> Optional[float]:
         return self.token_mu((self.resolution // self.vae_scale_factor // 2) ** 2)

@@ -7,9 +7,10 @@ the K - 1 comparators of the full budget's winner and over the L looks. The vari
 delta by only one of the two, or by neither. They promise nothing (a variant's chance of dropping
 the winner can reach delta times what it left out); they are a floor: what a rule of this kind
 (drop a class on its pair's confidence bound against the leader, stop when no open rival can win
-clearly) spends if its multiplicity were free. A cost target below the floor's calls cannot be
-reached by any sharper correction of the same rule (the exact correlated maximum over comparators
-saves 1-3% of the draws: `benchmarks.thresholds`), only by giving up the guarantee.
+clearly) spends if its multiplicity were free. A sharper correction of the same rule saves little
+(the exact correlated maximum over comparators and the exact crossing over looks: about 5% of the
+draws together, `benchmarks.thresholds`), and no way of spending delta over the looks can beat the
+"comparators only" row, which keeps only the correction over classes.
 
 Same synthetic tables as `benchmarks.stress` (same generator, seed and full budget); the last
 column is the issue's target for the default: at most Clark & Jaini's calls in every regime, at

@@ -108,8 +108,8 @@ def strategies(candidates: int, draws: int) -> dict[str, ScorerSettings]:
     default (pooled t-test, 64 draws) and Li et al.'s keep-list for this many classes."""
     rows = {
         "guaranteed (default)": ScorerSettings(draws=draws),
-        CLARK_JAINI: ScorerSettings(strategy="ttest", draws=draws, ttest_p=2e-3, min_draws=20,
-                                               round_draws=4, ttest_variance="paired"),
+        CLARK_JAINI: ScorerSettings(strategy="ttest", draws=draws, ttest_p=2e-3, min_draws=20, round_draws=4,
+                                    ttest_variance="paired"),
         "old default (pooled t-test, 64)": ScorerSettings(strategy="ttest", draws=64, ttest_p=0.02, min_draws=2,
                                                           round_draws=1, ttest_variance="pooled"),
     }
@@ -187,6 +187,23 @@ def record_bytes(regime: Regime, images: int, settings: ScorerSettings, draws: i
             for image in range(images)]
 
 
+def print_table(options: argparse.Namespace, header: list[str], cells: Callable[[Regime, dict], list[str]],
+                configurations: Optional[Callable[[Regime], dict]] = None) -> None:
+    """One markdown row per regime and strategy of `options.regimes`: the regime, the strategy's
+    name, then `cells(regime, row)`; a row also has its strategy's name ("rule") and its calls over
+    Clark & Jaini's ("share")."""
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for name in options.regimes:
+        regime = REGIMES[name]
+        rows = run_regime(regime, options.images, options.draws, options.seed,
+                          configurations=configurations(regime) if configurations else None)
+        reference = rows[CLARK_JAINI]["calls"]
+        for strategy, row in rows.items():
+            row = {**row, "rule": strategy, "share": row["calls"] / reference}
+            print("| " + " | ".join([name, strategy, *cells(regime, row)]) + " |", flush=True)
+
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
@@ -212,23 +229,6 @@ def main(argv: Optional[list[str]] = None) -> None:
                                      f"{row['share']:.2f}", f"{row['calls_easy']:,.0f} / {row['calls_hard']:,.0f}"])
     print(f"\n{options.images} images per regime, full budget {options.draws} draws; "
           f"{time.perf_counter() - started:.0f} s")
-
-
-
-def print_table(options: argparse.Namespace, header: list[str], cells: Callable[[Regime, dict], list[str]],
-                configurations: Optional[Callable[[Regime], dict]] = None) -> None:
-    """One markdown row per regime and strategy of `options.regimes`: the regime, the strategy's
-    name, then `cells(regime, row)`; a row also has its strategy's name ("rule") and its calls over
-    Clark & Jaini's ("share")."""
-    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for name in options.regimes:
-        regime = REGIMES[name]
-        rows = run_regime(regime, options.images, options.draws, options.seed,
-                          configurations=configurations(regime) if configurations else None)
-        reference = rows[CLARK_JAINI]["calls"]
-        for strategy, row in rows.items():
-            print("| " + " | ".join([name, strategy, *cells(regime, {**row, "rule": strategy, "share": row["calls"] / reference})]) + " |",
-                  flush=True)
 
 
 if __name__ == "__main__":

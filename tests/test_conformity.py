@@ -351,3 +351,27 @@ def test_a_prompt_scores_the_same_beside_longer_prompts(name, folders):
                              Conditioning.stack(short.rows() + long.rows()))
     assert torch.allclose(alone[0], beside[0], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(beside[0], beside[1], rtol=1e-3, atol=1e-3)
+
+
+# DiT: class labels, one size. Sana: its `__call__` asks for 1024 pixels and bins that by the transformer's
+# sample size (to sample_size x 32 for the released models; the tiny test model's size has no bin).
+@pytest.mark.parametrize("name", [name for name in FAMILIES if name not in ("dit", "sana")])
+def test_the_native_resolution_is_the_size_the_pipeline_generates_by_default(name, folders, monkeypatch):
+    """With no `--diffusion_resolution` a family scores at the pixel size its own pipeline generates
+    when given no height or width (read where the pipeline sizes its first latents)."""
+    backend = load_backend(folders[name], dtype="float32", settings=ScorerSettings())
+    pipe = backend.pipe
+    sizing = "prepare_intermediate_images" if name == "if" else "prepare_latents"
+    original, seen = getattr(pipe, sizing), {}
+
+    def stop(*args, **kwargs):
+        seen.update(inspect.signature(original).bind(*args, **kwargs).arguments)
+        raise Stop
+
+    monkeypatch.setattr(pipe, sizing, stop)
+    extra = {"use_resolution_binning": False} if name.startswith("pixart") else {}
+    if "guidance_scale" in inspect.signature(pipe.__call__).parameters:
+        extra["guidance_scale"] = 1.0  # no classifier-free batch (CogView4's empty negative prompt cannot encode)
+    with torch.no_grad(), pytest.raises(Stop):
+        pipe(prompt="a photo of a cat.", num_inference_steps=1, output_type="latent", **extra)
+    assert (seen["height"], seen["width"]) == (backend.native_resolution(),) * 2 == (backend.resolution,) * 2

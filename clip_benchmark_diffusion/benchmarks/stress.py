@@ -36,7 +36,7 @@ import torch
 from ..draws import van_der_corput
 from ..replay import replay
 from ..settings import ScorerSettings
-from ..strategies import Strategy
+from ..strategies import Strategy, make_strategy
 
 
 @dataclass(frozen=True)
@@ -150,16 +150,14 @@ def run_regime(regime: Regime, images: int, draws: int = 1024, seed: int = 0,
     mean calls per image. A configuration is settings (their strategy) or a strategy object (a
     variant outside the registry, replayed under its own settings)."""
     configurations = configurations or strategies(regime.candidates, draws)
-    tallies = {name: Tally() for name in configurations}
+    rules = {name: c if isinstance(c, Strategy) else make_strategy(c) for name, c in configurations.items()}
+    tallies = {name: Tally() for name in rules}
     for image in range(images):
         table, hard = synthetic_image(regime, image, draws, seed)
         winner, clear = full_budget(table)
         errors = torch.from_numpy(table)
-        for name, configuration in configurations.items():
-            if isinstance(configuration, Strategy):
-                scores = replay(configuration.settings, errors, strategy=configuration)
-            else:
-                scores = replay(configuration, errors)
+        for name, rule in rules.items():  # a strategy keeps nothing of an image: one serves them all
+            scores = replay(rule.settings, errors, strategy=rule)
             tally = tallies[name]
             tally.images += 1
             tally.agree += scores.prediction == winner

@@ -18,13 +18,11 @@ most half of them where easy and hard images mix.
 """
 from __future__ import annotations
 
-import argparse
-import time
 from typing import Optional
 
 from ..settings import ScorerSettings
 from ..strategies import GuaranteedElimination, ImageState
-from .stress import CLARK_JAINI, REGIMES, Regime, print_table, strategies
+from .stress import CLARK_JAINI, Regime, print_table, strategies, table_parser
 
 class PartlyCorrected(GuaranteedElimination):
     """The guaranteed rule with delta divided by only some of its multiplicities (no guarantee)."""
@@ -60,23 +58,16 @@ def target(regime: Regime) -> float:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
-    parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--draws", type=int, default=1024, help="the full budget")
+    parser = table_parser(__doc__.split("\n")[0])
     parser.add_argument("--delta", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=0)
     options = parser.parse_args(argv)
-    started = time.perf_counter()
     print_table(options, ["regime", "test level: delta divided over", "agree (clear, n)", "agree (all)",
                           "accuracy / full budget", "calls", "share of C&J", "target"],
                 lambda regime, row: [f"{row['agreement_clear']:.1%} ({row['clear']})", f"{row['agreement']:.0%}",
                                      f"{row['accuracy']:.0%} / {row['accuracy_full']:.0%}", f"{row['calls']:,.0f}",
                                      f"{row['share']:.2f}", "" if row["rule"] == CLARK_JAINI else
                                      f"<= {target(regime):.2f}"],
-                lambda regime: configurations(regime, options.draws, options.delta))
-    print(f"\n{options.images} images per regime, full budget {options.draws} draws, delta {options.delta}; "
-          f"{time.perf_counter() - started:.0f} s")
+                lambda regime: configurations(regime, options.draws, options.delta), note=f", delta {options.delta}")
 
 
 if __name__ == "__main__":

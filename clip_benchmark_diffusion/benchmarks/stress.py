@@ -185,11 +185,22 @@ def record_bytes(regime: Regime, images: int, settings: ScorerSettings, draws: i
             for image in range(images)]
 
 
+def table_parser(description: str) -> argparse.ArgumentParser:
+    """The options `print_table` reads: which regimes, how many images, the full budget, the seed."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--draws", type=int, default=1024, help="the full budget")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
 def print_table(options: argparse.Namespace, header: list[str], cells: Callable[[Regime, dict], list[str]],
-                configurations: Optional[Callable[[Regime], dict]] = None) -> None:
-    """One markdown row per regime and strategy of `options.regimes`: the regime, the strategy's
-    name, then `cells(regime, row)`; a row also has its strategy's name ("rule") and its calls over
-    Clark & Jaini's ("share")."""
+                configurations: Optional[Callable[[Regime], dict]] = None, note: str = "") -> None:
+    """One markdown row per regime and strategy of `options.regimes` (`table_parser`'s options): the
+    regime, the strategy's name, then `cells(regime, row)`; a row also has its strategy's name
+    ("rule") and its calls over Clark & Jaini's ("share"). Then what was run (`note` added) and how long."""
+    started = time.perf_counter()
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for name in options.regimes:
         regime = REGIMES[name]
@@ -199,19 +210,15 @@ def print_table(options: argparse.Namespace, header: list[str], cells: Callable[
         for strategy, row in rows.items():
             row = {**row, "rule": strategy, "share": row["calls"] / reference}
             print("| " + " | ".join([name, strategy, *cells(regime, row)]) + " |", flush=True)
-
+    print(f"\n{options.images} images per regime, full budget {options.draws} draws{note}; "
+          f"{time.perf_counter() - started:.0f} s")
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
-    parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--draws", type=int, default=1024, help="the full budget")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = table_parser(__doc__.split("\n")[0])
     parser.add_argument("--record_bytes", action="store_true",
                         help="instead: bytes per image of a record line, under the default and the full budget")
     options = parser.parse_args(argv)
-    started = time.perf_counter()
     if options.record_bytes:
         print("| regime | strategy | record bytes per image: median | max |\n|---|---|---|---|")
         for name in options.regimes:
@@ -225,8 +232,6 @@ def main(argv: Optional[list[str]] = None) -> None:
                 lambda regime, row: [f"{row['agreement']:.0%}", f"{row['agreement_clear']:.1%} ({row['clear']})",
                                      f"{row['accuracy']:.0%} / {row['accuracy_full']:.0%}", f"{row['calls']:,.0f}",
                                      f"{row['share']:.2f}", f"{row['calls_easy']:,.0f} / {row['calls_hard']:,.0f}"])
-    print(f"\n{options.images} images per regime, full budget {options.draws} draws; "
-          f"{time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
